@@ -7,3 +7,7 @@
 //! - `options` – mount option parsing (`-o a,b=c`).
 //! - `fs`      – the fuser adapter: inode table, handles, credentials, errno.
 //! - `error`   – the core error type and its errno class.
+
+pub mod daemon;
+pub mod fs;
+pub mod options;

@@ -1,0 +1,422 @@
+//! Mounting and running the daemon: `bcachefs-lite mount`.
+//!
+//! Order of a background mount (the default):
+//! 1. The caller's process checks the arguments, then forks before any thread
+//!    exists. The parent waits on a pipe.
+//! 2. The child starts a new session, mounts (fuser's `Session::new` mounts and
+//!    completes the FUSE INIT handshake, so the mount is live when it returns) and
+//!    writes "ok" or the error to the pipe. The parent exits 0 on "ok", else prints
+//!    the error and exits non-zero: `mount` returns only once the mount is live.
+//! 3. The child serves requests until the mount goes away (`umount`, or SIGINT /
+//!    SIGTERM / SIGHUP, which unmount cleanly), then exits 0.
+//!
+//! With `--foreground` steps 1 and 2 are skipped and the process itself serves.
+//! Signals are blocked in every thread and taken by one thread with `sigwait`, so
+//! a signal never interrupts a request half-way.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::fs::PassthroughFs;
+use crate::options::MountOptions;
+
+/// What `bcachefs-lite mount` was asked to do, already validated.
+#[derive(Debug, Clone)]
+pub struct MountRequest {
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    pub options: MountOptions,
+    pub foreground: bool,
+    pub threads: usize,
+    pub log_file: Option<PathBuf>,
+}
+
+/// Exit codes, as mount(8) uses them.
+pub const EXIT_USAGE: i32 = 1;
+pub const EXIT_MOUNT_FAILED: i32 = 32;
+
+/// A mount that could not be done, with what to tell the user.
+#[derive(Debug)]
+pub struct MountError {
+    pub message: String,
+    pub exit_code: i32,
+}
+
+impl MountError {
+    fn usage(message: String) -> MountError {
+        MountError {
+            message,
+            exit_code: EXIT_USAGE,
+        }
+    }
+    fn failed(message: String) -> MountError {
+        MountError {
+            message,
+            exit_code: EXIT_MOUNT_FAILED,
+        }
+    }
+}
+
+/// Default worker threads: one per core, at least two.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2)
+}
+
+fn check_dir(what: &str, path: &Path) -> Result<PathBuf, MountError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| MountError::usage(format!("{what} {}: {e}", path.display())))?;
+    if !meta.is_dir() {
+        return Err(MountError::usage(format!(
+            "{what} {}: not a directory",
+            path.display()
+        )));
+    }
+    std::fs::canonicalize(path)
+        .map_err(|e| MountError::usage(format!("{what} {}: {e}", path.display())))
+}
+
+/// Checks what can be checked before forking: both directories exist, and the
+/// backing is not the mount point or inside it (that would recurse into ourselves).
+pub fn validate(req: &mut MountRequest) -> Result<(), MountError> {
+    req.backing = check_dir("backing directory", &req.backing)?;
+    req.mountpoint = check_dir("mount point", &req.mountpoint)?;
+    if req.backing.starts_with(&req.mountpoint) {
+        return Err(MountError::usage(format!(
+            "backing directory {} is inside the mount point {}",
+            req.backing.display(),
+            req.mountpoint.display()
+        )));
+    }
+    if req.threads == 0 || req.threads > 256 {
+        return Err(MountError::usage(format!(
+            "--threads {}: must be between 1 and 256",
+            req.threads
+        )));
+    }
+    Ok(())
+}
+
+fn fuse_config(req: &MountRequest) -> Config {
+    let o = &req.options;
+    let mut mount_options = vec![
+        MountOption::FSName(
+            o.fsname
+                .clone()
+                .unwrap_or_else(|| req.backing.to_string_lossy().into_owned()),
+        ),
+        MountOption::Subtype("bcachefs-lite".to_string()),
+    ];
+    if o.default_permissions {
+        mount_options.push(MountOption::DefaultPermissions);
+    }
+    mount_options.push(if o.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    if o.dev {
+        mount_options.push(MountOption::Dev);
+    }
+    if o.suid {
+        mount_options.push(MountOption::Suid);
+    }
+    if o.noexec {
+        mount_options.push(MountOption::NoExec);
+    }
+    if o.noatime {
+        mount_options.push(MountOption::NoAtime);
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if o.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(req.threads);
+    config.clone_fd = true;
+    config
+}
+
+fn block_signals() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn init_logging(log_file: Option<&Path>) -> io::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BCACHEFS_LITE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = match log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .try_init()
+        }
+        None => builder.with_writer(io::stderr).try_init(),
+    };
+    result.map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Points stdin/stdout (and stderr unless `keep_stderr`) at /dev/null, so the
+/// daemon holds no terminal open.
+fn detach_stdio(keep_stderr: bool) {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
+    let fd = null.as_raw_fd();
+    unsafe {
+        libc::dup2(fd, 0);
+        libc::dup2(fd, 1);
+        if !keep_stderr {
+            libc::dup2(fd, 2);
+        }
+    }
+}
+
+/// Mounts and serves until unmounted (foreground), or until the mount is live
+/// (background: the serving child lives on).
+pub fn run(req: MountRequest) -> Result<(), MountError> {
+    if req.foreground {
+        init_logging(req.log_file.as_deref())
+            .map_err(|e| MountError::usage(format!("log: {e}")))?;
+        return serve(&req, None);
+    }
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(MountError::failed(format!(
+            "pipe: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    match unsafe { libc::fork() } {
+        -1 => Err(MountError::failed(format!(
+            "fork: {}",
+            io::Error::last_os_error()
+        ))),
+        0 => {
+            drop(read_end);
+            unsafe { libc::setsid() };
+            let mut status = std::fs::File::from(write_end);
+            if let Err(e) = init_logging(req.log_file.as_deref()) {
+                let _ = write!(status, "log: {e}");
+                std::process::exit(EXIT_USAGE);
+            }
+            match serve(&req, Some(status)) {
+                Ok(()) => std::process::exit(0),
+                Err(e) => std::process::exit(e.exit_code),
+            }
+        }
+        _child => {
+            drop(write_end);
+            let mut answer = String::new();
+            let _ = std::fs::File::from(read_end).read_to_string(&mut answer);
+            if answer == "ok" {
+                Ok(())
+            } else if answer.is_empty() {
+                Err(MountError::failed(
+                    "the daemon exited before the mount was live".into(),
+                ))
+            } else {
+                Err(MountError::failed(answer))
+            }
+        }
+    }
+}
+
+/// Mounts, reports to `status` (the parent's pipe), and serves requests.
+fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), MountError> {
+    fn report(status: &mut Option<std::fs::File>, msg: &str) {
+        if let Some(s) = status.as_mut() {
+            let _ = s.write_all(msg.as_bytes());
+        }
+    }
+    // Modes come from the caller, already masked by the kernel.
+    unsafe { libc::umask(0) };
+    let fs = match PassthroughFs::new(&req.backing, &req.options) {
+        Ok(fs) => fs,
+        Err(e) => {
+            let msg = format!("backing directory {}: {e}", req.backing.display());
+            report(&mut status, &msg);
+            return Err(MountError::usage(msg));
+        }
+    };
+    let sigset = block_signals();
+    let config = fuse_config(req);
+    let (mut session, mounted_by_us) = match mount_session(fs, req, &config) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("cannot mount on {}: {e}", req.mountpoint.display());
+            report(&mut status, &msg);
+            return Err(MountError::failed(msg));
+        }
+    };
+    tracing::info!(
+        backing = %req.backing.display(),
+        mountpoint = %req.mountpoint.display(),
+        threads = req.threads,
+        "mounted"
+    );
+    let mountpoint = req.mountpoint.clone();
+    let mut unmounter = (!mounted_by_us).then(|| session.unmount_callable());
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+                tracing::info!(signal = sig, "unmounting on signal");
+                let result = match unmounter.as_mut() {
+                    Some(u) => u.unmount(),
+                    None => unmount_detach(&mountpoint),
+                };
+                if let Err(e) = result {
+                    tracing::error!("unmount failed: {e}");
+                }
+                return;
+            }
+        })
+        .map_err(|e| MountError::failed(format!("signal thread: {e}")))?;
+    if status.is_some() {
+        report(&mut status, "ok");
+        drop(status.take());
+        // Keep stderr when it is a log (journal, file), not when it is a terminal.
+        let stderr_is_tty = unsafe { libc::isatty(2) } == 1;
+        detach_stdio(req.log_file.is_none() && !stderr_is_tty);
+    }
+    match session.run() {
+        Ok(()) => {
+            tracing::info!("unmounted");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("session ended with an error: {e}");
+            Err(MountError::failed(format!("session: {e}")))
+        }
+    }
+}
+
+/// Mounts `fs` at the mount point. As root, mounts with type `fuse.bcachefs-lite`
+/// ourselves (fuser always says plain `fuse`, which `mount -t`, `findmnt -t` and
+/// `umount -t` could not tell apart) and hands the device to fuser; otherwise
+/// lets fuser mount through fusermount3. Returns the session and whether we mounted.
+fn mount_session(
+    fs: PassthroughFs,
+    req: &MountRequest,
+    config: &Config,
+) -> io::Result<(fuser::Session<PassthroughFs>, bool)> {
+    Ok(if unsafe { libc::geteuid() } == 0 {
+        let dev = mount_fuse_device(req)?;
+        match fuser::Session::from_fd(fs, dev, config.acl, config.clone()) {
+            Ok(s) => (s, true),
+            Err(e) => {
+                let _ = unmount_detach(&req.mountpoint);
+                return Err(e);
+            }
+        }
+    } else {
+        (fuser::Session::new(fs, &req.mountpoint, config)?, false)
+    })
+}
+
+/// Opens /dev/fuse and mounts it at the mount point with our options.
+fn mount_fuse_device(req: &MountRequest) -> io::Result<OwnedFd> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("/dev/fuse: {e} (is the fuse module loaded?)"),
+            )
+        })?;
+    let root_mode = std::fs::metadata(&req.mountpoint)?.permissions();
+    let o = &req.options;
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={}",
+        dev.as_raw_fd(),
+        std::os::unix::fs::PermissionsExt::mode(&root_mode) & libc::S_IFMT,
+        unsafe { libc::getuid() },
+        unsafe { libc::getgid() }
+    );
+    if o.allow_other {
+        data.push_str(",allow_other");
+    }
+    if o.default_permissions {
+        data.push_str(",default_permissions");
+    }
+    data.push_str(&format!(",max_read={}", crate::fs::MAX_IO));
+    let mut flags: libc::c_ulong = 0;
+    if !o.dev {
+        flags |= libc::MS_NODEV;
+    }
+    if !o.suid {
+        flags |= libc::MS_NOSUID;
+    }
+    if o.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    if o.noexec {
+        flags |= libc::MS_NOEXEC;
+    }
+    if o.noatime {
+        flags |= libc::MS_NOATIME;
+    }
+    let source = o
+        .fsname
+        .clone()
+        .unwrap_or_else(|| req.backing.to_string_lossy().into_owned());
+    let c =
+        |s: &str| std::ffi::CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let source = c(&source)?;
+    let target = c(&req.mountpoint.to_string_lossy())?;
+    let fstype = c("fuse.bcachefs-lite")?;
+    let data = c(&data)?;
+    let ret = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(dev))
+}
+
+/// Lazily unmounts `mountpoint` (the session then sees ENODEV and ends).
+fn unmount_detach(mountpoint: &Path) -> io::Result<()> {
+    let target = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

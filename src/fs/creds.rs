@@ -1,0 +1,192 @@
+//! Per-thread caller credentials.
+//!
+//! A request that creates files or depends on permissions runs with the caller's
+//! fsuid, fsgid and supplementary groups, so the backing filesystem itself decides
+//! ownership and access, exactly as if the caller had made the call.
+//!
+//! Invariant: credentials are switched with the raw syscalls (`SYS_setfsuid`,
+//! `SYS_setfsgid`, `SYS_setgroups`), which change only the calling thread. glibc's
+//! `setgroups()` would change every thread of the process (it broadcasts through
+//! signals), so it is never used. A [`CallerCreds`] guard restores the daemon's own
+//! credentials when dropped, also on early return.
+//!
+//! Locks: the supplementary-group cache has one mutex, held only to look up or insert.
+//! May block: reading `/proc/PID/status` on a cache miss.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// How long a caller's supplementary groups are trusted before /proc is read again.
+const GROUPS_TTL: Duration = Duration::from_secs(2);
+const GROUPS_CACHE_MAX: usize = 4096;
+
+/// The daemon's own identity, captured once at start-up.
+struct OwnIdentity {
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+}
+
+fn own_identity() -> &'static OwnIdentity {
+    static OWN: OnceLock<OwnIdentity> = OnceLock::new();
+    OWN.get_or_init(|| {
+        let uid = unsafe { libc::geteuid() };
+        let gid = unsafe { libc::getegid() };
+        let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) }.max(0) as usize;
+        let mut groups = vec![0 as libc::gid_t; n];
+        let got = unsafe { libc::getgroups(n as libc::c_int, groups.as_mut_ptr()) };
+        groups.truncate(got.max(0) as usize);
+        OwnIdentity { uid, gid, groups }
+    })
+}
+
+/// Call once before any worker thread starts, so every thread restores the same identity.
+pub fn init() {
+    own_identity();
+}
+
+type GroupCache = Mutex<HashMap<u32, (Instant, std::sync::Arc<[libc::gid_t]>)>>;
+
+fn group_cache() -> &'static GroupCache {
+    static CACHE: OnceLock<GroupCache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Supplementary groups of process `pid`, from the `Groups:` line of its status file.
+/// A process that is gone (or pid 0) has none.
+fn caller_groups(pid: u32) -> std::sync::Arc<[libc::gid_t]> {
+    let now = Instant::now();
+    if let Some((at, groups)) = group_cache().lock().get(&pid) {
+        if now.duration_since(*at) < GROUPS_TTL {
+            return groups.clone();
+        }
+    }
+    let groups: std::sync::Arc<[libc::gid_t]> = if pid == 0 {
+        std::sync::Arc::from(Vec::new())
+    } else {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let list: Vec<libc::gid_t> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        std::sync::Arc::from(list)
+    };
+    let mut cache = group_cache().lock();
+    if cache.len() >= GROUPS_CACHE_MAX {
+        cache.retain(|_, (at, _)| now.duration_since(*at) < GROUPS_TTL);
+        if cache.len() >= GROUPS_CACHE_MAX {
+            cache.clear();
+        }
+    }
+    cache.insert(pid, (now, groups.clone()));
+    groups
+}
+
+fn set_thread_groups(groups: &[libc::gid_t]) -> std::io::Result<()> {
+    let ret = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if ret == -1 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn set_thread_fsuid(uid: u32) {
+    unsafe { libc::syscall(libc::SYS_setfsuid, uid) };
+}
+
+fn set_thread_fsgid(gid: u32) {
+    unsafe { libc::syscall(libc::SYS_setfsgid, gid) };
+}
+
+/// While alive, the current thread acts with the caller's credentials.
+#[must_use = "credentials are restored when the guard is dropped"]
+pub struct CallerCreds {
+    switched: bool,
+}
+
+impl CallerCreds {
+    /// Switches this thread to `uid`/`gid` and the supplementary groups of `pid`.
+    /// A no-op when the daemon is not root (it cannot act for others) or when the
+    /// caller already has the daemon's identity.
+    pub fn switch(uid: u32, gid: u32, pid: u32) -> std::io::Result<Self> {
+        let own = own_identity();
+        if own.uid != 0 || (uid == own.uid && gid == own.gid) {
+            return Ok(CallerCreds { switched: false });
+        }
+        let groups = caller_groups(pid);
+        set_thread_groups(&groups)?;
+        set_thread_fsgid(gid);
+        set_thread_fsuid(uid);
+        Ok(CallerCreds { switched: true })
+    }
+}
+
+impl Drop for CallerCreds {
+    fn drop(&mut self) {
+        if self.switched {
+            let own = own_identity();
+            set_thread_fsuid(own.uid);
+            set_thread_fsgid(own.gid);
+            if let Err(e) = set_thread_groups(&own.groups) {
+                tracing::error!("cannot restore the daemon's groups: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_groups_of_a_live_process() {
+        let me = std::process::id();
+        let groups = caller_groups(me);
+        let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) } as usize;
+        assert_eq!(groups.len(), n);
+    }
+
+    #[test]
+    fn switch_changes_only_this_thread_and_restores() {
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        init();
+        // The "Uid:" line ends with the fsuid.
+        let fsuid_of = |tid: i32| -> String {
+            let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .unwrap()
+                .to_string()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            std::thread::park();
+        });
+        let other_tid = rx.recv().unwrap();
+        let me = unsafe { libc::gettid() };
+        {
+            let _guard = CallerCreds::switch(4242, 4343, 0).unwrap();
+            assert!(fsuid_of(me).ends_with("\t4242"), "{}", fsuid_of(me));
+            assert!(
+                fsuid_of(other_tid).ends_with("\t0"),
+                "{}",
+                fsuid_of(other_tid)
+            );
+        }
+        assert!(fsuid_of(me).ends_with("\t0"), "{}", fsuid_of(me));
+        other.thread().unpark();
+        other.join().unwrap();
+    }
+}

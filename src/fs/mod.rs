@@ -1,0 +1,1079 @@
+//! The FUSE layer: a passthrough of the backing directory through fuser.
+//!
+//! Model: [`inode::InodeTable`] maps FUSE node ids to `O_PATH` descriptors of
+//! backing inodes; open files and directories are handles in sharded maps; every
+//! operation is the corresponding `*at` syscall on those descriptors, so the
+//! backing decides data, attributes and errors. Requests that create files or
+//! depend on permissions run with the caller's credentials ([`creds`]).
+//!
+//! Invariants:
+//! - Hard links are one FUSE inode; an open file keeps its data when renamed or
+//!   unlinked anywhere (descriptors, not paths).
+//! - The backing is opened without `O_APPEND`: the kernel computes every write's
+//!   offset, so mmap writeback and appends land where the kernel says.
+//! - Errors from the backing reach the caller unchanged; nothing here panics on
+//!   any input (a panic would take the user's home directory down).
+//!
+//! Threads and locks: fuser runs N worker threads, each handler takes `&self`.
+//! Lock order: inode table -> handle maps (DashMap shards) -> one directory
+//! stream's mutex. No lock is held across a syscall on a regular file's data.
+//! What may block: every handler blocks on the backing filesystem; nothing blocks
+//! on another request.
+
+pub mod creds;
+pub mod inode;
+pub mod sys;
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::Mutex;
+
+use crate::options::MountOptions;
+use creds::CallerCreds;
+use inode::{Inode, InodeTable};
+use sys::{cstr, cvt, cvt_size};
+
+/// Largest read or write the kernel sends us (and what we ask it for).
+pub const MAX_IO: u32 = 1 << 20;
+
+/// An open regular file (or anything opened with open(2) that is not a directory).
+struct FileHandleState {
+    file: OwnedFd,
+    /// Keeps the inode (and its `O_PATH` descriptor) alive while the file is open.
+    _inode: Arc<Inode>,
+}
+
+/// An open directory stream. `DIR*` is not thread-safe; the mutex makes it so.
+struct DirStream {
+    dir: *mut libc::DIR,
+}
+
+// SAFETY: the DIR* is only used under the handle's mutex, from one thread at a time.
+unsafe impl Send for DirStream {}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        unsafe { libc::closedir(self.dir) };
+    }
+}
+
+struct DirHandleState {
+    stream: Mutex<DirStream>,
+    inode: Arc<Inode>,
+}
+
+/// One entry read from a directory stream.
+struct DirEntry {
+    backing_ino: u64,
+    next_offset: i64,
+    d_type: u8,
+    name: Vec<u8>,
+}
+
+pub struct PassthroughFs {
+    inodes: InodeTable,
+    files: DashMap<u64, Arc<FileHandleState>>,
+    dirs: DashMap<u64, Arc<DirHandleState>>,
+    next_handle: AtomicU64,
+    attr_ttl: Duration,
+    entry_ttl: Duration,
+}
+
+fn errno(e: io::Error) -> Errno {
+    match e.raw_os_error() {
+        Some(code) => Errno::from_i32(code),
+        None => {
+            tracing::warn!("unexpected error without errno: {e}");
+            Errno::EIO
+        }
+    }
+}
+
+/// Runs `f` with the caller's credentials.
+fn as_caller<T>(req: &Request, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let _creds = CallerCreds::switch(req.uid(), req.gid(), req.pid())?;
+    f()
+}
+
+impl PassthroughFs {
+    /// A passthrough of the directory `backing`.
+    pub fn new(backing: &Path, options: &MountOptions) -> io::Result<PassthroughFs> {
+        let c = cstr(backing.as_os_str())?;
+        let fd = sys::open_path_at(libc::AT_FDCWD, &c)?;
+        let st = sys::fstat_path(fd.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        creds::init();
+        Ok(PassthroughFs {
+            inodes: InodeTable::new(fd, &st),
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next_handle: AtomicU64::new(1),
+            attr_ttl: options.attr_timeout,
+            entry_ttl: options.entry_timeout,
+        })
+    }
+
+    fn inode(&self, ino: INodeNo) -> io::Result<Arc<Inode>> {
+        self.inodes
+            .get(ino.0)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))
+    }
+
+    fn file(&self, fh: FileHandle) -> io::Result<Arc<FileHandleState>> {
+        self.files
+            .get(&fh.0)
+            .map(|h| h.clone())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    fn dir(&self, fh: FileHandle) -> io::Result<Arc<DirHandleState>> {
+        self.dirs
+            .get(&fh.0)
+            .map(|h| h.clone())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    fn new_handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Looks `name` up in `parent`, counting one kernel lookup on success.
+    fn do_lookup(&self, parent: &Inode, name: &OsStr) -> io::Result<FileAttr> {
+        let c = cstr(name)?;
+        let fd = sys::open_path_at(parent.raw_fd(), &c)?;
+        let st = sys::fstat_path(fd.as_raw_fd())?;
+        let inode = self.inodes.lookup_insert(fd, &st);
+        Ok(sys::attr_from_stat(&st, inode.id))
+    }
+
+    fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
+        let st = sys::fstat_path(inode.raw_fd())?;
+        Ok(sys::attr_from_stat(&st, inode.id))
+    }
+
+    fn reply_entry(&self, result: io::Result<FileAttr>, reply: ReplyEntry) {
+        match result {
+            Ok(attr) => {
+                reply.entry_with_ttls(&self.attr_ttl, &self.entry_ttl, &attr, Generation(0))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// Flags for opening the backing file for a kernel open with `flags`.
+    fn backing_open_flags(flags: i32) -> i32 {
+        // O_APPEND: the kernel already computed each write's offset.
+        // O_DIRECT: served with FOPEN_DIRECT_IO instead (our buffers are not aligned).
+        // O_CREAT/O_EXCL/O_NOCTTY: meaningless when reopening an existing inode.
+        let strip = libc::O_APPEND | libc::O_DIRECT | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY;
+        (flags & !strip) | libc::O_CLOEXEC
+    }
+
+    fn fopen_flags(flags: i32) -> FopenFlags {
+        if flags & libc::O_DIRECT != 0 {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
+    fn add_file_handle(&self, file: OwnedFd, inode: Arc<Inode>) -> u64 {
+        let fh = self.new_handle();
+        self.files.insert(
+            fh,
+            Arc::new(FileHandleState {
+                file,
+                _inode: inode,
+            }),
+        );
+        fh
+    }
+
+    fn do_setattr(
+        &self,
+        inode: &Inode,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+    ) -> io::Result<FileAttr> {
+        let handle = match fh {
+            Some(fh) => self.file(fh).ok(),
+            None => None,
+        };
+        let path = sys::proc_path(inode.raw_fd());
+        if let Some(mode) = mode {
+            match &handle {
+                Some(h) => cvt(unsafe { libc::fchmod(h.file.as_raw_fd(), mode) })?,
+                None if inode.is_symlink() => {
+                    return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+                }
+                None => cvt(unsafe { libc::chmod(path.as_ptr(), mode) })?,
+            };
+        }
+        if uid.is_some() || gid.is_some() {
+            let u = uid.unwrap_or(u32::MAX);
+            let g = gid.unwrap_or(u32::MAX);
+            let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
+            cvt(unsafe { libc::fchownat(inode.raw_fd(), c"".as_ptr(), u, g, flags) })?;
+        }
+        if let Some(size) = size {
+            let size =
+                i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+            match &handle {
+                Some(h) => cvt(unsafe { libc::ftruncate(h.file.as_raw_fd(), size) })?,
+                None => cvt(unsafe { libc::truncate(path.as_ptr(), size) })?,
+            };
+        }
+        if atime.is_some() || mtime.is_some() {
+            let times = [sys::timespec(atime), sys::timespec(mtime)];
+            match &handle {
+                Some(h) => cvt(unsafe { libc::futimens(h.file.as_raw_fd(), times.as_ptr()) })?,
+                None if inode.is_symlink() => {
+                    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
+                    cvt(unsafe {
+                        libc::utimensat(inode.raw_fd(), c"".as_ptr(), times.as_ptr(), flags)
+                    })?
+                }
+                None => cvt(unsafe {
+                    libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0)
+                })?,
+            };
+        }
+        match &handle {
+            Some(h) => Ok(sys::attr_from_stat(&sys::fstat(&h.file)?, inode.id)),
+            None => self.attr_of(inode),
+        }
+    }
+
+    fn open_dir_stream(inode: &Inode) -> io::Result<DirStream> {
+        let fd = sys::open_at(
+            inode.raw_fd(),
+            &std::ffi::CString::from(c"."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        let raw = fd.as_raw_fd();
+        let dir = unsafe { libc::fdopendir(raw) };
+        if dir.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        std::mem::forget(fd); // owned by the DIR* now
+        Ok(DirStream { dir })
+    }
+
+    /// Reads entries of `handle` starting at `offset`, handing each to `add`
+    /// until it returns false (the reply buffer is full). The stream is left
+    /// positioned after the last accepted entry.
+    fn read_dir(
+        handle: &DirHandleState,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry) -> bool,
+    ) -> io::Result<()> {
+        let stream = handle.stream.lock();
+        let dir = stream.dir;
+        unsafe {
+            if offset == 0 {
+                libc::rewinddir(dir);
+            } else {
+                libc::seekdir(dir, offset as libc::c_long);
+            }
+        }
+        loop {
+            let before = unsafe { libc::telldir(dir) };
+            unsafe { *libc::__errno_location() = 0 };
+            let ent = unsafe { libc::readdir64(dir) };
+            if ent.is_null() {
+                let err = io::Error::last_os_error();
+                return match err.raw_os_error() {
+                    Some(0) | None => Ok(()),
+                    Some(_) => Err(err),
+                };
+            }
+            let ent = unsafe { &*ent };
+            let name = unsafe { std::ffi::CStr::from_ptr(ent.d_name.as_ptr()) };
+            let entry = DirEntry {
+                backing_ino: ent.d_ino,
+                next_offset: ent.d_off,
+                d_type: ent.d_type,
+                name: name.to_bytes().to_vec(),
+            };
+            if !add(&entry) {
+                unsafe { libc::seekdir(dir, before) };
+                return Ok(());
+            }
+        }
+    }
+
+    fn xattr_reply(result: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
+        match result {
+            Ok(data) if size == 0 => reply.size(data.len() as u32),
+            Ok(data) if data.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// Runs a getxattr/listxattr-style call twice: once for the size, once for the data.
+    fn sized_call(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> io::Result<Vec<u8>> {
+        loop {
+            let len = cvt_size(call(std::ptr::null_mut(), 0))?;
+            let mut buf = vec![0u8; len];
+            match cvt_size(call(buf.as_mut_ptr().cast(), buf.len())) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                // It grew between the two calls; ask again.
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn xattr_target(inode: &Inode) -> io::Result<std::ffi::CString> {
+        if inode.is_symlink() {
+            // No way to reach a symlink's own xattrs through an O_PATH descriptor.
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+        Ok(sys::proc_path(inode.raw_fd()))
+    }
+}
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Filesystem for PassthroughFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_write(MAX_IO);
+        if let Err(max) = config.set_max_readahead(MAX_IO) {
+            let _ = config.set_max_readahead(max);
+        }
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_EXPORT_SUPPORT
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let result = self
+            .inode(parent)
+            .and_then(|p| as_caller(req, || self.do_lookup(&p, name)));
+        self.reply_entry(result, reply);
+    }
+
+    // batch_forget: fuser's default hands each node to `forget` (its ForgetOne type
+    // is not public, so it cannot be overridden).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let result = self.inode(ino).and_then(|inode| {
+            // An open handle answers from its descriptor (right even after rename/unlink).
+            if let Some(h) = fh.and_then(|fh| self.file(fh).ok()) {
+                return Ok(sys::attr_from_stat(&sys::fstat(&h.file)?, inode.id));
+            }
+            self.attr_of(&inode)
+        });
+        match result {
+            Ok(attr) => reply.attr(&self.attr_ttl, &attr),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let result = self.inode(ino).and_then(|inode| {
+            as_caller(req, || {
+                self.do_setattr(&inode, mode, uid, gid, size, atime, mtime, fh)
+            })
+        });
+        match result {
+            Ok(attr) => reply.attr(&self.attr_ttl, &attr),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let result = self.inode(ino).and_then(|inode| {
+            let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+            let n = cvt_size(unsafe {
+                libc::readlinkat(
+                    inode.raw_fd(),
+                    c"".as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            })?;
+            buf.truncate(n);
+            Ok(buf)
+        });
+        match result {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = self.inode(parent).and_then(|p| {
+            as_caller(req, || {
+                let c = cstr(name)?;
+                cvt(unsafe { libc::mknodat(p.raw_fd(), c.as_ptr(), mode, rdev.into()) })?;
+                self.do_lookup(&p, name)
+            })
+        });
+        self.reply_entry(result, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = self.inode(parent).and_then(|p| {
+            as_caller(req, || {
+                let c = cstr(name)?;
+                cvt(unsafe { libc::mkdirat(p.raw_fd(), c.as_ptr(), mode) })?;
+                self.do_lookup(&p, name)
+            })
+        });
+        self.reply_entry(result, reply);
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.inode(parent).and_then(|p| {
+            as_caller(req, || {
+                let c = cstr(name)?;
+                cvt(unsafe { libc::unlinkat(p.raw_fd(), c.as_ptr(), 0) })
+            })
+        });
+        reply_empty(result, reply);
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.inode(parent).and_then(|p| {
+            as_caller(req, || {
+                let c = cstr(name)?;
+                cvt(unsafe { libc::unlinkat(p.raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+            })
+        });
+        reply_empty(result, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let result = self.inode(parent).and_then(|p| {
+            as_caller(req, || {
+                let name = cstr(link_name)?;
+                let target = cstr(target.as_os_str())?;
+                cvt(unsafe { libc::symlinkat(target.as_ptr(), p.raw_fd(), name.as_ptr()) })?;
+                self.do_lookup(&p, link_name)
+            })
+        });
+        self.reply_entry(result, reply);
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.inode(parent).and_then(|p| {
+            let np = self.inode(newparent)?;
+            as_caller(req, || {
+                let old = cstr(name)?;
+                let new = cstr(newname)?;
+                cvt(unsafe {
+                    libc::renameat2(
+                        p.raw_fd(),
+                        old.as_ptr(),
+                        np.raw_fd(),
+                        new.as_ptr(),
+                        flags.bits(),
+                    )
+                })
+            })
+        });
+        reply_empty(result, reply);
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = self.inode(ino).and_then(|inode| {
+            let np = self.inode(newparent)?;
+            as_caller(req, || {
+                let new = cstr(newname)?;
+                let direct = unsafe {
+                    libc::linkat(
+                        inode.raw_fd(),
+                        c"".as_ptr(),
+                        np.raw_fd(),
+                        new.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                    )
+                };
+                if direct == -1 && !inode.is_symlink() {
+                    // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, which an unprivileged
+                    // caller's credentials lack; the magic link needs none.
+                    let path = sys::proc_path(inode.raw_fd());
+                    cvt(unsafe {
+                        libc::linkat(
+                            libc::AT_FDCWD,
+                            path.as_ptr(),
+                            np.raw_fd(),
+                            new.as_ptr(),
+                            libc::AT_SYMLINK_FOLLOW,
+                        )
+                    })?;
+                } else {
+                    cvt(direct)?;
+                }
+                self.do_lookup(&np, newname)
+            })
+        });
+        self.reply_entry(result, reply);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let result = self.inode(ino).and_then(|inode| {
+            let path = sys::proc_path(inode.raw_fd());
+            let fd = as_caller(req, || {
+                let flags = Self::backing_open_flags(flags.0);
+                cvt(unsafe { libc::open(path.as_ptr(), flags) })
+            })?;
+            let file = unsafe { OwnedFd::from_raw_fd(fd) };
+            Ok(self.add_file_handle(file, inode))
+        });
+        match result {
+            Ok(fh) => reply.opened(FileHandle(fh), Self::fopen_flags(flags.0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let handle = match self.file(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let size = size.min(MAX_IO) as usize;
+        READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            match sys::pread_full(handle.file.as_raw_fd(), &mut buf[..size], offset) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let result = self
+            .file(fh)
+            .and_then(|h| sys::pwrite_full(h.file.as_raw_fd(), data, offset));
+        match result {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(dup(fd)) gives the backing the close it would have seen (NFS flushes
+        // and reports write errors on close) without closing our descriptor.
+        let result = self.file(fh).and_then(|h| {
+            let dup = cvt(unsafe { libc::dup(h.file.as_raw_fd()) })?;
+            cvt(unsafe { libc::close(dup) })
+        });
+        reply_empty(result, reply);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.file(fh).and_then(|h| {
+            let fd = h.file.as_raw_fd();
+            cvt(unsafe {
+                if datasync {
+                    libc::fdatasync(fd)
+                } else {
+                    libc::fsync(fd)
+                }
+            })
+        });
+        reply_empty(result, reply);
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let result = self.inode(ino).and_then(|inode| {
+            let stream = as_caller(req, || Self::open_dir_stream(&inode))?;
+            let fh = self.new_handle();
+            self.dirs.insert(
+                fh,
+                Arc::new(DirHandleState {
+                    stream: Mutex::new(stream),
+                    inode,
+                }),
+            );
+            Ok(fh)
+        });
+        match result {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let result = self.dir(fh).and_then(|h| {
+            Self::read_dir(&h, offset, |e| {
+                let id = if e.name == b"." {
+                    h.inode.id
+                } else {
+                    self.inodes.id_for_dirent(h.inode.dev, e.backing_ino)
+                };
+                let name = OsStr::from_bytes(&e.name);
+                !reply.add(
+                    INodeNo(id),
+                    e.next_offset as u64,
+                    sys::dirent_type(e.d_type),
+                    name,
+                )
+            })
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let result = self.dir(fh).and_then(|h| {
+            Self::read_dir(&h, offset, |e| {
+                let name = OsStr::from_bytes(&e.name);
+                let dot = e.name == b"." || e.name == b"..";
+                // The kernel takes no lookup reference for "." and ".."; every other
+                // entry is a lookup, undone if the reply buffer cannot take it.
+                let attr = if dot {
+                    let id = if e.name == b"." {
+                        h.inode.id
+                    } else {
+                        self.inodes.id_for_dirent(h.inode.dev, e.backing_ino)
+                    };
+                    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                    st.st_mode = libc::S_IFDIR;
+                    sys::attr_from_stat(&st, id)
+                } else {
+                    match self.do_lookup(&h.inode, name) {
+                        Ok(attr) => attr,
+                        // Gone since the directory was read: skip it, as ls would.
+                        Err(_) => return true,
+                    }
+                };
+                let full = reply.add(
+                    attr.ino,
+                    e.next_offset as u64,
+                    name,
+                    &self.entry_ttl,
+                    &attr,
+                    Generation(0),
+                );
+                if full && !dot {
+                    self.inodes.forget(attr.ino.0, 1);
+                }
+                !full
+            })
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.dir(fh).and_then(|h| {
+            let stream = h.stream.lock();
+            let fd = unsafe { libc::dirfd(stream.dir) };
+            cvt(unsafe {
+                if datasync {
+                    libc::fdatasync(fd)
+                } else {
+                    libc::fsync(fd)
+                }
+            })
+        });
+        reply_empty(result, reply);
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let result = self.inode(ino).and_then(|inode| {
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            cvt(unsafe { libc::fstatvfs(inode.raw_fd(), &mut st) })?;
+            Ok(st)
+        });
+        match result {
+            Ok(st) => reply.statfs(
+                st.f_blocks,
+                st.f_bfree,
+                st.f_bavail,
+                st.f_files,
+                st.f_ffree,
+                st.f_bsize as u32,
+                st.f_namemax as u32,
+                st.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.inode(ino).and_then(|inode| {
+            let path = Self::xattr_target(&inode)?;
+            let name = cstr(name)?;
+            as_caller(req, || {
+                cvt(unsafe {
+                    libc::setxattr(
+                        path.as_ptr(),
+                        name.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        flags,
+                    )
+                })
+            })
+        });
+        reply_empty(result, reply);
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let result = self.inode(ino).and_then(|inode| {
+            let path = Self::xattr_target(&inode)?;
+            let name = cstr(name)?;
+            as_caller(req, || {
+                Self::sized_call(|buf, len| unsafe {
+                    libc::getxattr(path.as_ptr(), name.as_ptr(), buf, len)
+                })
+            })
+        });
+        Self::xattr_reply(result, size, reply);
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let result = self.inode(ino).and_then(|inode| {
+            if inode.is_symlink() {
+                return Ok(Vec::new());
+            }
+            let path = sys::proc_path(inode.raw_fd());
+            as_caller(req, || {
+                Self::sized_call(|buf, len| unsafe {
+                    libc::listxattr(path.as_ptr(), buf.cast(), len)
+                })
+            })
+        });
+        Self::xattr_reply(result, size, reply);
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.inode(ino).and_then(|inode| {
+            let path = Self::xattr_target(&inode)?;
+            let name = cstr(name)?;
+            as_caller(req, || {
+                cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) })
+            })
+        });
+        reply_empty(result, reply);
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let result = self.inode(ino).and_then(|inode| {
+            let path = sys::proc_path(inode.raw_fd());
+            // AT_EACCESS: check with the fsuid/fsgid we switched to, not the real ids.
+            as_caller(req, || {
+                cvt(unsafe {
+                    libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask.bits(), libc::AT_EACCESS)
+                })
+            })
+        });
+        reply_empty(result, reply);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let result = self.inode(parent).and_then(|p| {
+            as_caller(req, || {
+                let c = cstr(name)?;
+                let open_flags =
+                    Self::backing_open_flags(flags) | libc::O_CREAT | (flags & libc::O_EXCL);
+                let file = sys::open_at(p.raw_fd(), &c, open_flags | libc::O_NOFOLLOW, mode)?;
+                let attr = self.do_lookup(&p, name)?;
+                let inode = self.inode(attr.ino)?;
+                Ok((attr, self.add_file_handle(file, inode)))
+            })
+        });
+        match result {
+            Ok((attr, fh)) => reply.created(
+                &self.entry_ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                Self::fopen_flags(flags),
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.file(fh).and_then(|h| {
+            cvt(unsafe {
+                libc::fallocate(
+                    h.file.as_raw_fd(),
+                    mode,
+                    offset as libc::off_t,
+                    length as libc::off_t,
+                )
+            })
+        });
+        reply_empty(result, reply);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let result = self.file(fh).and_then(|h| {
+            let pos = unsafe { libc::lseek(h.file.as_raw_fd(), offset, whence) };
+            if pos < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(pos)
+            }
+        });
+        match result {
+            Ok(pos) => reply.offset(pos),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let result = self.file(fh_in).and_then(|src| {
+            let dst = self.file(fh_out)?;
+            let mut off_in = offset_in as libc::off64_t;
+            let mut off_out = offset_out as libc::off64_t;
+            let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+            cvt_size(unsafe {
+                libc::copy_file_range(
+                    src.file.as_raw_fd(),
+                    &mut off_in,
+                    dst.file.as_raw_fd(),
+                    &mut off_out,
+                    len,
+                    0,
+                ) as isize
+            })
+        });
+        match result {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+fn reply_empty<T>(result: io::Result<T>, reply: ReplyEmpty) {
+    match result {
+        Ok(_) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}

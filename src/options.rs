@@ -1,0 +1,202 @@
+//! Mount options: the `-o a,b=c` list of `bcachefs-lite mount` (and later of
+//! `mount -t fuse.bcachefs-lite`).
+//!
+//! Parsing is pure: it turns a comma-separated string into [`MountOptions`] or an
+//! [`OptionError`] that names the offending option. Nothing here touches the system.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Everything `-o` can set. Defaults are what a user gets without options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountOptions {
+    pub allow_other: bool,
+    pub default_permissions: bool,
+    pub read_only: bool,
+    /// How long the kernel may trust attributes it got from us.
+    pub attr_timeout: Duration,
+    /// How long the kernel may trust a name -> inode lookup.
+    pub entry_timeout: Duration,
+    /// Name shown as the source in /proc/mounts; defaults to the backing path.
+    pub fsname: Option<String>,
+    /// Honour device files (`dev`) and setuid bits (`suid`); off by default, as for
+    /// every FUSE mount.
+    pub dev: bool,
+    pub suid: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: false,
+            default_permissions: false,
+            read_only: false,
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+            fsname: None,
+            dev: false,
+            suid: false,
+            noexec: false,
+            noatime: false,
+        }
+    }
+}
+
+/// A `-o` list that cannot be used, with the option it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptionError {
+    Unknown(String),
+    MissingValue(String),
+    UnexpectedValue(String),
+    BadValue {
+        option: String,
+        value: String,
+        why: &'static str,
+    },
+}
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionError::Unknown(o) => write!(f, "unknown mount option '{o}'"),
+            OptionError::MissingValue(o) => write!(f, "mount option '{o}' needs a value ({o}=...)"),
+            OptionError::UnexpectedValue(o) => write!(f, "mount option '{o}' takes no value"),
+            OptionError::BadValue { option, value, why } => {
+                write!(f, "mount option '{option}={value}': {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+/// Options mount(8) and fstab pass along that mean nothing to the daemon itself.
+const IGNORED: &[&str] = &[
+    "rw", "auto", "noauto", "nofail", "_netdev", "user", "nouser", "users",
+];
+
+impl MountOptions {
+    /// Applies a comma-separated option list on top of `self`. Empty items are skipped.
+    pub fn apply(&mut self, list: &str) -> Result<(), OptionError> {
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, value) = match item.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (item, None),
+            };
+            self.apply_one(name, value)?;
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, name: &str, value: Option<&str>) -> Result<(), OptionError> {
+        let flag = |v: Option<&str>| match v {
+            None => Ok(true),
+            Some(_) => Err(OptionError::UnexpectedValue(name.to_string())),
+        };
+        match name {
+            "allow_other" => self.allow_other = flag(value)?,
+            "default_permissions" => self.default_permissions = flag(value)?,
+            "ro" => self.read_only = flag(value)?,
+            "dev" => self.dev = flag(value)?,
+            "nodev" => self.dev = !flag(value)?,
+            "suid" => self.suid = flag(value)?,
+            "nosuid" => self.suid = !flag(value)?,
+            "exec" => self.noexec = !flag(value)?,
+            "noexec" => self.noexec = flag(value)?,
+            "atime" | "relatime" => self.noatime = !flag(value)?,
+            "noatime" => self.noatime = flag(value)?,
+            "attr_timeout" => self.attr_timeout = parse_seconds(name, value)?,
+            "entry_timeout" => self.entry_timeout = parse_seconds(name, value)?,
+            "fsname" => match value {
+                Some(v) if !v.is_empty() => self.fsname = Some(v.to_string()),
+                _ => return Err(OptionError::MissingValue(name.to_string())),
+            },
+            n if IGNORED.contains(&n) || n.starts_with("x-") || n.starts_with("comment=") => {}
+            _ => return Err(OptionError::Unknown(name.to_string())),
+        }
+        Ok(())
+    }
+}
+
+/// Seconds as an integer or decimal (`0`, `1`, `0.5`, `3600`).
+fn parse_seconds(name: &str, value: Option<&str>) -> Result<Duration, OptionError> {
+    let value = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+    let bad = |why| OptionError::BadValue {
+        option: name.to_string(),
+        value: value.to_string(),
+        why,
+    };
+    let secs: f64 = value.parse().map_err(|_| bad("not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(bad("must be between 0 and 1e9 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<MountOptions, OptionError> {
+        let mut o = MountOptions::default();
+        o.apply(s).map(|_| o)
+    }
+
+    #[test]
+    fn parses_every_option() {
+        let o =
+            parse("allow_other,default_permissions,ro,attr_timeout=2.5,entry_timeout=0,fsname=x")
+                .unwrap();
+        assert!(o.allow_other && o.default_permissions && o.read_only);
+        assert_eq!(o.attr_timeout, Duration::from_millis(2500));
+        assert_eq!(o.entry_timeout, Duration::ZERO);
+        assert_eq!(o.fsname.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn defaults_are_one_second_ttls_and_no_sharing() {
+        let o = parse("").unwrap();
+        assert_eq!(o, MountOptions::default());
+        assert_eq!(o.attr_timeout, Duration::from_secs(1));
+        assert!(!o.allow_other);
+    }
+
+    #[test]
+    fn unknown_option_is_named() {
+        let e = parse("ro,bogus=1").unwrap_err();
+        assert_eq!(e, OptionError::Unknown("bogus".into()));
+        assert!(e.to_string().contains("'bogus'"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(matches!(
+            parse("attr_timeout"),
+            Err(OptionError::MissingValue(_))
+        ));
+        assert!(matches!(
+            parse("attr_timeout=-1"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse("entry_timeout=abc"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse("ro=1"),
+            Err(OptionError::UnexpectedValue(_))
+        ));
+        assert!(matches!(
+            parse("fsname="),
+            Err(OptionError::MissingValue(_))
+        ));
+    }
+
+    #[test]
+    fn fstab_noise_is_ignored() {
+        let o = parse("rw,noauto,_netdev,x-systemd.requires-mounts-for=/srv,nofail").unwrap();
+        assert_eq!(o, MountOptions::default());
+    }
+}
