@@ -176,6 +176,11 @@ fn init_logging(log_file: Option<&Path>) -> io::Result<()> {
     result.map_err(|e| io::Error::other(e.to_string()))
 }
 
+fn stderr_is_socket() -> bool {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    unsafe { libc::fstat(2, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK }
+}
+
 /// Points stdin/stdout (and stderr unless `keep_stderr`) at /dev/null, so the
 /// daemon holds no terminal open.
 fn detach_stdio(keep_stderr: bool) {
@@ -303,9 +308,10 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     if status.is_some() {
         report(&mut status, "ok");
         drop(status.take());
-        // Keep stderr when it is a log (journal, file), not when it is a terminal.
-        let stderr_is_tty = unsafe { libc::isatty(2) } == 1;
-        detach_stdio(req.log_file.is_none() && !stderr_is_tty);
+        // Keep stderr only when it is the journal's stream socket (a mount unit): a
+        // terminal would be written over, and a pipe would never see end-of-file
+        // (`bcachefs-lite mount ... | cat` must return).
+        detach_stdio(req.log_file.is_none() && stderr_is_socket());
     }
     match session.run() {
         Ok(()) => {

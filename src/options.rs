@@ -129,7 +129,7 @@ fn parse_seconds(name: &str, value: Option<&str>) -> Result<Duration, OptionErro
         why,
     };
     let secs: f64 = value.parse().map_err(|_| bad("not a number of seconds"))?;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(bad("must be between 0 and 1e9 seconds"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -84,6 +84,16 @@ struct DirEntry {
     name: Vec<u8>,
 }
 
+/// What one setattr asks to change; `None` leaves that attribute alone.
+struct AttrChange {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+}
+
 pub struct PassthroughFs {
     inodes: InodeTable,
     files: DashMap<u64, Arc<FileHandleState>>,
@@ -181,7 +191,14 @@ impl PassthroughFs {
         // O_APPEND: the kernel already computed each write's offset.
         // O_DIRECT: served with FOPEN_DIRECT_IO instead (our buffers are not aligned).
         // O_CREAT/O_EXCL/O_NOCTTY: meaningless when reopening an existing inode.
-        let strip = libc::O_APPEND | libc::O_DIRECT | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY;
+        // O_NOFOLLOW: the kernel resolved the path already, and /proc/self/fd/N is
+        // itself a (magic) symlink that O_NOFOLLOW would refuse with ELOOP.
+        let strip = libc::O_APPEND
+            | libc::O_DIRECT
+            | libc::O_CREAT
+            | libc::O_EXCL
+            | libc::O_NOCTTY
+            | libc::O_NOFOLLOW;
         (flags & !strip) | libc::O_CLOEXEC
     }
 
@@ -208,14 +225,17 @@ impl PassthroughFs {
     fn do_setattr(
         &self,
         inode: &Inode,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
+        change: AttrChange,
         fh: Option<FileHandle>,
     ) -> io::Result<FileAttr> {
+        let AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        } = change;
         let handle = match fh {
             Some(fh) => self.file(fh).ok(),
             None => None,
@@ -426,7 +446,15 @@ impl Filesystem for PassthroughFs {
     ) {
         let result = self.inode(ino).and_then(|inode| {
             as_caller(req, || {
-                self.do_setattr(&inode, mode, uid, gid, size, atime, mtime, fh)
+                let change = AttrChange {
+                    mode,
+                    uid,
+                    gid,
+                    size,
+                    atime,
+                    mtime,
+                };
+                self.do_setattr(&inode, change, fh)
             })
         });
         match result {

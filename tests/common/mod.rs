@@ -1,0 +1,209 @@
+//! Shared test harness: real FUSE mounts in temporary directories.
+//!
+//! A [`Mount`] starts `bcachefs-lite mount -f` as a child process, waits until the
+//! kernel lists the mount, and on drop (also when an assertion failed) lazily
+//! unmounts what it mounted and ends its own child by PID. Nothing else is ever
+//! unmounted or killed.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bcachefs-lite");
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips (returns early from) a test that needs root and /dev/fuse.
+#[macro_export]
+macro_rules! require_fuse {
+    () => {
+        if !common::is_root() || !std::path::Path::new("/dev/fuse").exists() {
+            eprintln!("skipped: needs root and /dev/fuse");
+            return;
+        }
+    };
+}
+
+/// Whether `path` is currently a mount point of type fuse.bcachefs-lite.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 4 && f[4] == want && l.contains(" - fuse.bcachefs-lite ")
+    })
+}
+
+pub fn umount_lazy(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub backing: PathBuf,
+    pub mnt: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mount {
+    /// A fresh backing directory mounted with `options` (comma-separated, may be empty).
+    pub fn new(options: &str) -> Mount {
+        let dir = tempfile::Builder::new()
+            .prefix("bcl-test")
+            .tempdir()
+            .unwrap();
+        let backing = dir.path().join("backing");
+        std::fs::create_dir(&backing).unwrap();
+        Mount::over(dir, backing, options, &[])
+    }
+
+    /// Mounts an existing `backing` (inside `dir`) with extra CLI arguments.
+    pub fn over(dir: tempfile::TempDir, backing: PathBuf, options: &str, extra: &[&str]) -> Mount {
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("mount").arg(&backing).arg(&mnt).arg("-f");
+        if !options.is_empty() {
+            cmd.arg("-o").arg(options);
+        }
+        cmd.args(extra).stdin(Stdio::null());
+        let child = cmd.spawn().expect("spawn bcachefs-lite");
+        let mut m = Mount {
+            dir,
+            backing,
+            mnt,
+            child: Some(child),
+        };
+        m.wait_mounted();
+        m
+    }
+
+    fn wait_mounted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&self.mnt) {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("bcachefs-lite exited before mounting: {status}");
+                }
+            }
+            assert!(Instant::now() < deadline, "mount did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Path inside the mount.
+    pub fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Path inside the backing directory.
+    pub fn b(&self, rel: &str) -> PathBuf {
+        self.backing.join(rel)
+    }
+
+    /// Unmounts with umount(2) and waits for the daemon to exit; returns its status.
+    pub fn unmount(mut self) -> std::process::ExitStatus {
+        let c = CString::new(self.mnt.as_os_str().as_bytes()).unwrap();
+        assert_eq!(
+            unsafe { libc::umount(c.as_ptr()) },
+            0,
+            "umount: {}",
+            io::Error::last_os_error()
+        );
+        let mut child = self.child.take().unwrap();
+        wait_timeout(&mut child, Duration::from_secs(20)).expect("daemon did not exit after umount")
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            umount_lazy(&self.mnt);
+        }
+        if let Some(mut child) = self.child.take() {
+            if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Runs a shell command, returning (exit code, stdout, stderr).
+pub fn sh(cmd: &str, cwd: &Path) -> (i32, String, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(cwd)
+        .output()
+        .expect("run sh");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a shell command and panics with its output if it fails.
+pub fn sh_ok(cmd: &str, cwd: &Path) -> String {
+    let (code, out, err) = sh(cmd, cwd);
+    assert_eq!(
+        code,
+        0,
+        "`{cmd}` failed in {}:\n{out}\n{err}",
+        cwd.display()
+    );
+    out
+}
+
+pub fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// errno of the last failed libc call, or 0 when `ret` is not -1.
+pub fn err_of(ret: i64) -> i32 {
+    if ret == -1 {
+        io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
