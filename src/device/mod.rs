@@ -106,6 +106,9 @@ pub enum FaultKind {
     /// The triggering write stores only its first `keep` bytes and fails with `EIO`;
     /// every later mutating operation fails.
     TearAndFail { keep: usize },
+    /// A transient error: only the triggering operation fails (a write stores its first `keep`
+    /// bytes first); later operations succeed. Catches code that ignores an error and goes on.
+    FailOnce { keep: usize },
     /// Power loss: the triggering write stores only its first `keep` bytes but reports success,
     /// and every later mutating operation (write, sync, punch) is silently dropped while
     /// reporting success. `keep: 0` drops the triggering write entirely.
@@ -183,12 +186,19 @@ impl<D: CacheDevice> CacheDevice for FaultyDevice<D> {
                 }
                 Ok(())
             }
+            Some((false, FaultKind::FailOnce { .. })) => self.inner.pwrite(buf, off),
+            Some((true, FaultKind::FailOnce { keep })) => {
+                if keep > 0 {
+                    self.inner.pwrite(&buf[..keep.min(buf.len())], off)?;
+                }
+                Err(eio())
+            }
         }
     }
 
     fn fdatasync(&self) -> io::Result<()> {
         match self.fate() {
-            None => self.inner.fdatasync(),
+            None | Some((false, FaultKind::FailOnce { .. })) => self.inner.fdatasync(),
             Some((_, FaultKind::TearAndFreeze { .. })) => Ok(()),
             Some(_) => Err(eio()),
         }
@@ -196,7 +206,7 @@ impl<D: CacheDevice> CacheDevice for FaultyDevice<D> {
 
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
         match self.fate() {
-            None => self.inner.punch_hole(off, len),
+            None | Some((false, FaultKind::FailOnce { .. })) => self.inner.punch_hole(off, len),
             Some((_, FaultKind::TearAndFreeze { .. })) => Ok(()),
             Some(_) => Err(eio()),
         }
@@ -251,6 +261,19 @@ mod tests {
         fd.pread(&mut buf, 200).unwrap();
         assert_eq!(buf, [0; 10]);
         assert_eq!(fd.ops(), 4);
+    }
+
+    #[test]
+    fn fail_once_then_recovers() {
+        let (_f, dev) = tmp_dev(8192);
+        let fd = FaultyDevice::new(dev);
+        fd.arm(0, FaultKind::FailOnce { keep: 2 });
+        assert!(fd.pwrite(&[5u8; 4], 0).is_err());
+        fd.pwrite(&[6u8; 4], 8).unwrap();
+        fd.fdatasync().unwrap();
+        let mut buf = [0u8; 12];
+        fd.pread(&mut buf, 0).unwrap();
+        assert_eq!(buf, [5, 5, 0, 0, 0, 0, 0, 0, 6, 6, 6, 6]);
     }
 
     #[test]
