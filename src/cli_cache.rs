@@ -17,7 +17,10 @@ use crate::error::{Error, Result};
 /// accepted): `4096`, `4K`, `1M`, `20G`, `1.5G` is refused (whole numbers only).
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, shift) = match t.chars().last() {
         Some('k' | 'K') => (&t[..t.len() - 1], 10),
         Some('m' | 'M') => (&t[..t.len() - 1], 20),
@@ -25,8 +28,11 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         Some('t' | 'T') => (&t[..t.len() - 1], 40),
         _ => (t, 0),
     };
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?} (use e.g. 4096, 4K, 1M, 20G)"))?;
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("size {s:?} is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (use e.g. 4096, 4K, 1M, 20G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// Arguments of `format`.
@@ -92,12 +98,22 @@ pub fn show_super(path: &Path, json: bool) -> Result<String> {
     let f = std::fs::File::open(path).map_err(|e| Error::io("open cache file", e))?;
     let dev = FileDevice::new(f);
     let (sb, ck) = read_newest_checkpoint(&dev)?;
-    Ok(render(&sb, ck.checkpoint.seq, ck.journal_seq, ck.skipped, json))
+    Ok(render(
+        &sb,
+        ck.checkpoint.seq,
+        ck.journal_seq,
+        ck.skipped,
+        json,
+    ))
 }
 
 fn render(sb: &Superblock, ck_seq: u64, j_seq: u64, skipped: usize, json: bool) -> String {
     let size = sb.file_size().unwrap_or(0);
-    let backing = if sb.backing.is_empty() { "(unbound)" } else { sb.backing.as_str() };
+    let backing = if sb.backing.is_empty() {
+        "(unbound)"
+    } else {
+        sb.backing.as_str()
+    };
     if json {
         let mut o = String::from("{");
         let _ = write!(
@@ -141,13 +157,20 @@ fn render(sb: &Superblock, ck_seq: u64, j_seq: u64, skipped: usize, json: bool) 
     let _ = writeln!(o, "file_size            {size}");
     let _ = writeln!(o, "replacement          {}", sb.replacement.name());
     let _ = writeln!(o, "cache_mode           {}", sb.cache_mode.name());
-    let _ = writeln!(o, "discard              {}", if sb.discard { "on" } else { "off" });
+    let _ = writeln!(
+        o,
+        "discard              {}",
+        if sb.discard { "on" } else { "off" }
+    );
     let _ = writeln!(o, "backing              {backing}");
     let _ = writeln!(o, "created_unix         {}", sb.created_unix);
     let _ = writeln!(o, "gens_checkpoint_seq  {ck_seq}");
     let _ = writeln!(o, "journal_seq          {j_seq}");
     if skipped > 0 {
-        let _ = writeln!(o, "skipped_checkpoints  {skipped} (newer checkpoints were invalid)");
+        let _ = writeln!(
+            o,
+            "skipped_checkpoints  {skipped} (newer checkpoints were invalid)"
+        );
     }
     o
 }

@@ -51,7 +51,10 @@ impl Error {
 
     /// Build a [`Error::Corrupt`].
     pub fn corrupt(what: &'static str, detail: impl Into<String>) -> Self {
-        Error::Corrupt { what, detail: detail.into() }
+        Error::Corrupt {
+            what,
+            detail: detail.into(),
+        }
     }
 
     /// The errno class of this error, for the FUSE boundary.
@@ -102,7 +105,10 @@ impl fmt::Display for Error {
             Error::AlreadyExists(m) => write!(f, "{m}"),
             Error::NoFreeBucket => write!(f, "no free bucket available"),
             Error::Poisoned => {
-                write!(f, "cache poisoned after a failed write or fsync; caching is stopped")
+                write!(
+                    f,
+                    "cache poisoned after a failed write or fsync; caching is stopped"
+                )
             }
             Error::Shutdown => write!(f, "cache is shutting down"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),

@@ -12,7 +12,11 @@ use bcachefs_lite::device::format::{CacheMode, Replacement};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bcachefs-lite", version, about = "A FUSE caching filesystem with a bcache-style allocator")]
+#[command(
+    name = "bcachefs-lite",
+    version,
+    about = "A FUSE caching filesystem with a bcache-style allocator"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -54,7 +54,14 @@ fn gc_from_markers(c: &Cache, path: &Path) {
 fn scenario(c: &Cache, rounds: usize) {
     for _ in 0..rounds {
         while let Ok((b, g)) = c.bucket_alloc(Reserve::MovingGc, false) {
-            let _ = c.write_data(bcachefs_lite::BucketPtr { bucket: b, gen: g, offset: 0 }, &marker(b, g));
+            let _ = c.write_data(
+                bcachefs_lite::BucketPtr {
+                    bucket: b,
+                    gen: g,
+                    offset: 0,
+                },
+                &marker(b, g),
+            );
             let _ = c.unpin(b);
         }
         let _ = c.sync();
@@ -74,7 +81,11 @@ fn setup(dir: &Path) -> (std::path::PathBuf, Vec<Option<u8>>) {
     drop(c);
     let gens = disk_gens(&p);
     let base: Vec<Option<u8>> = (0..N as u32)
-        .map(|b| read_marker(&p, &sb, b).filter(|&(_, g)| g == gens[b as usize]).map(|(_, g)| g))
+        .map(|b| {
+            read_marker(&p, &sb, b)
+                .filter(|&(_, g)| g == gens[b as usize])
+                .map(|(_, g)| g)
+        })
         .collect();
     assert!(base.iter().filter(|m| m.is_some()).count() > (N as usize) * 3 / 4);
     (p, base)
@@ -105,11 +116,16 @@ fn check(path: &Path, base: &[Option<u8>], what: &str) {
     }
     // The reopened cache is consistent and can go on allocating.
     let c = open_manual(path);
-    c.check_invariants().unwrap_or_else(|e| panic!("{what}: {e}"));
+    c.check_invariants()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     gc_from_markers(&c, path);
     c.allocator_run_until_idle(100).unwrap();
-    assert!(c.bucket_alloc(Reserve::MovingGc, false).is_ok(), "{what}: cannot allocate");
-    c.check_invariants().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        c.bucket_alloc(Reserve::MovingGc, false).is_ok(),
+        "{what}: cannot allocate"
+    );
+    c.check_invariants()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
 }
 
 #[test]
@@ -164,5 +180,8 @@ fn torn_or_dropped_checkpoint_writes_never_reuse_a_bucket_under_a_non_durable_ge
         }
     }
     assert!(runs > 100);
-    assert!(poisoned > 0, "no injected failure ever poisoned the allocator");
+    assert!(
+        poisoned > 0,
+        "no injected failure ever poisoned the allocator"
+    );
 }

@@ -25,9 +25,15 @@ fn run(discard: bool) -> (u64, u64, u64) {
     let mut written = 0;
     for round in 0..40u64 {
         c.allocator_run_until_idle(100).unwrap();
-        while let Ok((ptr, n)) =
-            c.alloc_sectors(KeyPos { file: round, offset: written * 1000 }, sectors, 1, false)
-        {
+        while let Ok((ptr, n)) = c.alloc_sectors(
+            KeyPos {
+                file: round,
+                offset: written * 1000,
+            },
+            sectors,
+            1,
+            false,
+        ) {
             c.write_data(ptr, &data[..n as usize * 512]).unwrap();
             c.key_inserted(ptr).unwrap();
             written += 1;
@@ -44,7 +50,10 @@ fn run(discard: bool) -> (u64, u64, u64) {
         c.allocator_run_until_idle(100).unwrap();
     }
     let after = std::fs::metadata(&p).unwrap().blocks();
-    assert_eq!(std::fs::metadata(&p).unwrap().len(), c.superblock().file_size().unwrap());
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().len(),
+        c.superblock().file_size().unwrap()
+    );
     c.check_invariants().unwrap();
     (written, before, after)
 }
@@ -56,11 +65,17 @@ fn freed_buckets_are_punched_out_of_the_file() {
     // 512-byte units: a bucket of data accounts for 128 of them; buckets were recycled while
     // filling, but most of the cache holds data at the end.
     assert!(before >= 40 * 128, "data not allocated: {before} blocks");
-    assert!(after < before / 4, "st_blocks did not drop: before {before}, after {after}");
+    assert!(
+        after < before / 4,
+        "st_blocks did not drop: before {before}, after {after}"
+    );
 }
 
 #[test]
 fn without_discard_the_blocks_stay_allocated() {
     let (_written, before, after) = run(false);
-    assert!(after >= before, "blocks dropped without discard: {before} -> {after}");
+    assert!(
+        after >= before,
+        "blocks dropped without discard: {before} -> {after}"
+    );
 }

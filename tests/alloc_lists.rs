@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bcachefs_lite::alloc::{Cache, KeyPos, Loc, Mark, Reserve, StepOutcome, BUCKET_GC_GEN_MAX, INITIAL_PRIO};
+use bcachefs_lite::alloc::{
+    Cache, KeyPos, Loc, Mark, Reserve, StepOutcome, BUCKET_GC_GEN_MAX, INITIAL_PRIO,
+};
 use bcachefs_lite::device::format::Replacement;
 use bcachefs_lite::Error;
 use common::*;
@@ -24,7 +26,10 @@ fn fresh(rep: Replacement) -> (tempfile::TempDir, std::path::PathBuf, Cache) {
 fn nothing_is_allocated_before_the_first_gc() {
     let (_d, _p, c) = fresh(Replacement::Lru);
     assert_eq!(c.allocator_step().unwrap(), StepOutcome::WaitingForGc);
-    assert!(matches!(c.bucket_alloc(Reserve::Metadata, false), Err(Error::NoFreeBucket)));
+    assert!(matches!(
+        c.bucket_alloc(Reserve::Metadata, false),
+        Err(Error::NoFreeBucket)
+    ));
 }
 
 #[test]
@@ -54,7 +59,10 @@ fn allocator_fills_lists_in_push_order_after_a_durable_checkpoint() {
     for b in 0..N as u32 {
         let i = c.bucket_info(b).unwrap();
         if matches!(i.loc, Loc::Free(_)) {
-            assert_eq!(i.gen, on_disk[b as usize], "bucket {b} free with a gen not on disk");
+            assert_eq!(
+                i.gen, on_disk[b as usize],
+                "bucket {b} free with a gen not on disk"
+            );
         }
     }
     c.check_invariants().unwrap();
@@ -70,7 +78,10 @@ fn bucket_alloc_pops_none_first_and_only_metadata_may_dig_into_its_reserve() {
         let (b, _) = c.bucket_alloc(Reserve::None, false).unwrap();
         assert_eq!(c.bucket_info(b).unwrap().mark, Mark::Data);
     }
-    assert!(matches!(c.bucket_alloc(Reserve::None, false), Err(Error::NoFreeBucket)));
+    assert!(matches!(
+        c.bucket_alloc(Reserve::None, false),
+        Err(Error::NoFreeBucket)
+    ));
     assert_eq!(c.stats().free[Reserve::Metadata as usize], 2);
     let (m, _) = c.bucket_alloc(Reserve::Metadata, false).unwrap();
     assert_eq!(c.bucket_info(m).unwrap().mark, Mark::Metadata);
@@ -115,7 +126,10 @@ fn protected_buckets_are_never_invalidated() {
     for &b in &held[1..] {
         c.unpin(b).unwrap();
     }
-    let before: Vec<u8> = [pinned, dirty, meta].iter().map(|&b| c.bucket_gen(b).unwrap()).collect();
+    let before: Vec<u8> = [pinned, dirty, meta]
+        .iter()
+        .map(|&b| c.bucket_gen(b).unwrap())
+        .collect();
     for _ in 0..50 {
         while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
             c.unpin(b).unwrap();
@@ -123,7 +137,10 @@ fn protected_buckets_are_never_invalidated() {
         c.allocator_run_until_idle(100).unwrap();
     }
     assert!(c.stats().invalidated > 200);
-    let after: Vec<u8> = [pinned, dirty, meta].iter().map(|&b| c.bucket_gen(b).unwrap()).collect();
+    let after: Vec<u8> = [pinned, dirty, meta]
+        .iter()
+        .map(|&b| c.bucket_gen(b).unwrap())
+        .collect();
     assert_eq!(before, after);
     assert_eq!(c.bucket_gen(meta).unwrap(), mgen);
     for b in c.checkpoint_buckets() {
@@ -154,16 +171,26 @@ fn lru_invalidates_smallest_prio_times_sectors_first() {
     }
     let gens: Vec<u8> = held.iter().map(|&b| c.bucket_gen(b).unwrap()).collect();
     c.allocator_step().unwrap(); // invalidate + checkpoint
-    let bumped: Vec<usize> =
-        (0..held.len()).filter(|&i| c.bucket_gen(held[i]).unwrap() != gens[i]).collect();
+    let bumped: Vec<usize> = (0..held.len())
+        .filter(|&i| c.bucket_gen(held[i]).unwrap() != gens[i])
+        .collect();
     assert!(!bumped.is_empty());
     assert!(bumped.len() <= free_inc_cap);
     // The buckets that were handed out and released without data (sectors 0) go first; among
     // the data buckets only the cheapest may have been taken.
     let max_bumped = *bumped.iter().max().unwrap();
-    let not_bumped_min = (0..held.len()).find(|i| !bumped.contains(i)).unwrap_or(held.len());
-    assert!(max_bumped < not_bumped_min + bumped.len(), "bumped {bumped:?}");
-    assert_eq!(bumped, (0..bumped.len()).collect::<Vec<_>>(), "LRU took expensive buckets");
+    let not_bumped_min = (0..held.len())
+        .find(|i| !bumped.contains(i))
+        .unwrap_or(held.len());
+    assert!(
+        max_bumped < not_bumped_min + bumped.len(),
+        "bumped {bumped:?}"
+    );
+    assert_eq!(
+        bumped,
+        (0..bumped.len()).collect::<Vec<_>>(),
+        "LRU took expensive buckets"
+    );
 }
 
 #[test]
@@ -172,8 +199,9 @@ fn fifo_invalidates_in_bucket_order() {
     gc_empty(&c);
     let before: Vec<u8> = (0..N as u32).map(|b| c.bucket_gen(b).unwrap()).collect();
     c.allocator_step().unwrap();
-    let bumped: Vec<u32> =
-        (0..N as u32).filter(|&b| c.bucket_gen(b).unwrap() != before[b as usize]).collect();
+    let bumped: Vec<u32> = (0..N as u32)
+        .filter(|&b| c.bucket_gen(b).unwrap() != before[b as usize])
+        .collect();
     assert_eq!(bumped.len(), 16);
     // Round robin from bucket 0 skipping the checkpoint and reserve buckets.
     let mut expect = Vec::new();
@@ -201,7 +229,11 @@ fn random_invalidates_only_eligible_buckets_and_reaches_all_of_them() {
         c.allocator_run_until_idle(100).unwrap();
         c.check_invariants().unwrap();
     }
-    assert!(seen.len() > 50, "random policy reached only {} buckets", seen.len());
+    assert!(
+        seen.len() > 50,
+        "random policy reached only {} buckets",
+        seen.len()
+    );
 }
 
 #[test]
@@ -220,7 +252,11 @@ fn nothing_to_invalidate_asks_for_gc_and_does_not_spin() {
     assert!(c.gc_requests() > 0);
     let req2 = c.gc_requests();
     assert_eq!(c.allocator_step().unwrap(), StepOutcome::NeedsGc);
-    assert_eq!(c.gc_requests(), req2, "a second step without GC asked again (spinning)");
+    assert_eq!(
+        c.gc_requests(),
+        req2,
+        "a second step without GC asked again (spinning)"
+    );
     assert_eq!(c.stats().invalidated, inv);
     // GC finds the data clean (written back): invalidation resumes.
     let mut r = c.gc_begin();
@@ -246,16 +282,16 @@ fn gen_never_runs_more_than_96_ahead_of_the_oldest_referenced_gen() {
         while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
             c.unpin(b).unwrap();
         }
-        match c.allocator_run_until_idle(100).unwrap() {
-            StepOutcome::NeedsGc => {
-                needs_gc = true;
-                break;
-            }
-            _ => {}
+        if c.allocator_run_until_idle(100).unwrap() == StepOutcome::NeedsGc {
+            needs_gc = true;
+            break;
         }
     }
     assert!(needs_gc, "allocator never stopped at the gen-wrap bound");
-    let max = (0..N as u32).map(|b| c.bucket_gen(b).unwrap()).max().unwrap();
+    let max = (0..N as u32)
+        .map(|b| c.bucket_gen(b).unwrap())
+        .max()
+        .unwrap();
     assert_eq!(max, BUCKET_GC_GEN_MAX);
     c.check_invariants().unwrap();
     // GC drops the old keys: invalidation may go on.
@@ -272,14 +308,24 @@ fn prios_age_as_data_is_written_and_hits_reset_them() {
     let (_d, _p, c) = fresh(Replacement::Lru);
     gc_empty(&c);
     c.allocator_run_until_idle(100).unwrap();
-    let (p0, n0) = c.alloc_sectors(KeyPos { file: 1, offset: 0 }, 8, 1, false).unwrap();
+    let (p0, n0) = c
+        .alloc_sectors(KeyPos { file: 1, offset: 0 }, 8, 1, false)
+        .unwrap();
     c.key_inserted(p0).unwrap();
     // Writing 8 sectors already crossed one rescale period.
     assert_eq!(c.bucket_info(p0.bucket).unwrap().prio, INITIAL_PRIO - 1);
     // rescale every bucket_sectors * nbuckets / 1024 = 32 * 64 / 1024 = 2 sectors.
     let mut off = u64::from(n0);
     for _ in 0..20 {
-        let Ok((p, n)) = c.alloc_sectors(KeyPos { file: 2, offset: off }, 2, 2, false) else {
+        let Ok((p, n)) = c.alloc_sectors(
+            KeyPos {
+                file: 2,
+                offset: off,
+            },
+            2,
+            2,
+            false,
+        ) else {
             c.allocator_run_until_idle(100).unwrap();
             continue;
         };
@@ -308,7 +354,10 @@ fn waiting_bucket_alloc_is_woken_by_the_allocator_thread() {
     assert!(c.stats().checkpoints > 10);
     c.check_invariants().unwrap();
     c.close();
-    assert!(matches!(c.bucket_alloc(Reserve::None, true), Err(Error::Shutdown)));
+    assert!(matches!(
+        c.bucket_alloc(Reserve::None, true),
+        Err(Error::Shutdown)
+    ));
 }
 
 #[test]
@@ -321,7 +370,9 @@ fn reopen_restores_durable_gens_and_prios() {
         }
         c.allocator_run_until_idle(100).unwrap();
     }
-    let gens: Vec<u8> = (0..N as u32).map(|b| c.bucket_info(b).unwrap().disk_gen).collect();
+    let gens: Vec<u8> = (0..N as u32)
+        .map(|b| c.bucket_info(b).unwrap().disk_gen)
+        .collect();
     let seq = c.stats().checkpoint_seq;
     drop(c);
     let c = open_manual(&p);
@@ -357,7 +408,11 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one() {
     let sb = c.superblock().clone();
     drop(c);
     // Flip one bit in the entries of the newest checkpoint.
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
     use std::os::unix::fs::FileExt;
     let off = sb.bucket_offset(newest[0]) + 100;
     let mut byte = [0u8; 1];

@@ -25,18 +25,41 @@ const BUCKET: u32 = 16 << 10; // 32 sectors
 
 #[derive(Debug, Clone)]
 enum Op {
-    Alloc { wp: u64, file: u64, off: u64, sectors: u32, seq: bool },
-    Insert { i: usize, dirty: bool },
-    Abandon { i: usize },
-    ReadPin { i: usize },
-    ReadUnpin { i: usize },
+    Alloc {
+        wp: u64,
+        file: u64,
+        off: u64,
+        sectors: u32,
+        seq: bool,
+    },
+    Insert {
+        i: usize,
+        dirty: bool,
+    },
+    Abandon {
+        i: usize,
+    },
+    ReadPin {
+        i: usize,
+    },
+    ReadUnpin {
+        i: usize,
+    },
     Meta,
-    FreeMeta { i: usize },
-    Touch { i: usize },
+    FreeMeta {
+        i: usize,
+    },
+    Touch {
+        i: usize,
+    },
     Gc,
-    Step { n: usize },
+    Step {
+        n: usize,
+    },
     /// Many allocate-release-invalidate cycles, to push gens towards the wrap bound.
-    Churn { rounds: usize },
+    Churn {
+        rounds: usize,
+    },
     Crash,
 }
 
@@ -123,12 +146,19 @@ fn prune_handed(c: &Cache, m: &mut Model) {
 }
 
 fn check_all(c: &Cache, m: &Model, path: &Path, ctx: &str) -> Result<(), TestCaseError> {
-    c.check_invariants().map_err(|e| TestCaseError::fail(format!("{ctx}: {e}")))?;
+    c.check_invariants()
+        .map_err(|e| TestCaseError::fail(format!("{ctx}: {e}")))?;
     let disk = disk_gens(path);
     for b in 0..N as u32 {
         let i = c.bucket_info(b).unwrap();
         if i.loc != bcachefs_lite::alloc::Loc::FreeInc {
-            prop_assert_eq!(i.gen, disk[b as usize], "{}: bucket {} gen not durable", ctx, b);
+            prop_assert_eq!(
+                i.gen,
+                disk[b as usize],
+                "{}: bucket {} gen not durable",
+                ctx,
+                b
+            );
         }
     }
     for k in &m.keys {
@@ -146,9 +176,27 @@ fn check_all(c: &Cache, m: &Model, path: &Path, ctx: &str) -> Result<(), TestCas
     Ok(())
 }
 
-fn fresh_handout(m: &mut Model, b: u32, g: u8, path: &Path, ctx: &str) -> Result<(), TestCaseError> {
-    prop_assert!(m.handed.insert((b, g)), "{}: bucket {} handed out twice under gen {}", ctx, b, g);
-    prop_assert_eq!(disk_gens(path)[b as usize], g, "{}: bucket {} handed out under non-durable gen", ctx, b);
+fn fresh_handout(
+    m: &mut Model,
+    b: u32,
+    g: u8,
+    path: &Path,
+    ctx: &str,
+) -> Result<(), TestCaseError> {
+    prop_assert!(
+        m.handed.insert((b, g)),
+        "{}: bucket {} handed out twice under gen {}",
+        ctx,
+        b,
+        g
+    );
+    prop_assert_eq!(
+        disk_gens(path)[b as usize],
+        g,
+        "{}: bucket {} handed out under non-durable gen",
+        ctx,
+        b
+    );
     m.handed_gen.insert(b, g);
     Ok(())
 }
@@ -163,10 +211,19 @@ fn run(ops: Vec<Op>, rep: Replacement, discard: bool) -> Result<(), TestCaseErro
         let ctx = format!("step {step} {op:?}");
         let guard = protected(&c, &m);
         match op {
-            Op::Alloc { wp, file, off, sectors, seq } => {
+            Op::Alloc {
+                wp,
+                file,
+                off,
+                sectors,
+                seq,
+            } => {
                 let key = match (seq, m.last_end.get(&wp)) {
                     (true, Some(&k)) => k,
-                    _ => KeyPos { file: file * 1000 + wp, offset: off * 8 },
+                    _ => KeyPos {
+                        file: file * 1000 + wp,
+                        offset: off * 8,
+                    },
                 };
                 if let Ok((p, n)) = c.alloc_sectors(key, sectors, wp, false) {
                     prop_assert!(n >= 1 && n <= sectors);
@@ -178,16 +235,31 @@ fn run(ops: Vec<Op>, rep: Replacement, discard: bool) -> Result<(), TestCaseErro
                     *next = p.offset + n;
                     prop_assert!(*next <= BUCKET / 512);
                     m.pending.push((p, n));
-                    m.last_end.insert(wp, KeyPos { file: key.file, offset: key.offset + u64::from(n) });
+                    m.last_end.insert(
+                        wp,
+                        KeyPos {
+                            file: key.file,
+                            offset: key.offset + u64::from(n),
+                        },
+                    );
                 }
             }
             Op::Insert { i, dirty } if !m.pending.is_empty() => {
                 let (p, n) = m.pending.remove(i % m.pending.len());
                 if dirty {
-                    prop_assert!(c.mark_dirty(p.bucket, p.gen).unwrap(), "{}: pinned bucket stale", ctx);
+                    prop_assert!(
+                        c.mark_dirty(p.bucket, p.gen).unwrap(),
+                        "{}: pinned bucket stale",
+                        ctx
+                    );
                 }
                 c.key_inserted(p).unwrap();
-                m.keys.push(Key { bucket: p.bucket, gen: p.gen, sectors: n, dirty });
+                m.keys.push(Key {
+                    bucket: p.bucket,
+                    gen: p.gen,
+                    sectors: n,
+                    dirty,
+                });
             }
             Op::Abandon { i } if !m.pending.is_empty() => {
                 let (p, _) = m.pending.remove(i % m.pending.len());
@@ -197,7 +269,13 @@ fn run(ops: Vec<Op>, rep: Replacement, discard: bool) -> Result<(), TestCaseErro
                 let k = m.keys[i % m.keys.len()];
                 let live = c.bucket_gen(k.bucket).unwrap() == k.gen;
                 let pinned = c.pin(k.bucket, k.gen).unwrap();
-                prop_assert_eq!(pinned, live, "{}: pin of a {} key", ctx, if live { "live" } else { "stale" });
+                prop_assert_eq!(
+                    pinned,
+                    live,
+                    "{}: pin of a {} key",
+                    ctx,
+                    if live { "live" } else { "stale" }
+                );
                 if pinned {
                     m.reads.push(k.bucket);
                 }
@@ -223,13 +301,19 @@ fn run(ops: Vec<Op>, rep: Replacement, discard: bool) -> Result<(), TestCaseErro
             Op::Gc => gc(&c, &mut m),
             Op::Step { n } => {
                 for _ in 0..n {
-                    c.allocator_step().map_err(|e| TestCaseError::fail(format!("{ctx}: {e}")))?;
+                    c.allocator_step()
+                        .map_err(|e| TestCaseError::fail(format!("{ctx}: {e}")))?;
                 }
             }
             Op::Churn { rounds } => {
                 for _ in 0..rounds {
                     while let Ok((b, g)) = c.bucket_alloc(Reserve::MovingGc, false) {
-                        prop_assert!(m.handed.insert((b, g)), "{}: bucket {} handed twice", ctx, b);
+                        prop_assert!(
+                            m.handed.insert((b, g)),
+                            "{}: bucket {} handed twice",
+                            ctx,
+                            b
+                        );
                         m.handed_gen.insert(b, g);
                         c.unpin(b).unwrap();
                     }
@@ -239,8 +323,9 @@ fn run(ops: Vec<Op>, rep: Replacement, discard: bool) -> Result<(), TestCaseErro
                 }
             }
             Op::Crash => {
-                let before: HashMap<u32, u8> =
-                    (0..N as u32).map(|b| (b, c.bucket_gen(b).unwrap())).collect();
+                let before: HashMap<u32, u8> = (0..N as u32)
+                    .map(|b| (b, c.bucket_gen(b).unwrap()))
+                    .collect();
                 drop(c);
                 c = open(&path);
                 for (&b, &g) in &m.handed_gen {
@@ -256,7 +341,12 @@ fn run(ops: Vec<Op>, rep: Replacement, discard: bool) -> Result<(), TestCaseErro
                 }
                 for k in &m.keys {
                     if before[&k.bucket] == k.gen {
-                        prop_assert_eq!(c.bucket_gen(k.bucket).unwrap(), k.gen, "{}: live key lost its gen", ctx);
+                        prop_assert_eq!(
+                            c.bucket_gen(k.bucket).unwrap(),
+                            k.gen,
+                            "{}: live key lost its gen",
+                            ctx
+                        );
                     }
                 }
                 m.pending.clear();
@@ -266,7 +356,8 @@ fn run(ops: Vec<Op>, rep: Replacement, discard: bool) -> Result<(), TestCaseErro
                 // Buckets no live key points at may legitimately be handed out again under
                 // the same gen (nothing can reach what was written there).
                 let live: HashSet<(u32, u8)> = m.keys.iter().map(|k| (k.bucket, k.gen)).collect();
-                m.handed.retain(|h| live.contains(h) || m.meta.contains(&h.0));
+                m.handed
+                    .retain(|h| live.contains(h) || m.meta.contains(&h.0));
                 m.next.retain(|h, _| live.contains(h));
             }
             _ => {}

@@ -83,8 +83,15 @@ fn the_last_allocation_of_a_bucket_is_short_and_the_next_starts_a_new_bucket() {
     let (a, n) = alloc(&c, 1, 0, 24, 1);
     assert_eq!((a.offset, n), (0, 24));
     let (b, n) = alloc(&c, 1, 24, 24, 1);
-    assert_eq!((b.bucket, b.offset, n), (a.bucket, 24, 8), "short grant at the bucket end");
-    assert!(!c.open_buckets().iter().any(|&(x, _)| x == a.bucket), "full bucket still open");
+    assert_eq!(
+        (b.bucket, b.offset, n),
+        (a.bucket, 24, 8),
+        "short grant at the bucket end"
+    );
+    assert!(
+        !c.open_buckets().iter().any(|&(x, _)| x == a.bucket),
+        "full bucket still open"
+    );
     let (d, n) = alloc(&c, 1, 32, 24, 1);
     assert_ne!(d.bucket, a.bucket);
     assert_eq!((d.offset, n), (0, 24));

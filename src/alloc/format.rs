@@ -102,7 +102,10 @@ pub fn decode_part(buf: &[u8], want: PartExpect<'_>, ck: &mut GensCheckpoint) ->
     }
     let version = le_u32(buf, 8);
     if version != GENS_VERSION {
-        return Err(Error::UnsupportedVersion { found: version, supported: GENS_VERSION });
+        return Err(Error::UnsupportedVersion {
+            found: version,
+            supported: GENS_VERSION,
+        });
     }
     let per = entries_per_part(want.bucket_size);
     let len = le_u32(buf, 36) as usize;
@@ -118,7 +121,9 @@ pub fn decode_part(buf: &[u8], want: PartExpect<'_>, ck: &mut GensCheckpoint) ->
     h = crc32c::crc32c_append(h, &[0; 4]);
     h = crc32c::crc32c_append(h, &buf[16..bytes]);
     if h != stored {
-        return Err(Error::BadChecksum { what: "gens checkpoint" });
+        return Err(Error::BadChecksum {
+            what: "gens checkpoint",
+        });
     }
     let seq = le_u64(buf, 16);
     let (index, count, first) = (le_u32(buf, 24), le_u32(buf, 28), le_u32(buf, 32) as usize);
@@ -133,7 +138,10 @@ pub fn decode_part(buf: &[u8], want: PartExpect<'_>, ck: &mut GensCheckpoint) ->
         return bad("part belongs to another cache file (uuid)".into());
     }
     if n != want.nbuckets || n != ck.gens.len() as u64 {
-        return bad(format!("part covers {n} buckets, cache has {}", want.nbuckets));
+        return bad(format!(
+            "part covers {n} buckets, cache has {}",
+            want.nbuckets
+        ));
     }
     if first != index as usize * per || first + len > ck.gens.len() {
         return bad(format!("part range {first}+{len} invalid"));
@@ -163,7 +171,11 @@ mod tests {
     }
 
     fn decode_all(parts: &[Vec<u8>], n: usize, bucket: u32) -> Result<GensCheckpoint> {
-        let mut out = GensCheckpoint { seq: 42, gens: vec![0; n], prios: vec![0; n] };
+        let mut out = GensCheckpoint {
+            seq: 42,
+            gens: vec![0; n],
+            prios: vec![0; n],
+        };
         for (i, p) in parts.iter().enumerate() {
             let want = PartExpect {
                 seq: 42,
@@ -183,7 +195,9 @@ mod tests {
         for (n, bucket) in [(64usize, 4096u32), (5000, 4096), (102_400, 1 << 20)] {
             let c = ck(n);
             let parts = encode(&c, &[3; 16], bucket, 512);
-            assert!(parts.iter().all(|p| p.len() <= bucket as usize && p.len() % 512 == 0));
+            assert!(parts
+                .iter()
+                .all(|p| p.len() <= bucket as usize && p.len() % 512 == 0));
             assert_eq!(parts.len(), n.div_ceil(entries_per_part(bucket)));
             assert_eq!(decode_all(&parts, n, bucket).unwrap(), c);
         }
@@ -197,12 +211,18 @@ mod tests {
         for bit in 0..used * 8 {
             let mut p = parts.clone();
             p[0][bit / 8] ^= 1 << (bit % 8);
-            assert!(decode_all(&p, 300, 4096).is_err(), "flip of bit {bit} accepted");
+            assert!(
+                decode_all(&p, 300, 4096).is_err(),
+                "flip of bit {bit} accepted"
+            );
         }
         for len in 0..used {
             let mut p = parts.clone();
             p[0].truncate(len);
-            assert!(decode_all(&p, 300, 4096).is_err(), "truncation to {len} accepted");
+            assert!(
+                decode_all(&p, 300, 4096).is_err(),
+                "truncation to {len} accepted"
+            );
         }
     }
 
@@ -210,7 +230,11 @@ mod tests {
     fn wrong_seq_or_uuid_is_rejected() {
         let c = ck(100);
         let parts = encode(&c, &[3; 16], 4096, 512);
-        let mut out = GensCheckpoint { seq: 0, gens: vec![0; 100], prios: vec![0; 100] };
+        let mut out = GensCheckpoint {
+            seq: 0,
+            gens: vec![0; 100],
+            prios: vec![0; 100],
+        };
         let mut want = PartExpect {
             seq: 43,
             uuid: &[3; 16],

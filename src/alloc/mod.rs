@@ -75,8 +75,8 @@ use crate::error::{Error, Result};
 use crate::journal::JournalRing;
 pub use open::MAX_OPEN_BUCKETS;
 pub use recovery::{read_newest_checkpoint, NewestCheckpoint};
-pub use state::{Loc, Mark, Reserve, BUCKET_GC_GEN_MAX, BTREE_PRIO, INITIAL_PRIO};
 use state::AllocState;
+pub use state::{Loc, Mark, Reserve, BTREE_PRIO, BUCKET_GC_GEN_MAX, INITIAL_PRIO};
 pub use thread::StepOutcome;
 
 /// A position in the key space: a file and an offset in sectors. Sequential writes are detected
@@ -134,7 +134,9 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { start_allocator: true }
+        OpenOptions {
+            start_allocator: true,
+        }
     }
 }
 
@@ -155,7 +157,9 @@ impl GcReport {
     /// stale count only for the gen-wrap bound; GC should drop them from the index.
     pub fn add_key(&mut self, bucket: u32, gen: u8, sectors: u32, dirty: bool) {
         let i = bucket as usize;
-        let Some(&cur) = self.snap_gen.get(i) else { return };
+        let Some(&cur) = self.snap_gen.get(i) else {
+            return;
+        };
         let rel = cur.wrapping_sub(gen);
         match self.oldest[i] {
             Some(o) if cur.wrapping_sub(o) >= rel => {}
@@ -385,7 +389,14 @@ impl Cache {
                 k.pins -= 1; // the open bucket's own pin
             }
             st.rescale(granted);
-            return Ok((BucketPtr { bucket, gen, offset }, granted));
+            return Ok((
+                BucketPtr {
+                    bucket,
+                    gen,
+                    offset,
+                },
+                granted,
+            ));
         }
     }
 
@@ -413,7 +424,9 @@ impl Cache {
         let mut st = self.shared.state.lock();
         let k = &mut st.buckets[bucket as usize];
         if k.pins == 0 || k.loc != Loc::Idle {
-            return Err(Error::InvalidArgument(format!("unpin of unpinned bucket {bucket}")));
+            return Err(Error::InvalidArgument(format!(
+                "unpin of unpinned bucket {bucket}"
+            )));
         }
         k.pins -= 1;
         if k.pins == 0 {
@@ -461,7 +474,9 @@ impl Cache {
         }
         let k = &mut st.buckets[bucket as usize];
         if k.mark != Mark::Metadata || k.loc != Loc::Idle {
-            return Err(Error::InvalidArgument(format!("bucket {bucket} is not metadata")));
+            return Err(Error::InvalidArgument(format!(
+                "bucket {bucket} is not metadata"
+            )));
         }
         k.mark = Mark::Free;
         k.sectors = 0;
@@ -602,13 +617,19 @@ impl Cache {
     /// Write `data` at `ptr` (length a multiple of the sector size, within the bucket).
     pub fn write_data(&self, ptr: BucketPtr, data: &[u8]) -> Result<()> {
         let off = self.data_offset(ptr, data.len())?;
-        self.shared.dev.pwrite(data, off).map_err(|e| Error::io("pwrite data", e))
+        self.shared
+            .dev
+            .pwrite(data, off)
+            .map_err(|e| Error::io("pwrite data", e))
     }
 
     /// Read `buf.len()` bytes at `ptr`. The caller checks the gen before trusting them.
     pub fn read_data(&self, ptr: BucketPtr, buf: &mut [u8]) -> Result<()> {
         let off = self.data_offset(ptr, buf.len())?;
-        self.shared.dev.pread(buf, off).map_err(|e| Error::io("pread data", e))
+        self.shared
+            .dev
+            .pread(buf, off)
+            .map_err(|e| Error::io("pread data", e))
     }
 
     /// Make completed data writes durable. A failure poisons the cache.
@@ -623,7 +644,10 @@ impl Cache {
         self.check_bucket(ptr.bucket)?;
         let end = u64::from(ptr.offset) * SECTOR + len as u64;
         if end > u64::from(self.shared.sb.bucket_size) {
-            return Err(Error::InvalidArgument(format!("I/O past the end of bucket {}", ptr.bucket)));
+            return Err(Error::InvalidArgument(format!(
+                "I/O past the end of bucket {}",
+                ptr.bucket
+            )));
         }
         Ok(self.shared.sb.bucket_offset(ptr.bucket) + u64::from(ptr.offset) * SECTOR)
     }
@@ -652,7 +676,13 @@ impl Cache {
 
     /// The open buckets as `(bucket, gen)`.
     pub fn open_buckets(&self) -> Vec<(u32, u8)> {
-        self.shared.state.lock().open.iter().map(|o| (o.bucket, o.gen)).collect()
+        self.shared
+            .state
+            .lock()
+            .open
+            .iter()
+            .map(|o| (o.bucket, o.gen))
+            .collect()
     }
 
     /// Buckets of the newest durable gens checkpoint.
@@ -664,7 +694,12 @@ impl Cache {
     pub fn stats(&self) -> AllocStats {
         let st = self.shared.state.lock();
         AllocStats {
-            free: [st.free[0].len(), st.free[1].len(), st.free[2].len(), st.free[3].len()],
+            free: [
+                st.free[0].len(),
+                st.free[1].len(),
+                st.free[2].len(),
+                st.free[3].len(),
+            ],
             free_inc: st.free_inc.len(),
             open_buckets: st.open.len(),
             invalidated: st.counters.invalidated,

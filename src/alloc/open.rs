@@ -51,7 +51,11 @@ pub enum Pick {
 
 impl OpenBuckets {
     pub fn new(max: usize) -> Self {
-        OpenBuckets { list: Vec::with_capacity(max), max, clock: 0 }
+        OpenBuckets {
+            list: Vec::with_capacity(max),
+            max,
+            clock: 0,
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &OpenBucket> {
@@ -118,7 +122,10 @@ impl OpenBuckets {
         let off = o.next;
         o.next += granted;
         o.sectors_free -= granted;
-        o.last_end = Some(KeyPos { file: key.file, offset: key.offset + u64::from(granted) });
+        o.last_end = Some(KeyPos {
+            file: key.file,
+            offset: key.offset + u64::from(granted),
+        });
         o.write_point = write_point;
         o.last_used = self.clock;
         let r = (o.bucket, o.gen, off, granted, o.sectors_free == 0);

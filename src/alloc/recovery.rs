@@ -18,7 +18,9 @@ use std::path::Path;
 
 use super::format::{decode_part, encode, entries_per_part, GensCheckpoint, PartExpect};
 use super::state::INITIAL_PRIO;
-use crate::device::format::{gens_buckets, Geometry, Superblock, GENS_ENTRY, GENS_HDR, SB_MAGIC, SB_SIZE};
+use crate::device::format::{
+    gens_buckets, Geometry, Superblock, GENS_ENTRY, GENS_HDR, SB_MAGIC, SB_SIZE,
+};
 use crate::device::{CacheDevice, FileDevice};
 use crate::error::{Error, Result};
 use crate::journal::format::Record;
@@ -46,7 +48,8 @@ pub(crate) struct Recovered {
 pub fn read_superblock(dev: &dyn CacheDevice) -> Result<Superblock> {
     let len = dev.len().map_err(|e| Error::io("stat cache file", e))?;
     let mut buf = vec![0u8; (len.min(SB_SIZE as u64)) as usize];
-    dev.pread(&mut buf, 0).map_err(|e| Error::io("pread superblock", e))?;
+    dev.pread(&mut buf, 0)
+        .map_err(|e| Error::io("pread superblock", e))?;
     let sb = Superblock::decode(&buf)?;
     let want = sb.file_size().unwrap_or(u64::MAX);
     if len < want {
@@ -58,22 +61,35 @@ pub fn read_superblock(dev: &dyn CacheDevice) -> Result<Superblock> {
     Ok(sb)
 }
 
-fn load_checkpoint(dev: &dyn CacheDevice, sb: &Superblock, seq: u64, buckets: &[u32]) -> Result<GensCheckpoint> {
+fn load_checkpoint(
+    dev: &dyn CacheDevice,
+    sb: &Superblock,
+    seq: u64,
+    buckets: &[u32],
+) -> Result<GensCheckpoint> {
     let n = sb.nbuckets as usize;
     if buckets.len() as u64 != gens_buckets(sb.nbuckets, sb.bucket_size) {
         return Err(Error::corrupt("gens checkpoint", "wrong number of parts"));
     }
     let per = entries_per_part(sb.bucket_size);
-    let mut ck = GensCheckpoint { seq, gens: vec![0; n], prios: vec![0; n] };
+    let mut ck = GensCheckpoint {
+        seq,
+        gens: vec![0; n],
+        prios: vec![0; n],
+    };
     let bs = u64::from(sb.block_size);
     for (i, &b) in buckets.iter().enumerate() {
         if u64::from(b) >= sb.nbuckets {
-            return Err(Error::corrupt("gens checkpoint", format!("part in bucket {b}")));
+            return Err(Error::corrupt(
+                "gens checkpoint",
+                format!("part in bucket {b}"),
+            ));
         }
         let entries = per.min(n - i * per) as u64;
         let len = (GENS_HDR + entries * GENS_ENTRY).div_ceil(bs) * bs;
         let mut buf = vec![0u8; len as usize];
-        dev.pread(&mut buf, sb.bucket_offset(b)).map_err(|e| Error::io("pread gens", e))?;
+        dev.pread(&mut buf, sb.bucket_offset(b))
+            .map_err(|e| Error::io("pread gens", e))?;
         let want = PartExpect {
             seq,
             uuid: &sb.uuid,
@@ -135,16 +151,22 @@ pub(crate) fn recover(dev: &dyn CacheDevice) -> Result<Recovered> {
 /// Write the initial layout onto `dev` (already `sb.file_size()` long and zeroed).
 pub(crate) fn format_device(dev: &dyn CacheDevice, sb: &Superblock) -> Result<()> {
     let n = sb.nbuckets as usize;
-    let ck = GensCheckpoint { seq: 1, gens: vec![0; n], prios: vec![INITIAL_PRIO; n] };
+    let ck = GensCheckpoint {
+        seq: 1,
+        gens: vec![0; n],
+        prios: vec![INITIAL_PRIO; n],
+    };
     let parts = encode(&ck, &sb.uuid, sb.bucket_size, sb.block_size);
     let buckets: Vec<u32> = (0..parts.len() as u32).collect();
     for (b, p) in buckets.iter().zip(&parts) {
-        dev.pwrite(p, sb.bucket_offset(*b)).map_err(|e| Error::io("pwrite gens", e))?;
+        dev.pwrite(p, sb.bucket_offset(*b))
+            .map_err(|e| Error::io("pwrite gens", e))?;
     }
     dev.fdatasync().map_err(|e| Error::io("fdatasync", e))?;
     let mut ring = JournalRing::after(&[]);
     ring.append(dev, sb, vec![Record::GensCheckpoint { seq: 1, buckets }])?;
-    dev.pwrite(&sb.encode(), 0).map_err(|e| Error::io("pwrite superblock", e))?;
+    dev.pwrite(&sb.encode(), 0)
+        .map_err(|e| Error::io("pwrite superblock", e))?;
     dev.fdatasync().map_err(|e| Error::io("fdatasync", e))?;
     Ok(())
 }
@@ -173,7 +195,9 @@ pub(crate) fn format_path(path: &Path, g: &Geometry, force: bool) -> Result<Supe
     let shown = path.display();
     match std::fs::metadata(path) {
         Ok(m) if !m.is_file() => {
-            return Err(Error::AlreadyExists(format!("{shown} exists and is not a regular file")))
+            return Err(Error::AlreadyExists(format!(
+                "{shown} exists and is not a regular file"
+            )))
         }
         Ok(m) if m.len() > 0 && !force => {
             let mut magic = [0u8; 8];
@@ -182,7 +206,9 @@ pub(crate) fn format_path(path: &Path, g: &Geometry, force: bool) -> Result<Supe
                 .is_ok()
                 && magic == SB_MAGIC;
             return Err(Error::AlreadyExists(if is_cache {
-                format!("{shown} is already a bcachefs-lite cache file; use --force to overwrite it")
+                format!(
+                    "{shown} is already a bcachefs-lite cache file; use --force to overwrite it"
+                )
             } else {
                 format!("{shown} exists and is not empty; use --force to overwrite it")
             }));
@@ -198,7 +224,8 @@ pub(crate) fn format_path(path: &Path, g: &Geometry, force: bool) -> Result<Supe
         .open(path)
         .map_err(|e| Error::io("create cache file", e))?;
     let size = sb.file_size().unwrap_or(0);
-    f.set_len(size).map_err(|e| Error::io("set cache file size", e))?;
+    f.set_len(size)
+        .map_err(|e| Error::io("set cache file size", e))?;
     let dev = FileDevice::new(f);
     format_device(&dev, &sb)?;
     Ok(sb)

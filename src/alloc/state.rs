@@ -32,7 +32,12 @@ pub enum Reserve {
 
 impl Reserve {
     /// All reserves in bcache's order.
-    pub const ALL: [Reserve; 4] = [Reserve::Metadata, Reserve::Prio, Reserve::MovingGc, Reserve::None];
+    pub const ALL: [Reserve; 4] = [
+        Reserve::Metadata,
+        Reserve::Prio,
+        Reserve::MovingGc,
+        Reserve::None,
+    ];
 }
 
 /// What a bucket holds, as GC and the allocator see it.
@@ -82,7 +87,10 @@ pub struct Fifo {
 
 impl Fifo {
     fn new(cap: usize) -> Self {
-        Fifo { q: VecDeque::with_capacity(cap), cap }
+        Fifo {
+            q: VecDeque::with_capacity(cap),
+            cap,
+        }
     }
     pub fn is_full(&self) -> bool {
         self.q.len() >= self.cap
@@ -162,7 +170,12 @@ impl AllocState {
         let rescale_every = (i64::from(sb.bucket_sectors()) * n as i64 / 1024).max(1);
         let mut st = AllocState {
             buckets,
-            free: [Fifo::new(btree), Fifo::new(parts), Fifo::new(free), Fifo::new(free)],
+            free: [
+                Fifo::new(btree),
+                Fifo::new(parts),
+                Fifo::new(free),
+                Fifo::new(free),
+            ],
             free_inc: Fifo::new(free * 4),
             open: OpenBuckets::new((n / 8).clamp(2, super::open::MAX_OPEN_BUCKETS)),
             replacement: sb.replacement,
@@ -171,7 +184,8 @@ impl AllocState {
             rescale_left: rescale_every,
             rescale_every,
             fifo_cursor: 0,
-            rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from_le_bytes(sb.uuid[..8].try_into().unwrap_or([1; 8])),
+            rng: 0x9e37_79b9_7f4a_7c15
+                ^ u64::from_le_bytes(sb.uuid[..8].try_into().unwrap_or([1; 8])),
             gc_mark_valid: false,
             invalidate_needs_gc: false,
             ckpt_buckets: ckpt.to_vec(),
@@ -294,8 +308,16 @@ impl AllocState {
     /// The bucket's gen must be durable.
     pub fn push_free(&mut self, b: u32) -> bool {
         let k = self.buckets[b as usize];
-        assert_eq!(k.gen, k.disk_gen, "bucket {b} pushed to a free list with a non-durable gen");
-        let order = [Reserve::Prio, Reserve::Metadata, Reserve::MovingGc, Reserve::None];
+        assert_eq!(
+            k.gen, k.disk_gen,
+            "bucket {b} pushed to a free list with a non-durable gen"
+        );
+        let order = [
+            Reserve::Prio,
+            Reserve::Metadata,
+            Reserve::MovingGc,
+            Reserve::None,
+        ];
         for r in order {
             let f = &mut self.free[r as usize];
             if !f.is_full() {
@@ -418,7 +440,10 @@ impl AllocState {
                 return Err(format!("bucket {i} says {:?} but is on {on:?}", k.loc));
             }
             if k.loc != Loc::Idle && k.pins == 0 {
-                return Err(format!("bucket {i} on {:?} without the allocator's pin", k.loc));
+                return Err(format!(
+                    "bucket {i} on {:?} without the allocator's pin",
+                    k.loc
+                ));
             }
             if matches!(k.loc, Loc::Free(_)) && k.gen != k.disk_gen {
                 return Err(format!("bucket {i} on a free list with a non-durable gen"));

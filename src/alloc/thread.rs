@@ -43,7 +43,10 @@ pub enum StepOutcome {
 /// Stop allocating after a failed write or fsync (fjall's poison dart).
 pub(crate) fn poison(sh: &Shared, what: &str) {
     if !sh.poisoned.swap(true, Ordering::AcqRel) {
-        tracing::error!(what, "cache file write failed; allocator poisoned, caching stops");
+        tracing::error!(
+            what,
+            "cache file write failed; allocator poisoned, caching stops"
+        );
     }
     let _st = sh.state.lock();
     sh.bucket_wait.notify_all();
@@ -65,7 +68,9 @@ pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
     let mut batch = Vec::new();
     let room = st.free_room();
     while batch.len() < room {
-        let Some(&b) = st.free_inc.q.front() else { break };
+        let Some(&b) = st.free_inc.q.front() else {
+            break;
+        };
         let k = st.buckets[b as usize];
         if k.gen != k.disk_gen {
             break;
@@ -79,7 +84,10 @@ pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
             drop(st);
             let mut discarded = 0u64;
             for &b in &batch {
-                match sh.dev.punch_hole(sh.sb.bucket_offset(b), u64::from(sh.sb.bucket_size)) {
+                match sh
+                    .dev
+                    .punch_hole(sh.sb.bucket_offset(b), u64::from(sh.sb.bucket_size))
+                {
                     Ok(()) => discarded += 1,
                     Err(e) => tracing::warn!(bucket = b, error = %e, "discard failed"),
                 }
@@ -89,14 +97,17 @@ pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
         }
         for &b in &batch {
             let pushed = st.push_free(b);
-            debug_assert!(pushed, "free list room shrank while the step held the batch");
+            debug_assert!(
+                pushed,
+                "free list room shrank while the step held the batch"
+            );
         }
         sh.bucket_wait.notify_all();
         return Ok(StepOutcome::Progress);
     }
-    if !st.free_inc.is_empty() && st.buckets[st.free_inc.q[0] as usize].gen == st.buckets
-        [st.free_inc.q[0] as usize]
-        .disk_gen
+    if !st.free_inc.is_empty()
+        && st.buckets[st.free_inc.q[0] as usize].gen
+            == st.buckets[st.free_inc.q[0] as usize].disk_gen
     {
         // Durable buckets wait for room in the free lists.
         return Ok(StepOutcome::Idle);
@@ -111,7 +122,11 @@ pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
             return Ok(StepOutcome::NeedsGc);
         }
     }
-    let n = if st.invalidate_needs_gc { 0 } else { st.invalidate_buckets() };
+    let n = if st.invalidate_needs_gc {
+        0
+    } else {
+        st.invalidate_buckets()
+    };
     if !st.free_inc.is_full() {
         // bcache waits for GC here; we checkpoint what we have and ask for GC.
         st.counters.gc_requests += 1;
@@ -153,13 +168,20 @@ pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
     let parts_buf = encode(&ck, &sh.sb.uuid, sh.sb.bucket_size, sh.sb.block_size);
     let io = (|| -> Result<()> {
         for (b, p) in new_buckets.iter().zip(&parts_buf) {
-            sh.dev.pwrite(p, sh.sb.bucket_offset(*b)).map_err(|e| Error::io("pwrite gens", e))?;
+            sh.dev
+                .pwrite(p, sh.sb.bucket_offset(*b))
+                .map_err(|e| Error::io("pwrite gens", e))?;
         }
-        sh.dev.fdatasync().map_err(|e| Error::io("fdatasync gens", e))?;
+        sh.dev
+            .fdatasync()
+            .map_err(|e| Error::io("fdatasync gens", e))?;
         journal.append(
             &*sh.dev,
             &sh.sb,
-            vec![Record::GensCheckpoint { seq, buckets: new_buckets.clone() }],
+            vec![Record::GensCheckpoint {
+                seq,
+                buckets: new_buckets.clone(),
+            }],
         )?;
         Ok(())
     })();

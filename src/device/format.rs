@@ -84,7 +84,9 @@ impl std::str::FromStr for Replacement {
             "lru" => Ok(Replacement::Lru),
             "fifo" => Ok(Replacement::Fifo),
             "random" => Ok(Replacement::Random),
-            _ => Err(format!("unknown replacement policy {s:?} (use lru, fifo or random)")),
+            _ => Err(format!(
+                "unknown replacement policy {s:?} (use lru, fifo or random)"
+            )),
         }
     }
 }
@@ -209,7 +211,9 @@ impl Superblock {
             ));
         }
         if g.backing.len() > MAX_BACKING_LEN {
-            return bad(format!("backing identity longer than {MAX_BACKING_LEN} bytes"));
+            return bad(format!(
+                "backing identity longer than {MAX_BACKING_LEN} bytes"
+            ));
         }
         let journal_offset = (SB_SIZE as u64).max(bs);
         let journal_size = match g.journal_size {
@@ -226,7 +230,9 @@ impl Superblock {
                 MIN_JOURNAL_BLOCKS * bs
             ));
         }
-        let Some(first) = journal_offset.checked_add(journal_size).and_then(|e| align_up(e, bucket))
+        let Some(first) = journal_offset
+            .checked_add(journal_size)
+            .and_then(|e| align_up(e, bucket))
         else {
             return bad("journal size too large".into());
         };
@@ -297,7 +303,10 @@ impl Superblock {
         if end_j.is_none_or(|e| e > self.first_bucket_offset)
             || self.first_bucket_offset % bucket != 0
         {
-            return c(format!("first bucket offset {} invalid", self.first_bucket_offset));
+            return c(format!(
+                "first bucket offset {} invalid",
+                self.first_bucket_offset
+            ));
         }
         if self.file_size().is_none() {
             return c("file size overflows".into());
@@ -331,7 +340,14 @@ impl Superblock {
     /// The uuid as the usual 8-4-4-4-12 hex string.
     pub fn uuid_string(&self) -> String {
         let h: String = self.uuid.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
     }
 
     /// Encode into exactly [`SB_SIZE`] bytes.
@@ -372,7 +388,10 @@ impl Superblock {
         let b = &buf[..SB_SIZE];
         let version = le_u32(b, 8);
         if version != SB_VERSION {
-            return Err(Error::UnsupportedVersion { found: version, supported: SB_VERSION });
+            return Err(Error::UnsupportedVersion {
+                found: version,
+                supported: SB_VERSION,
+            });
         }
         let stored = le_u32(b, 12);
         let mut copy = [0u8; SB_SIZE];
@@ -386,7 +405,10 @@ impl Superblock {
         let cache_mode = CacheMode::from_u8(b[73])
             .ok_or_else(|| Error::corrupt("superblock", format!("cache mode {}", b[73])))?;
         if b[74] & !1 != 0 || b[75] != 0 {
-            return Err(Error::corrupt("superblock", format!("unknown flags {:#x}", b[74])));
+            return Err(Error::corrupt(
+                "superblock",
+                format!("unknown flags {:#x}", b[74]),
+            ));
         }
         let bl = le_u32(b, 76) as usize;
         if bl > MAX_BACKING_LEN {
@@ -489,16 +511,38 @@ mod tests {
 
     #[test]
     fn impossible_geometry_is_refused() {
-        let base = Geometry { size: 1 << 30, ..Geometry::default() };
-        let too_small = Geometry { size: 8 << 20, ..base.clone() };
-        assert!(matches!(Superblock::new_for(&too_small, [0; 16], 0), Err(Error::InvalidGeometry(_))));
-        let odd = Geometry { bucket_size: 3 * 4096, ..base.clone() };
+        let base = Geometry {
+            size: 1 << 30,
+            ..Geometry::default()
+        };
+        let too_small = Geometry {
+            size: 8 << 20,
+            ..base.clone()
+        };
+        assert!(matches!(
+            Superblock::new_for(&too_small, [0; 16], 0),
+            Err(Error::InvalidGeometry(_))
+        ));
+        let odd = Geometry {
+            bucket_size: 3 * 4096,
+            ..base.clone()
+        };
         assert!(Superblock::new_for(&odd, [0; 16], 0).is_err());
-        let smaller_than_block = Geometry { bucket_size: 4096, block_size: 8192, ..base.clone() };
+        let smaller_than_block = Geometry {
+            bucket_size: 4096,
+            block_size: 8192,
+            ..base.clone()
+        };
         assert!(Superblock::new_for(&smaller_than_block, [0; 16], 0).is_err());
-        let big_journal = Geometry { journal_size: Some(1 << 30), ..base.clone() };
+        let big_journal = Geometry {
+            journal_size: Some(1 << 30),
+            ..base.clone()
+        };
         assert!(Superblock::new_for(&big_journal, [0; 16], 0).is_err());
-        let long = Geometry { backing: "x".repeat(300), ..base };
+        let long = Geometry {
+            backing: "x".repeat(300),
+            ..base
+        };
         assert!(Superblock::new_for(&long, [0; 16], 0).is_err());
     }
 }

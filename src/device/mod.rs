@@ -126,7 +126,11 @@ pub struct FaultyDevice<D> {
 impl<D: CacheDevice> FaultyDevice<D> {
     /// A wrapper with no fault armed.
     pub fn new(inner: D) -> Self {
-        FaultyDevice { inner, ops: AtomicU64::new(0), plan: Mutex::new(None) }
+        FaultyDevice {
+            inner,
+            ops: AtomicU64::new(0),
+            plan: Mutex::new(None),
+        }
     }
 
     /// Arm a fault at mutating operation `at_op` (counted from the device's creation).

@@ -83,7 +83,16 @@ impl Entry {
                     b.extend_from_slice(&bucket.to_le_bytes());
                     b.extend_from_slice(&len.to_le_bytes());
                 }
-                Record::KeyInsert { file, offset, len, bucket, gen, bucket_offset, crc, dirty } => {
+                Record::KeyInsert {
+                    file,
+                    offset,
+                    len,
+                    bucket,
+                    gen,
+                    bucket_offset,
+                    crc,
+                    dirty,
+                } => {
                     b.push(3);
                     b.extend_from_slice(&file.to_le_bytes());
                     b.extend_from_slice(&offset.to_le_bytes());
@@ -137,7 +146,10 @@ impl Entry {
         }
         let version = le_u32(buf, 8);
         if version != JOURNAL_VERSION {
-            return Err(Error::UnsupportedVersion { found: version, supported: JOURNAL_VERSION });
+            return Err(Error::UnsupportedVersion {
+                found: version,
+                supported: JOURNAL_VERSION,
+            });
         }
         let payload = le_u32(buf, 24) as usize;
         let total = JOURNAL_HDR + payload;
@@ -152,7 +164,9 @@ impl Entry {
         h = crc32c::crc32c_append(h, &[0; 4]);
         h = crc32c::crc32c_append(h, &buf[16..total]);
         if h != stored {
-            return Err(Error::BadChecksum { what: "journal entry" });
+            return Err(Error::BadChecksum {
+                what: "journal entry",
+            });
         }
         let seq = le_u64(buf, 16);
         let nrec = le_u32(buf, 28) as usize;
@@ -165,7 +179,10 @@ impl Entry {
         let mut o = 0usize;
         let need = |o: usize, n: usize| -> Result<()> {
             if o + n > p.len() {
-                Err(Error::corrupt("journal entry", "record runs past the payload"))
+                Err(Error::corrupt(
+                    "journal entry",
+                    "record runs past the payload",
+                ))
             } else {
                 Ok(())
             }
@@ -245,8 +262,15 @@ mod tests {
         Entry {
             seq: 9,
             records: vec![
-                Record::GensCheckpoint { seq: 3, buckets: vec![5, 6] },
-                Record::IndexCheckpoint { seq: 2, bucket: 7, len: 4096 },
+                Record::GensCheckpoint {
+                    seq: 3,
+                    buckets: vec![5, 6],
+                },
+                Record::IndexCheckpoint {
+                    seq: 2,
+                    bucket: 7,
+                    len: 4096,
+                },
                 Record::KeyInsert {
                     file: 11,
                     offset: 8,
@@ -257,7 +281,11 @@ mod tests {
                     crc: 0xdead_beef,
                     dirty: true,
                 },
-                Record::KeyDelete { file: 11, offset: 0, len: 64 },
+                Record::KeyDelete {
+                    file: 11,
+                    offset: 0,
+                    len: 64,
+                },
             ],
         }
     }
@@ -278,7 +306,10 @@ mod tests {
         for bit in 0..used * 8 {
             let mut c = b.clone();
             c[bit / 8] ^= 1 << (bit % 8);
-            assert!(Entry::decode(&c, 1 << 20).is_err(), "flip of bit {bit} accepted");
+            assert!(
+                Entry::decode(&c, 1 << 20).is_err(),
+                "flip of bit {bit} accepted"
+            );
         }
         for len in 0..used {
             assert!(Entry::decode(&b[..len], 1 << 20).is_err());

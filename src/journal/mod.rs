@@ -34,7 +34,8 @@ pub fn scan(dev: &dyn CacheDevice, sb: &Superblock) -> Result<Vec<Scanned>> {
     let bs = u64::from(sb.block_size);
     let size = sb.journal_size;
     let mut buf = vec![0u8; size as usize];
-    dev.pread(&mut buf, sb.journal_offset).map_err(|e| Error::io("pread journal", e))?;
+    dev.pread(&mut buf, sb.journal_offset)
+        .map_err(|e| Error::io("pread journal", e))?;
     let mut out = Vec::new();
     let mut off = 0u64;
     while off + bs <= size {
@@ -44,7 +45,11 @@ pub fn scan(dev: &dyn CacheDevice, sb: &Superblock) -> Result<Vec<Scanned>> {
             if let Ok(entry) = Entry::decode(here, here.len()) {
                 let total = Entry::claimed_len(here, here.len()).unwrap_or(0) as u64;
                 step = total.div_ceil(bs).max(1) * bs;
-                out.push(Scanned { offset: off, len: step, entry });
+                out.push(Scanned {
+                    offset: off,
+                    len: step,
+                    entry,
+                });
             }
         }
         off += step;
@@ -64,8 +69,14 @@ impl JournalRing {
     /// The ring position after the newest of `scanned` (sorted by seq), or the start.
     pub fn after(scanned: &[Scanned]) -> JournalRing {
         match scanned.last() {
-            Some(s) => JournalRing { next_offset: s.offset + s.len, next_seq: s.entry.seq + 1 },
-            None => JournalRing { next_offset: 0, next_seq: 1 },
+            Some(s) => JournalRing {
+                next_offset: s.offset + s.len,
+                next_seq: s.entry.seq + 1,
+            },
+            None => JournalRing {
+                next_offset: 0,
+                next_seq: 1,
+            },
         }
     }
 
@@ -85,14 +96,17 @@ impl JournalRing {
         let buf = Entry { seq, records }.encode(sb.block_size);
         let len = buf.len() as u64;
         if len > sb.journal_size {
-            return Err(Error::InvalidArgument("journal entry larger than the journal".into()));
+            return Err(Error::InvalidArgument(
+                "journal entry larger than the journal".into(),
+            ));
         }
         if self.next_offset + len > sb.journal_size {
             self.next_offset = 0;
         }
         dev.pwrite(&buf, sb.journal_offset + self.next_offset)
             .map_err(|e| Error::io("pwrite journal", e))?;
-        dev.fdatasync().map_err(|e| Error::io("fdatasync journal", e))?;
+        dev.fdatasync()
+            .map_err(|e| Error::io("fdatasync journal", e))?;
         self.next_offset += len;
         self.next_seq += 1;
         Ok(seq)

@@ -35,17 +35,34 @@ pub fn format(dir: &Path, nbuckets: u64, bucket: u32, rep: Replacement, discard:
 
 /// Open without the allocator thread (tests drive `allocator_step`).
 pub fn open_manual(path: &Path) -> Cache {
-    Cache::open_with(path, OpenOptions { start_allocator: false }).unwrap()
+    Cache::open_with(
+        path,
+        OpenOptions {
+            start_allocator: false,
+        },
+    )
+    .unwrap()
 }
 
 /// Open on an explicit device without the allocator thread.
 pub fn open_dev(dev: Arc<dyn CacheDevice>) -> bcachefs_lite::Result<Cache> {
-    Cache::open_device(dev, OpenOptions { start_allocator: false })
+    Cache::open_device(
+        dev,
+        OpenOptions {
+            start_allocator: false,
+        },
+    )
 }
 
 /// A plain file device on `path`.
 pub fn file_dev(path: &Path) -> FileDevice {
-    FileDevice::new(std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap())
+    FileDevice::new(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap(),
+    )
 }
 
 /// Report an empty index to GC (everything not metadata is empty).
@@ -57,5 +74,9 @@ pub fn gc_empty(c: &Cache) {
 /// Gens as recorded in the newest valid checkpoint on disk.
 pub fn disk_gens(path: &Path) -> Vec<u8> {
     let dev = FileDevice::new(std::fs::File::open(path).unwrap());
-    bcachefs_lite::alloc::read_newest_checkpoint(&dev).unwrap().1.checkpoint.gens
+    bcachefs_lite::alloc::read_newest_checkpoint(&dev)
+        .unwrap()
+        .1
+        .checkpoint
+        .gens
 }
