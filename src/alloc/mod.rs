@@ -322,6 +322,8 @@ impl Cache {
     /// Take one bucket from a free list (bcache `bch_bucket_alloc`). The bucket comes back pinned
     /// and marked metadata (for `Metadata`/`Prio`) or data; release the pin with [`Cache::unpin`]
     /// once its use is recorded. Without `wait`, fails at once with [`Error::NoFreeBucket`].
+    /// With `wait`, sleeps until the allocator refills a list (on a cache opened without the
+    /// allocator thread, until another thread runs [`Cache::allocator_step`]).
     pub fn bucket_alloc(&self, reserve: Reserve, wait: bool) -> Result<(u32, u8)> {
         let sh = &*self.shared;
         let mut st = sh.state.lock();
@@ -716,7 +718,8 @@ impl Cache {
         self.shared.state.lock().check()
     }
 
-    /// Stop the allocator thread (also done on drop). Open buckets are closed.
+    /// Stop the allocator thread (also done on drop). Later allocations fail with `Shutdown`;
+    /// nothing is written (a later open recovers from the newest durable checkpoint).
     pub fn close(&self) {
         self.shared.shutdown.store(true, Ordering::Release);
         {
