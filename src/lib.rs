@@ -4,10 +4,24 @@
 //! Module map (dependencies point down only; `alloc`, `journal`, `index`
 //! never import `fs`):
 //!
-//! - `options` – mount option parsing (`-o a,b=c`).
-//! - `fs`      – the fuser adapter: inode table, handles, credentials, errno.
-//! - `error`   – the core error type and its errno class.
+//! - `daemon`    – `bcachefs-lite mount`: fork, mount, signals, serve.
+//! - `options`   – mount option parsing (`-o a,b=c`).
+//! - `fs`        – the fuser adapter: inode table, handles, credentials, errno.
+//! - `cli_cache` – the `format` and `show-super` subcommands (library side of the CLI).
+//! - `alloc`     – buckets, gens, prios, free lists and reserves, the allocator thread, gens
+//!   checkpoints, discard, open buckets and write points (`Cache`).
+//! - `journal`   – the journal ring and its entry format (seq + crc32c).
+//! - `device`    – the cache file behind the `CacheDevice` seam (fault injection), superblock.
+//! - `error`     – the core error type and its errno class.
 
+pub mod alloc;
+pub mod cli_cache;
 pub mod daemon;
+pub mod device;
+pub mod error;
 pub mod fs;
+pub mod journal;
 pub mod options;
+
+pub use alloc::{BucketPtr, Cache, KeyPos, Reserve};
+pub use error::{Error, Result};

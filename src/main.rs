@@ -1,48 +1,91 @@
-//! The `bcachefs-lite` command line. Parsing and dispatch only; the work is in
-//! the library.
+//! The `bcachefs-lite` command: parses arguments and dispatches into the library.
+//!
+//! Exit codes: 0 success; 1 an operation failed or options were refused; 2 the file
+//! is not a usable cache file (bad magic, version, checksum, truncated, no valid
+//! checkpoint) or the command line is malformed; 32 a mount failed (as mount(8)).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-
+use bcachefs_lite::cli_cache::{self, parse_size, FormatArgs};
 use bcachefs_lite::daemon::{self, MountRequest};
+use bcachefs_lite::device::format::{CacheMode, Replacement};
 use bcachefs_lite::options::MountOptions;
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "bcachefs-lite",
     version,
-    about = "A FUSE caching filesystem for slow directories"
+    about = "A FUSE caching filesystem for slow directories, with a bcache-style cache file"
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    cmd: Cmd,
 }
 
 #[derive(Subcommand)]
-enum Command {
-    /// Mount BACKING at MOUNTPOINT
+enum Cmd {
+    /// Mount BACKING at MOUNTPOINT.
     Mount(MountArgs),
+    /// Create a cache file.
+    Format {
+        /// Path of the cache file to create.
+        cache_file: PathBuf,
+        /// Total size of the cache file (K/M/G/T suffixes).
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Bucket size.
+        #[arg(long, value_parser = parse_size, default_value = "1M")]
+        bucket_size: u64,
+        /// Block size.
+        #[arg(long, value_parser = parse_size, default_value = "4K")]
+        block_size: u64,
+        /// Journal size (default: size/128, between 16 blocks and 8M).
+        #[arg(long, value_parser = parse_size)]
+        journal_size: Option<u64>,
+        /// Replacement policy: lru, fifo or random.
+        #[arg(long, default_value = "lru")]
+        replacement: Replacement,
+        /// Default cache mode: writethrough, writeback, writearound or none.
+        #[arg(long, default_value = "writethrough")]
+        cache_mode: CacheMode,
+        /// Identity of the backing tree this cache serves (empty: bind on first mount).
+        #[arg(long, default_value = "")]
+        backing: String,
+        /// Do not punch holes for freed buckets.
+        #[arg(long)]
+        no_discard: bool,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the superblock of a cache file.
+    ShowSuper {
+        cache_file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
 struct MountArgs {
-    /// The slow directory to serve
+    /// The slow directory to serve.
     backing: PathBuf,
-    /// Where to mount it
+    /// Where to mount it.
     mountpoint: PathBuf,
     /// Comma-separated mount options: allow_other, default_permissions, ro,
-    /// attr_timeout=SECS, entry_timeout=SECS, fsname=NAME, dev, suid, noexec, noatime
+    /// attr_timeout=SECS, entry_timeout=SECS, fsname=NAME, dev, suid, noexec, noatime.
     #[arg(short = 'o', value_name = "OPT,...")]
     options: Vec<String>,
-    /// Stay in the foreground; unmount cleanly on SIGINT/SIGTERM
+    /// Stay in the foreground; unmount cleanly on SIGINT/SIGTERM.
     #[arg(short, long)]
     foreground: bool,
-    /// FUSE worker threads (default: one per core, at least 2)
+    /// FUSE worker threads (default: one per core, at least 2).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// Write the daemon's log here instead of stderr (level: BCACHEFS_LITE_LOG, default warn)
+    /// Write the daemon's log here (level: BCACHEFS_LITE_LOG, default warn).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
 }
@@ -63,8 +106,7 @@ fn mount(args: MountArgs) -> ExitCode {
         threads: args.threads.unwrap_or_else(daemon::default_threads),
         log_file: args.log_file,
     };
-    let result = daemon::validate(&mut req).and_then(|()| daemon::run(req));
-    match result {
+    match daemon::validate(&mut req).and_then(|()| daemon::run(req)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bcachefs-lite: {}", e.message);
@@ -75,7 +117,43 @@ fn mount(args: MountArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Mount(args) => mount(args),
+    let res = match cli.cmd {
+        Cmd::Mount(args) => return mount(args),
+        Cmd::Format {
+            cache_file,
+            size,
+            bucket_size,
+            block_size,
+            journal_size,
+            replacement,
+            cache_mode,
+            backing,
+            no_discard,
+            force,
+        } => cli_cache::format(
+            &cache_file,
+            &FormatArgs {
+                size,
+                bucket_size,
+                block_size,
+                journal_size,
+                replacement,
+                cache_mode,
+                discard: !no_discard,
+                backing,
+                force,
+            },
+        ),
+        Cmd::ShowSuper { cache_file, json } => cli_cache::show_super(&cache_file, json),
+    };
+    match res {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bcachefs-lite: {e}");
+            ExitCode::from(if e.is_bad_cache_file() { 2 } else { 1 })
+        }
     }
 }

@@ -1,0 +1,201 @@
+//! The `format` and `show-super` subcommands, as library functions the thin `main.rs` calls.
+//!
+//! Model: each function takes parsed arguments and returns the text to print or a core
+//! [`Error`]; `main.rs` turns errors into a one-line message and an exit code (2 for a file that
+//! is not a usable cache file, 1 otherwise). Nothing here panics on bad input. No locks; what may
+//! block: file I/O.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::alloc::{read_newest_checkpoint, Cache};
+use crate::device::format::{CacheMode, Geometry, Replacement, Superblock};
+use crate::device::FileDevice;
+use crate::error::{Error, Result};
+
+/// Parse a size with an optional K/M/G/T suffix (powers of 1024; a trailing `B`/`iB` is
+/// accepted): `4096`, `4K`, `1M`, `20G`, `1.5G` is refused (whole numbers only).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 30),
+        Some('t' | 'T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (use e.g. 4096, 4K, 1M, 20G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Arguments of `format`.
+#[derive(Debug, Clone)]
+pub struct FormatArgs {
+    pub size: u64,
+    pub bucket_size: u64,
+    pub block_size: u64,
+    pub journal_size: Option<u64>,
+    pub replacement: Replacement,
+    pub cache_mode: CacheMode,
+    pub discard: bool,
+    pub backing: String,
+    pub force: bool,
+}
+
+/// `bcachefs-lite format`: create the cache file; returns the summary to print.
+pub fn format(path: &Path, a: &FormatArgs) -> Result<String> {
+    let to_u32 = |v: u64, what: &str| {
+        u32::try_from(v).map_err(|_| Error::InvalidGeometry(format!("{what} {v} is too large")))
+    };
+    let g = Geometry {
+        size: a.size,
+        bucket_size: to_u32(a.bucket_size, "bucket size")?,
+        block_size: to_u32(a.block_size, "block size")?,
+        journal_size: a.journal_size,
+        replacement: a.replacement,
+        cache_mode: a.cache_mode,
+        discard: a.discard,
+        backing: a.backing.clone(),
+    };
+    let sb = Cache::format(path, &g, a.force)?;
+    Ok(format!(
+        "formatted {}: {} buckets of {} bytes, {} byte blocks, {} byte journal, uuid {}\n",
+        path.display(),
+        sb.nbuckets,
+        sb.bucket_size,
+        sb.block_size,
+        sb.journal_size,
+        sb.uuid_string()
+    ))
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// `bcachefs-lite show-super`: every superblock field plus the newest valid gens checkpoint.
+pub fn show_super(path: &Path, json: bool) -> Result<String> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io("open cache file", e))?;
+    let dev = FileDevice::new(f);
+    let (sb, ck) = read_newest_checkpoint(&dev)?;
+    Ok(render(
+        &sb,
+        ck.checkpoint.seq,
+        ck.journal_seq,
+        ck.skipped,
+        json,
+    ))
+}
+
+fn render(sb: &Superblock, ck_seq: u64, j_seq: u64, skipped: usize, json: bool) -> String {
+    let size = sb.file_size().unwrap_or(0);
+    let backing = if sb.backing.is_empty() {
+        "(unbound)"
+    } else {
+        sb.backing.as_str()
+    };
+    if json {
+        let mut o = String::from("{");
+        let _ = write!(
+            o,
+            "\"magic\":\"bcfslite\",\"version\":{},\"uuid\":{},\"block_size\":{},\
+             \"bucket_size\":{},\"nbuckets\":{},\"journal_offset\":{},\"journal_size\":{},\
+             \"first_bucket_offset\":{},\"file_size\":{},\"replacement\":{},\"cache_mode\":{},\
+             \"discard\":{},\"backing\":{},\"created_unix\":{},\"gens_checkpoint_seq\":{},\
+             \"journal_seq\":{},\"skipped_checkpoints\":{}",
+            sb.version,
+            json_str(&sb.uuid_string()),
+            sb.block_size,
+            sb.bucket_size,
+            sb.nbuckets,
+            sb.journal_offset,
+            sb.journal_size,
+            sb.first_bucket_offset,
+            size,
+            json_str(sb.replacement.name()),
+            json_str(sb.cache_mode.name()),
+            sb.discard,
+            json_str(&sb.backing),
+            sb.created_unix,
+            ck_seq,
+            j_seq,
+            skipped
+        );
+        o.push_str("}\n");
+        return o;
+    }
+    let mut o = String::new();
+    let _ = writeln!(o, "magic                bcfslite");
+    let _ = writeln!(o, "version              {}", sb.version);
+    let _ = writeln!(o, "uuid                 {}", sb.uuid_string());
+    let _ = writeln!(o, "block_size           {}", sb.block_size);
+    let _ = writeln!(o, "bucket_size          {}", sb.bucket_size);
+    let _ = writeln!(o, "nbuckets             {}", sb.nbuckets);
+    let _ = writeln!(o, "journal_offset       {}", sb.journal_offset);
+    let _ = writeln!(o, "journal_size         {}", sb.journal_size);
+    let _ = writeln!(o, "first_bucket_offset  {}", sb.first_bucket_offset);
+    let _ = writeln!(o, "file_size            {size}");
+    let _ = writeln!(o, "replacement          {}", sb.replacement.name());
+    let _ = writeln!(o, "cache_mode           {}", sb.cache_mode.name());
+    let _ = writeln!(
+        o,
+        "discard              {}",
+        if sb.discard { "on" } else { "off" }
+    );
+    let _ = writeln!(o, "backing              {backing}");
+    let _ = writeln!(o, "created_unix         {}", sb.created_unix);
+    let _ = writeln!(o, "gens_checkpoint_seq  {ck_seq}");
+    let _ = writeln!(o, "journal_seq          {j_seq}");
+    if skipped > 0 {
+        let _ = writeln!(
+            o,
+            "skipped_checkpoints  {skipped} (newer checkpoints were invalid)"
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn json_escapes() {
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}

@@ -1,0 +1,429 @@
+//! Unit-level tests of the free lists, reserves, precedence rules, replacement policies, the
+//! gen-wrap guard, prio rescaling, GC requests and recovery of the newest valid checkpoint.
+
+mod alloc_support;
+
+use std::time::{Duration, Instant};
+
+use bcachefs_lite::alloc::{
+    Cache, KeyPos, Loc, Mark, Reserve, StepOutcome, BUCKET_GC_GEN_MAX, INITIAL_PRIO,
+};
+use bcachefs_lite::device::format::Replacement;
+use bcachefs_lite::Error;
+use alloc_support::*;
+
+const N: u64 = 64;
+const BUCKET: u32 = 16 << 10;
+
+fn fresh(rep: Replacement) -> (tempfile::TempDir, std::path::PathBuf, Cache) {
+    let d = tempfile::tempdir().unwrap();
+    let p = format(d.path(), N, BUCKET, rep, false);
+    let c = open_manual(&p);
+    (d, p, c)
+}
+
+#[test]
+fn nothing_is_allocated_before_the_first_gc() {
+    let (_d, _p, c) = fresh(Replacement::Lru);
+    assert_eq!(c.allocator_step().unwrap(), StepOutcome::WaitingForGc);
+    assert!(matches!(
+        c.bucket_alloc(Reserve::Metadata, false),
+        Err(Error::NoFreeBucket)
+    ));
+}
+
+#[test]
+fn initial_gc_fills_prio_and_metadata_reserves_without_bumping() {
+    let (_d, _p, c) = fresh(Replacement::Lru);
+    gc_empty(&c);
+    let s = c.stats();
+    assert_eq!(s.free[Reserve::Prio as usize], 1);
+    assert_eq!(s.free[Reserve::Metadata as usize], 2);
+    assert_eq!(s.free[Reserve::None as usize], 0);
+    for b in 0..N as u32 {
+        assert_eq!(c.bucket_gen(b).unwrap(), 0);
+    }
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn allocator_fills_lists_in_push_order_after_a_durable_checkpoint() {
+    let (_d, p, c) = fresh(Replacement::Lru);
+    gc_empty(&c);
+    assert_eq!(c.allocator_run_until_idle(100).unwrap(), StepOutcome::Idle);
+    let s = c.stats();
+    // prio and metadata full, then moving-gc, then none (bch_allocator_push order).
+    assert_eq!(s.free, [2, 1, 4, 4]);
+    assert!(s.checkpoints >= 1);
+    let on_disk = disk_gens(&p);
+    for b in 0..N as u32 {
+        let i = c.bucket_info(b).unwrap();
+        if matches!(i.loc, Loc::Free(_)) {
+            assert_eq!(
+                i.gen, on_disk[b as usize],
+                "bucket {b} free with a gen not on disk"
+            );
+        }
+    }
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn bucket_alloc_pops_none_first_and_only_metadata_may_dig_into_its_reserve() {
+    let (_d, _p, c) = fresh(Replacement::Lru);
+    gc_empty(&c);
+    c.allocator_run_until_idle(100).unwrap();
+    // Drain free[None] with data allocations.
+    for _ in 0..4 {
+        let (b, _) = c.bucket_alloc(Reserve::None, false).unwrap();
+        assert_eq!(c.bucket_info(b).unwrap().mark, Mark::Data);
+    }
+    assert!(matches!(
+        c.bucket_alloc(Reserve::None, false),
+        Err(Error::NoFreeBucket)
+    ));
+    assert_eq!(c.stats().free[Reserve::Metadata as usize], 2);
+    let (m, _) = c.bucket_alloc(Reserve::Metadata, false).unwrap();
+    assert_eq!(c.bucket_info(m).unwrap().mark, Mark::Metadata);
+    assert_eq!(c.stats().free[Reserve::Metadata as usize], 1);
+    assert_eq!(c.stats().free[Reserve::MovingGc as usize], 4);
+    let (g, _) = c.bucket_alloc(Reserve::MovingGc, false).unwrap();
+    assert_eq!(c.bucket_info(g).unwrap().mark, Mark::Data);
+    assert_eq!(c.stats().free[Reserve::MovingGc as usize], 3);
+    c.check_invariants().unwrap();
+}
+
+/// Allocate every bucket the lists can give, run the allocator, repeat; returns what was
+/// handed out (still pinned).
+fn drain_all(c: &Cache) -> Vec<u32> {
+    let mut out = Vec::new();
+    for _ in 0..200 {
+        while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+            out.push(b);
+        }
+        if c.allocator_run_until_idle(100).unwrap() != StepOutcome::Progress
+            && c.stats().free.iter().sum::<usize>() == c.stats().free[0] + c.stats().free[1]
+        {
+            break;
+        }
+    }
+    out
+}
+
+#[test]
+fn protected_buckets_are_never_invalidated() {
+    let (_d, _p, c) = fresh(Replacement::Lru);
+    gc_empty(&c);
+    c.allocator_run_until_idle(100).unwrap();
+    let held = drain_all(&c);
+    assert!(held.len() > 40, "only {} buckets handed out", held.len());
+    // held[0] stays pinned, held[1] becomes dirty, held[2] metadata, the rest are released.
+    let pinned = held[0];
+    let dirty = held[1];
+    let (meta, mgen) = c.bucket_alloc(Reserve::Metadata, false).unwrap();
+    assert!(c.mark_dirty(dirty, c.bucket_gen(dirty).unwrap()).unwrap());
+    c.unpin(meta).unwrap();
+    for &b in &held[1..] {
+        c.unpin(b).unwrap();
+    }
+    let before: Vec<u8> = [pinned, dirty, meta]
+        .iter()
+        .map(|&b| c.bucket_gen(b).unwrap())
+        .collect();
+    for _ in 0..50 {
+        while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+            c.unpin(b).unwrap();
+        }
+        c.allocator_run_until_idle(100).unwrap();
+    }
+    assert!(c.stats().invalidated > 200);
+    let after: Vec<u8> = [pinned, dirty, meta]
+        .iter()
+        .map(|&b| c.bucket_gen(b).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(c.bucket_gen(meta).unwrap(), mgen);
+    for b in c.checkpoint_buckets() {
+        assert_eq!(c.bucket_info(b).unwrap().mark, Mark::Metadata);
+    }
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn lru_invalidates_smallest_prio_times_sectors_first() {
+    let (_d, _p, c) = fresh(Replacement::Lru);
+    gc_empty(&c);
+    c.allocator_run_until_idle(100).unwrap();
+    let held = drain_all(&c);
+    // Give every held bucket data: sectors = 1 + index, so lower index = cheaper to drop.
+    let mut r = c.gc_begin();
+    for (i, &b) in held.iter().enumerate() {
+        r.add_key(b, c.bucket_gen(b).unwrap(), 1 + i as u32, false);
+    }
+    for &b in &held {
+        c.unpin(b).unwrap();
+    }
+    c.gc_finish(r).unwrap();
+    let free_inc_cap = 16;
+    // Make room for one batch.
+    while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+        c.unpin(b).unwrap();
+    }
+    let gens: Vec<u8> = held.iter().map(|&b| c.bucket_gen(b).unwrap()).collect();
+    c.allocator_step().unwrap(); // invalidate + checkpoint
+    let bumped: Vec<usize> = (0..held.len())
+        .filter(|&i| c.bucket_gen(held[i]).unwrap() != gens[i])
+        .collect();
+    assert!(!bumped.is_empty());
+    assert!(bumped.len() <= free_inc_cap);
+    // The buckets that were handed out and released without data (sectors 0) go first; among
+    // the data buckets only the cheapest may have been taken.
+    let max_bumped = *bumped.iter().max().unwrap();
+    let not_bumped_min = (0..held.len())
+        .find(|i| !bumped.contains(i))
+        .unwrap_or(held.len());
+    assert!(
+        max_bumped < not_bumped_min + bumped.len(),
+        "bumped {bumped:?}"
+    );
+    assert_eq!(
+        bumped,
+        (0..bumped.len()).collect::<Vec<_>>(),
+        "LRU took expensive buckets"
+    );
+}
+
+#[test]
+fn fifo_invalidates_in_bucket_order() {
+    let (_d, _p, c) = fresh(Replacement::Fifo);
+    gc_empty(&c);
+    let before: Vec<u8> = (0..N as u32).map(|b| c.bucket_gen(b).unwrap()).collect();
+    c.allocator_step().unwrap();
+    let bumped: Vec<u32> = (0..N as u32)
+        .filter(|&b| c.bucket_gen(b).unwrap() != before[b as usize])
+        .collect();
+    assert_eq!(bumped.len(), 16);
+    // Round robin from bucket 0 skipping the checkpoint and reserve buckets.
+    let mut expect = Vec::new();
+    for b in 0..N as u32 {
+        let i = c.bucket_info(b).unwrap();
+        if expect.len() < 16 && i.gen != before[b as usize] {
+            expect.push(b);
+        }
+    }
+    assert!(bumped.windows(2).all(|w| w[0] < w[1]));
+    assert!(bumped[15] < 32, "fifo skipped ahead: {bumped:?}");
+    assert_eq!(bumped, expect);
+}
+
+#[test]
+fn random_invalidates_only_eligible_buckets_and_reaches_all_of_them() {
+    let (_d, _p, c) = fresh(Replacement::Random);
+    gc_empty(&c);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..100 {
+        while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+            seen.insert(b);
+            c.unpin(b).unwrap();
+        }
+        c.allocator_run_until_idle(100).unwrap();
+        c.check_invariants().unwrap();
+    }
+    assert!(
+        seen.len() > 50,
+        "random policy reached only {} buckets",
+        seen.len()
+    );
+}
+
+#[test]
+fn nothing_to_invalidate_asks_for_gc_and_does_not_spin() {
+    let (_d, _p, c) = fresh(Replacement::Lru);
+    gc_empty(&c);
+    c.allocator_run_until_idle(100).unwrap();
+    let held = drain_all(&c);
+    for &b in &held {
+        assert!(c.mark_dirty(b, c.bucket_gen(b).unwrap()).unwrap());
+        c.unpin(b).unwrap();
+    }
+    let inv = c.stats().invalidated;
+    while c.bucket_alloc(Reserve::None, false).is_ok() {}
+    assert_eq!(c.allocator_step().unwrap(), StepOutcome::NeedsGc);
+    assert!(c.gc_requests() > 0);
+    let req2 = c.gc_requests();
+    assert_eq!(c.allocator_step().unwrap(), StepOutcome::NeedsGc);
+    assert_eq!(
+        c.gc_requests(),
+        req2,
+        "a second step without GC asked again (spinning)"
+    );
+    assert_eq!(c.stats().invalidated, inv);
+    // GC finds the data clean (written back): invalidation resumes.
+    let mut r = c.gc_begin();
+    for &b in &held {
+        r.add_key(b, c.bucket_gen(b).unwrap(), 4, false);
+    }
+    c.gc_finish(r).unwrap();
+    assert_eq!(c.allocator_step().unwrap(), StepOutcome::Progress);
+    assert!(c.stats().invalidated > inv);
+}
+
+#[test]
+fn gen_never_runs_more_than_96_ahead_of_the_oldest_referenced_gen() {
+    let (_d, _p, c) = fresh(Replacement::Fifo);
+    // A key at gen 0 in every bucket, never dropped by GC.
+    let mut r = c.gc_begin();
+    for b in 0..N as u32 {
+        r.add_key(b, 0, 0, false);
+    }
+    c.gc_finish(r).unwrap();
+    let mut needs_gc = false;
+    for _ in 0..2000 {
+        while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+            c.unpin(b).unwrap();
+        }
+        if c.allocator_run_until_idle(100).unwrap() == StepOutcome::NeedsGc {
+            needs_gc = true;
+            break;
+        }
+    }
+    assert!(needs_gc, "allocator never stopped at the gen-wrap bound");
+    let max = (0..N as u32)
+        .map(|b| c.bucket_gen(b).unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(max, BUCKET_GC_GEN_MAX);
+    c.check_invariants().unwrap();
+    // GC drops the old keys: invalidation may go on.
+    gc_empty(&c);
+    while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+        c.unpin(b).unwrap();
+    }
+    assert_eq!(c.allocator_step().unwrap(), StepOutcome::Progress);
+    assert!((0..N as u32).any(|b| c.bucket_gen(b).unwrap() > BUCKET_GC_GEN_MAX));
+}
+
+#[test]
+fn prios_age_as_data_is_written_and_hits_reset_them() {
+    let (_d, _p, c) = fresh(Replacement::Lru);
+    gc_empty(&c);
+    c.allocator_run_until_idle(100).unwrap();
+    let (p0, n0) = c
+        .alloc_sectors(KeyPos { file: 1, offset: 0 }, 8, 1, false)
+        .unwrap();
+    c.key_inserted(p0).unwrap();
+    // Writing 8 sectors already crossed one rescale period.
+    assert_eq!(c.bucket_info(p0.bucket).unwrap().prio, INITIAL_PRIO - 1);
+    // rescale every bucket_sectors * nbuckets / 1024 = 32 * 64 / 1024 = 2 sectors.
+    let mut off = u64::from(n0);
+    for _ in 0..20 {
+        let Ok((p, n)) = c.alloc_sectors(
+            KeyPos {
+                file: 2,
+                offset: off,
+            },
+            2,
+            2,
+            false,
+        ) else {
+            c.allocator_run_until_idle(100).unwrap();
+            continue;
+        };
+        off += u64::from(n);
+        c.key_inserted(p).unwrap();
+    }
+    assert!(c.stats().rescales >= 10);
+    let aged = c.bucket_info(p0.bucket).unwrap().prio;
+    assert!(aged < INITIAL_PRIO - 5, "prio {aged} did not age");
+    c.touch(p0.bucket).unwrap();
+    assert_eq!(c.bucket_info(p0.bucket).unwrap().prio, INITIAL_PRIO);
+}
+
+#[test]
+fn waiting_bucket_alloc_is_woken_by_the_allocator_thread() {
+    let d = tempfile::tempdir().unwrap();
+    let p = format(d.path(), N, BUCKET, Replacement::Lru, false);
+    let c = Cache::open(&p).unwrap();
+    gc_empty(&c);
+    let t = Instant::now();
+    for _ in 0..500 {
+        let (b, _) = c.bucket_alloc(Reserve::None, true).unwrap();
+        c.unpin(b).unwrap();
+    }
+    assert!(t.elapsed() < Duration::from_secs(60));
+    assert!(c.stats().checkpoints > 10);
+    c.check_invariants().unwrap();
+    c.close();
+    assert!(matches!(
+        c.bucket_alloc(Reserve::None, true),
+        Err(Error::Shutdown)
+    ));
+}
+
+#[test]
+fn reopen_restores_durable_gens_and_prios() {
+    let (_d, p, c) = fresh(Replacement::Lru);
+    gc_empty(&c);
+    for _ in 0..5 {
+        while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+            c.unpin(b).unwrap();
+        }
+        c.allocator_run_until_idle(100).unwrap();
+    }
+    let gens: Vec<u8> = (0..N as u32)
+        .map(|b| c.bucket_info(b).unwrap().disk_gen)
+        .collect();
+    let seq = c.stats().checkpoint_seq;
+    drop(c);
+    let c = open_manual(&p);
+    assert_eq!(c.stats().checkpoint_seq, seq);
+    let again: Vec<u8> = (0..N as u32).map(|b| c.bucket_gen(b).unwrap()).collect();
+    assert_eq!(gens, again);
+    assert_eq!(c.skipped_checkpoints(), 0);
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one() {
+    let (_d, p, c) = fresh(Replacement::Lru);
+    gc_empty(&c);
+    c.allocator_run_until_idle(100).unwrap();
+    while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+        c.unpin(b).unwrap();
+    }
+    c.allocator_step().unwrap();
+    c.allocator_step().unwrap();
+    let prev = disk_gens(&p);
+    let seq_prev = c.stats().checkpoint_seq;
+    for _ in 0..10 {
+        while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+            c.unpin(b).unwrap();
+        }
+        c.allocator_run_until_idle(100).unwrap();
+        if c.stats().checkpoint_seq > seq_prev {
+            break;
+        }
+    }
+    let newest = c.checkpoint_buckets();
+    assert!(c.stats().checkpoint_seq > seq_prev);
+    let sb = c.superblock().clone();
+    drop(c);
+    // Flip one bit in the entries of the newest checkpoint.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    let off = sb.bucket_offset(newest[0]) + 100;
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, off).unwrap();
+    byte[0] ^= 0x10;
+    f.write_all_at(&byte, off).unwrap();
+    drop(f);
+    let c = open_manual(&p);
+    assert!(c.skipped_checkpoints() >= 1);
+    assert_eq!(c.stats().checkpoint_seq, seq_prev);
+    let now: Vec<u8> = (0..N as u32).map(|b| c.bucket_gen(b).unwrap()).collect();
+    assert_eq!(now, prev, "gens not from the previous valid checkpoint");
+    c.check_invariants().unwrap();
+}
