@@ -458,13 +458,15 @@ mod tests {
         ));
     }
 
+    type Mutation<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
+
     /// Semantically bad bodies with a valid crc: each must be refused by its own check.
     #[test]
     fn body_errors_behind_a_good_crc() {
         let blob = small().encode_checkpoint();
         // Body of file 1 starts at 40: id 8, flags 1, validator 24, count 4, then extent 0.
         let ext0 = INDEX_HDR + 8 + 1 + 24 + 4;
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+        let cases: Vec<(&str, Mutation<'_>)> = vec![
             ("flags", Box::new(|b| b[INDEX_HDR + 8] = 3)),
             (
                 "neither validator nor extents",
