@@ -2,7 +2,7 @@
 //!
 //! # Model
 //!
-//! For every backing file (a [`FileId`]) the index keeps a [`FileExtents`]: the file's
+//! For every backing file (a [`FileId`]) the index keeps a `FileExtents`: the file's
 //! [`Validator`] (size, mtime, ctime when it was cached) and a `BTreeMap` from file offset to
 //! [`Extent`]. An extent is a key in bcache's sense: a block-aligned run of the file that lives
 //! contiguously in one bucket of the cache file, at `(bucket, gen, offset in sectors)`, with one
