@@ -10,6 +10,7 @@
 //! - `cli_cache` – the `format` and `show-super` subcommands (library side of the CLI).
 //! - `alloc`     – buckets, gens, prios, free lists and reserves, the allocator thread, gens
 //!   checkpoints, discard, open buckets and write points (`Cache`).
+//! - `index`     – the in-memory key index: per-file extents (file range -> bucket, gen, crcs).
 //! - `journal`   – the journal ring and its entry format (seq + crc32c).
 //! - `device`    – the cache file behind the `CacheDevice` seam (fault injection), superblock.
 //! - `error`     – the core error type and its errno class.
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod device;
 pub mod error;
 pub mod fs;
+pub mod index;
 pub mod journal;
 pub mod options;
 
