@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use fuser::{Config, MountOption, SessionACL};
 
+use crate::cache::{CacheConfig, CacheSet};
 use crate::fs::PassthroughFs;
 use crate::options::MountOptions;
 
@@ -92,6 +93,28 @@ pub fn validate(req: &mut MountRequest) -> Result<(), MountError> {
             req.backing.display(),
             req.mountpoint.display()
         )));
+    }
+    let o = &req.options;
+    if o.cache.is_none() {
+        let cache_only = [
+            ("cache_size", o.cache_size.is_some()),
+            ("replacement", o.replacement.is_some()),
+            ("discard", o.discard.is_some()),
+            ("reformat", o.reformat),
+        ];
+        if let Some((name, _)) = cache_only.iter().find(|(_, set)| *set) {
+            return Err(MountError::usage(format!(
+                "mount option '{name}' needs a cache: add cache=FILE"
+            )));
+        }
+    }
+    if let Some(cache) = &o.cache {
+        if cache.starts_with(&req.mountpoint) {
+            return Err(MountError::usage(format!(
+                "cache file {} is inside the mount point",
+                cache.display()
+            )));
+        }
     }
     if req.threads == 0 || req.threads > 256 {
         return Err(MountError::usage(format!(
@@ -260,9 +283,16 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
             let _ = s.write_all(msg.as_bytes());
         }
     }
+    let cache = match open_cache(req) {
+        Ok(cache) => cache,
+        Err(msg) => {
+            report(&mut status, &msg);
+            return Err(MountError::usage(msg));
+        }
+    };
     // Modes come from the caller, already masked by the kernel.
     unsafe { libc::umask(0) };
-    let fs = match PassthroughFs::new(&req.backing, &req.options) {
+    let mut fs = match PassthroughFs::new(&req.backing, &req.options) {
         Ok(fs) => fs,
         Err(e) => {
             let msg = format!("backing directory {}: {e}", req.backing.display());
@@ -270,6 +300,10 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
             return Err(MountError::usage(msg));
         }
     };
+    if let Some(cache) = &cache {
+        fs = fs.with_cache(cache.clone());
+    }
+    let invalidations = fs.invalidation_channel();
     let sigset = block_signals();
     let config = fuse_config(req);
     let (mut session, mounted_by_us) = match mount_session(fs, req, &config) {
@@ -287,6 +321,17 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
         "mounted"
     );
     let mountpoint = req.mountpoint.clone();
+    crate::fs::spawn_invalidator(invalidations, session.notifier());
+    let socket = match &cache {
+        Some(cache) => match crate::control::serve(&req.mountpoint, cache.clone()) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                tracing::warn!("no control socket (stats unavailable): {e}");
+                None
+            }
+        },
+        None => None,
+    };
     let mut unmounter = (!mounted_by_us).then(|| session.unmount_callable());
     std::thread::Builder::new()
         .name("signals".into())
@@ -313,7 +358,16 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
         // (`bcachefs-lite mount ... | cat` must return).
         detach_stdio(req.log_file.is_none() && stderr_is_socket());
     }
-    match session.run() {
+    // run() ends by destroying the filesystem, which closes the cache (journal flush
+    // and index checkpoint) before the process exits.
+    let served = session.run();
+    if let Some(cache) = &cache {
+        cache.close();
+    }
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
+    match served {
         Ok(()) => {
             tracing::info!("unmounted");
             Ok(())
@@ -323,6 +377,39 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
             Err(MountError::failed(format!("session: {e}")))
         }
     }
+}
+
+/// The backing tree's identity recorded in the cache's superblock: its canonical
+/// path (at most 256 bytes; longer paths keep their end and a hash of the whole).
+pub fn backing_identity(backing: &Path) -> String {
+    let s = backing.to_string_lossy().into_owned();
+    if s.len() <= 256 {
+        return s;
+    }
+    let h = crc32c::crc32c(s.as_bytes());
+    let mut cut = s.len() - 200;
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!("{h:08x}...{}", &s[cut..])
+}
+
+/// Opens the cache named by the mount options, or None without `cache=`.
+fn open_cache(req: &MountRequest) -> Result<Option<std::sync::Arc<CacheSet>>, String> {
+    let o = &req.options;
+    let Some(path) = &o.cache else {
+        return Ok(None);
+    };
+    let mut cfg = CacheConfig::new(path.clone());
+    cfg.size = o.cache_size;
+    cfg.replacement = o.replacement;
+    cfg.discard = o.discard;
+    cfg.sequential_cutoff = o.sequential_cutoff;
+    cfg.readahead = o.readahead;
+    cfg.reformat = o.reformat;
+    CacheSet::open(&cfg, &backing_identity(&req.backing))
+        .map(|c| Some(std::sync::Arc::new(c)))
+        .map_err(|e| format!("cache {}: {e}", path.display()))
 }
 
 /// Mounts `fs` at the mount point. As root, mounts with type `fuse.bcachefs-lite`

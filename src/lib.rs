@@ -27,3 +27,5 @@ pub mod options;
 
 pub use alloc::{BucketPtr, Cache, KeyPos, Reserve};
 pub use error::{Error, Result};
+pub mod cache;
+pub mod control;

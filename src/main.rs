@@ -60,6 +60,13 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Show the live statistics of the cache mounted at MOUNTPOINT.
+    Stats {
+        mountpoint: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the superblock of a cache file.
     ShowSuper {
         cache_file: PathBuf,
@@ -76,9 +83,17 @@ struct MountArgs {
     /// Where to mount it.
     mountpoint: PathBuf,
     /// Comma-separated mount options: allow_other, default_permissions, ro,
-    /// attr_timeout=SECS, entry_timeout=SECS, fsname=NAME, dev, suid, noexec, noatime.
+    /// attr_timeout=SECS, entry_timeout=SECS, fsname=NAME, dev, suid, noexec, noatime;
+    /// cache=FILE, cache_size=SIZE, replacement=lru|fifo|random, sequential_cutoff=SIZE,
+    /// readahead=SIZE, discard, nodiscard, reformat.
     #[arg(short = 'o', value_name = "OPT,...")]
     options: Vec<String>,
+    /// The cache file (same as -o cache=FILE).
+    #[arg(long, value_name = "FILE")]
+    cache: Option<PathBuf>,
+    /// Size of a new cache file (same as -o cache_size=SIZE).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    cache_size: Option<u64>,
     /// Stay in the foreground; unmount cleanly on SIGINT/SIGTERM.
     #[arg(short, long)]
     foreground: bool,
@@ -98,6 +113,12 @@ fn mount(args: MountArgs) -> ExitCode {
             return ExitCode::from(daemon::EXIT_USAGE as u8);
         }
     }
+    if args.cache.is_some() {
+        options.cache = args.cache;
+    }
+    if args.cache_size.is_some() {
+        options.cache_size = args.cache_size;
+    }
     let mut req = MountRequest {
         backing: args.backing,
         mountpoint: args.mountpoint,
@@ -111,6 +132,21 @@ fn mount(args: MountArgs) -> ExitCode {
         Err(e) => {
             eprintln!("bcachefs-lite: {}", e.message);
             ExitCode::from(e.exit_code as u8)
+        }
+    }
+}
+
+fn stats(mountpoint: &std::path::Path, json: bool) -> ExitCode {
+    let mountpoint = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let request = if json { "stats json" } else { "stats" };
+    match bcachefs_lite::control::request(&mountpoint, request) {
+        Ok(reply) => {
+            print!("{reply}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bcachefs-lite: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -145,6 +181,7 @@ fn main() -> ExitCode {
             },
         ),
         Cmd::ShowSuper { cache_file, json } => cli_cache::show_super(&cache_file, json),
+        Cmd::Stats { mountpoint, json } => return stats(&mountpoint, json),
     };
     match res {
         Ok(out) => {

@@ -7,6 +7,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::device::format::Replacement;
+
 /// Everything `-o` can set. Defaults are what a user gets without options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MountOptions {
@@ -25,6 +27,18 @@ pub struct MountOptions {
     pub suid: bool,
     pub noexec: bool,
     pub noatime: bool,
+    /// The cache file (`cache=`); no cache: a plain passthrough.
+    pub cache: Option<std::path::PathBuf>,
+    /// Size for a cache file that does not exist yet (`cache_size=`).
+    pub cache_size: Option<u64>,
+    pub replacement: Option<Replacement>,
+    /// `sequential_cutoff=` (default 4 MiB, 0 = off).
+    pub sequential_cutoff: u64,
+    /// `readahead=` (default 0: the kernel's own readahead is enough).
+    pub readahead: u64,
+    /// `discard` / `nodiscard`; None keeps what the cache file says.
+    pub discard: Option<bool>,
+    pub reformat: bool,
 }
 
 impl Default for MountOptions {
@@ -40,6 +54,13 @@ impl Default for MountOptions {
             suid: false,
             noexec: false,
             noatime: false,
+            cache: None,
+            cache_size: None,
+            replacement: None,
+            sequential_cutoff: 4 << 20,
+            readahead: 0,
+            discard: None,
+            reformat: false,
         }
     }
 }
@@ -109,6 +130,24 @@ impl MountOptions {
             "noatime" => self.noatime = flag(value)?,
             "attr_timeout" => self.attr_timeout = parse_seconds(name, value)?,
             "entry_timeout" => self.entry_timeout = parse_seconds(name, value)?,
+            "cache" => match value {
+                Some(v) if !v.is_empty() => self.cache = Some(v.into()),
+                _ => return Err(OptionError::MissingValue(name.to_string())),
+            },
+            "cache_size" => self.cache_size = Some(parse_bytes(name, value)?),
+            "sequential_cutoff" => self.sequential_cutoff = parse_bytes(name, value)?,
+            "readahead" => self.readahead = parse_bytes(name, value)?,
+            "replacement" => {
+                let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+                self.replacement = Some(v.parse().map_err(|_| OptionError::BadValue {
+                    option: name.to_string(),
+                    value: v.to_string(),
+                    why: "must be lru, fifo or random",
+                })?);
+            }
+            "discard" => self.discard = Some(flag(value)?),
+            "nodiscard" => self.discard = Some(!flag(value)?),
+            "reformat" => self.reformat = flag(value)?,
             "fsname" => match value {
                 Some(v) if !v.is_empty() => self.fsname = Some(v.to_string()),
                 _ => return Err(OptionError::MissingValue(name.to_string())),
@@ -118,6 +157,16 @@ impl MountOptions {
         }
         Ok(())
     }
+}
+
+/// A size with an optional K/M/G/T suffix (powers of 1024).
+fn parse_bytes(name: &str, value: Option<&str>) -> Result<u64, OptionError> {
+    let value = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+    crate::cli_cache::parse_size(value).map_err(|_| OptionError::BadValue {
+        option: name.to_string(),
+        value: value.to_string(),
+        why: "not a size (e.g. 512K, 4M, 20G)",
+    })
 }
 
 /// Seconds as an integer or decimal (`0`, `1`, `0.5`, `3600`).
@@ -192,6 +241,30 @@ mod tests {
             parse("fsname="),
             Err(OptionError::MissingValue(_))
         ));
+    }
+
+    #[test]
+    fn cache_options() {
+        let o = parse("cache=/ssd/a.cache,cache_size=20G,replacement=fifo,sequential_cutoff=0,readahead=128K,nodiscard,reformat").unwrap();
+        assert_eq!(
+            o.cache.as_deref(),
+            Some(std::path::Path::new("/ssd/a.cache"))
+        );
+        assert_eq!(o.cache_size, Some(20 << 30));
+        assert_eq!(o.replacement, Some(Replacement::Fifo));
+        assert_eq!((o.sequential_cutoff, o.readahead), (0, 128 << 10));
+        assert_eq!(o.discard, Some(false));
+        assert!(o.reformat);
+        assert_eq!(MountOptions::default().sequential_cutoff, 4 << 20);
+        assert!(matches!(
+            parse("replacement=mru"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse("cache_size=lots"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert!(matches!(parse("cache="), Err(OptionError::MissingValue(_))));
     }
 
     #[test]

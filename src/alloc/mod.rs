@@ -72,9 +72,10 @@ use parking_lot::{Condvar, Mutex};
 use crate::device::format::{Geometry, Superblock, SECTOR};
 use crate::device::CacheDevice;
 use crate::error::{Error, Result};
+use crate::journal::format::Record;
 use crate::journal::JournalRing;
 pub use open::MAX_OPEN_BUCKETS;
-pub use recovery::{read_newest_checkpoint, NewestCheckpoint};
+pub use recovery::{read_newest_checkpoint, read_superblock, NewestCheckpoint};
 use state::AllocState;
 pub use state::{Loc, Mark, Reserve, BTREE_PRIO, BUCKET_GC_GEN_MAX, INITIAL_PRIO};
 pub use thread::StepOutcome;
@@ -654,6 +655,36 @@ impl Cache {
         Ok(self.shared.sb.bucket_offset(ptr.bucket) + u64::from(ptr.offset) * SECTOR)
     }
 
+    /// Append one journal entry with `records` and fsync it. The journal ring has one cursor,
+    /// owned by the allocator's step lock, so key records and gens checkpoint entries share
+    /// one sequence. Returns the entry's seq and the bytes appended to the ring since open.
+    /// A failure poisons the cache.
+    pub fn journal_append(&self, records: Vec<Record>) -> Result<(u64, u64)> {
+        let mut ring = self.shared.step.lock();
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned);
+        }
+        match ring.append(&*self.shared.dev, &self.shared.sb, records) {
+            Ok(seq) => Ok((seq, ring.appended_bytes())),
+            Err(e) => {
+                thread::poison(&self.shared, "journal append");
+                Err(e)
+            }
+        }
+    }
+
+    /// The newest durable gens checkpoint: its seq and buckets (to repeat in journal entries
+    /// so that the ring never wraps over the only record naming it).
+    pub fn gens_checkpoint_location(&self) -> (u64, Vec<u32>) {
+        let st = self.shared.state.lock();
+        (st.ckpt_seq, st.ckpt_buckets.clone())
+    }
+
+    /// The cache file, for journal replay and index checkpoints.
+    pub fn device(&self) -> &Arc<dyn CacheDevice> {
+        &self.shared.dev
+    }
+
     /// True once a failed write or fsync stopped the allocator.
     pub fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::Acquire)
@@ -674,6 +705,23 @@ impl Cache {
             sectors: k.sectors,
             loc: k.loc,
         })
+    }
+
+    /// How many buckets are free, hold data, dirty data and metadata (by [`Mark`]), in that
+    /// order; buckets on the free lists and `free_inc` count as free.
+    pub fn mark_counts(&self) -> [usize; 4] {
+        let st = self.shared.state.lock();
+        let mut n = [0usize; 4];
+        for k in &st.buckets {
+            let i = match (k.loc, k.mark) {
+                (Loc::FreeInc | Loc::Free(_), _) | (Loc::Idle, Mark::Free) => 0,
+                (Loc::Idle, Mark::Data) => 1,
+                (Loc::Idle, Mark::Dirty) => 2,
+                (Loc::Idle, Mark::Metadata) => 3,
+            };
+            n[i] += 1;
+        }
+        n
     }
 
     /// The open buckets as `(bucket, gen)`.

@@ -244,7 +244,9 @@ impl AllocState {
                 continue;
             }
             let k = &self.buckets[b as usize];
-            let key = u64::from(k.prio.saturating_sub(self.min_prio)) * u64::from(k.sectors);
+            // bcache scores `(prio - min_prio) * sectors`, which ties the newest data (prio
+            // == min_prio) with empty buckets at 0; the +1 makes empty buckets go first.
+            let key = (u64::from(k.prio.saturating_sub(self.min_prio)) + 1) * u64::from(k.sectors);
             if heap.len() < room {
                 heap.push((key, b));
             } else if heap.peek().is_some_and(|&(top, _)| key < top) {

@@ -28,6 +28,8 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::cache::FileState;
+
 pub const ROOT_ID: u64 = 1;
 const SYNTHETIC_BASE: u64 = 1 << 63;
 
@@ -41,6 +43,8 @@ pub struct Inode {
     pub backing_ino: u64,
     /// `S_IFMT` bits; an inode never changes type.
     pub kind: libc::mode_t,
+    /// Its identity and write sequence for the cache.
+    pub file: FileState,
 }
 
 impl Inode {
@@ -55,6 +59,30 @@ impl Inode {
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
     }
+
+    pub fn is_regular(&self) -> bool {
+        self.kind == libc::S_IFREG
+    }
+}
+
+/// The cache's file id of a backing inode: stable across remounts. On the backing
+/// root's filesystem it is the inode number; on filesystems mounted inside the backing
+/// the top byte is a slot derived from the filesystem id (`f_fsid`, stable for most
+/// filesystems), so ids of different filesystems do not collide in practice (and the
+/// validator catches what a collision would confuse).
+pub fn file_id(fd: RawFd, st: &libc::stat, root_dev: u64) -> u64 {
+    if st.st_dev == root_dev {
+        return st.st_ino;
+    }
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    let fsid: [i32; 2] = if unsafe { libc::fstatfs(fd, &mut sfs) } == 0 {
+        unsafe { std::mem::transmute::<libc::fsid_t, [i32; 2]>(sfs.f_fsid) }
+    } else {
+        [st.st_dev as i32, (st.st_dev >> 32) as i32]
+    };
+    let h = crc32c::crc32c(&[fsid[0].to_le_bytes(), fsid[1].to_le_bytes()].concat());
+    let slot = u64::from(h & 0x7f) | 0x80;
+    (slot << 56) | (st.st_ino & ((1 << 56) - 1))
 }
 
 struct Entry {
@@ -79,6 +107,7 @@ impl InodeTable {
     pub fn new(root_fd: OwnedFd, st: &libc::stat) -> InodeTable {
         let root = Arc::new(Inode {
             id: ROOT_ID,
+            file: FileState::new(st.st_ino),
             fd: root_fd,
             dev: st.st_dev,
             backing_ino: st.st_ino,
@@ -146,6 +175,7 @@ impl InodeTable {
         };
         let inode = Arc::new(Inode {
             id,
+            file: FileState::new(file_id(fd.as_raw_fd(), st, self.root_dev)),
             fd,
             dev: st.st_dev,
             backing_ino: st.st_ino,

@@ -26,7 +26,7 @@ pub mod sys;
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +42,7 @@ use fuser::{
 };
 use parking_lot::Mutex;
 
+use crate::cache::CacheSet;
 use crate::options::MountOptions;
 use creds::CallerCreds;
 use inode::{Inode, InodeTable};
@@ -54,7 +55,9 @@ pub const MAX_IO: u32 = 1 << 20;
 struct FileHandleState {
     file: OwnedFd,
     /// Keeps the inode (and its `O_PATH` descriptor) alive while the file is open.
-    _inode: Arc<Inode>,
+    inode: Arc<Inode>,
+    /// Reads through this handle go through the cache (a regular file, cache active).
+    cached: bool,
 }
 
 /// An open directory stream. `DIR*` is not thread-safe; the mutex makes it so.
@@ -95,6 +98,11 @@ struct AttrChange {
 }
 
 pub struct PassthroughFs {
+    /// The read cache; None: a plain passthrough.
+    cache: Option<Arc<CacheSet>>,
+    /// Inodes whose kernel page cache must be dropped (sent by the invalidation thread,
+    /// never from a request handler, which could deadlock on a page lock).
+    invalidate: Mutex<Option<std::sync::mpsc::Sender<u64>>>,
     inodes: InodeTable,
     files: DashMap<u64, Arc<FileHandleState>>,
     dirs: DashMap<u64, Arc<DirHandleState>>,
@@ -130,6 +138,8 @@ impl PassthroughFs {
         }
         creds::init();
         Ok(PassthroughFs {
+            cache: None,
+            invalidate: Mutex::new(None),
             inodes: InodeTable::new(fd, &st),
             files: DashMap::new(),
             dirs: DashMap::new(),
@@ -137,6 +147,51 @@ impl PassthroughFs {
             attr_ttl: options.attr_timeout,
             entry_ttl: options.entry_timeout,
         })
+    }
+
+    /// Serves reads of regular files through `cache`.
+    pub fn with_cache(mut self, cache: Arc<CacheSet>) -> PassthroughFs {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn cache(&self) -> Option<&Arc<CacheSet>> {
+        self.cache.as_ref()
+    }
+
+    /// The inodes whose kernel pages must be dropped arrive on the returned channel;
+    /// hand it to [`spawn_invalidator`] once the session exists.
+    pub fn invalidation_channel(&self) -> std::sync::mpsc::Receiver<u64> {
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        *self.invalidate.lock() = Some(tx);
+        rx
+    }
+
+    /// The active cache, when `inode` is a regular file it serves.
+    fn cache_for(&self, inode: &Inode) -> Option<&Arc<CacheSet>> {
+        self.cache
+            .as_ref()
+            .filter(|c| inode.is_regular() && c.is_active())
+    }
+
+    /// Before a change through the mount: a backing changed underneath since the last
+    /// check drops what is cached (so recording the new validator afterwards cannot hide
+    /// an outside change).
+    fn precheck(&self, inode: &Inode, fd: RawFd) {
+        if let Some(cache) = self.cache_for(inode) {
+            if let Ok(st) = sys::fstat_path(fd) {
+                cache.revalidate(&inode.file, &st);
+            }
+        }
+    }
+
+    /// After a change through the mount: the new attributes are the validator.
+    fn record_change(&self, inode: &Inode, fd: RawFd) {
+        if let Some(cache) = self.cache_for(inode) {
+            if let Ok(st) = sys::fstat_path(fd) {
+                cache.set_validator(&inode.file, &st);
+            }
+        }
     }
 
     fn inode(&self, ino: INodeNo) -> io::Result<Arc<Inode>> {
@@ -212,14 +267,35 @@ impl PassthroughFs {
 
     fn add_file_handle(&self, file: OwnedFd, inode: Arc<Inode>) -> u64 {
         let fh = self.new_handle();
+        let cached = self.cache_for(&inode).is_some();
         self.files.insert(
             fh,
             Arc::new(FileHandleState {
                 file,
-                _inode: inode,
+                inode,
+                cached,
             }),
         );
         fh
+    }
+
+    /// Open (or create) of a regular file: checks the validator, and answers whether
+    /// the kernel may keep the pages it has (FOPEN_KEEP_CACHE).
+    fn open_validate(&self, inode: &Inode, fd: RawFd, flags: i32) -> FopenFlags {
+        let mut fopen = Self::fopen_flags(flags);
+        let Some(cache) = self.cache_for(inode) else {
+            return fopen;
+        };
+        let Ok(st) = sys::fstat_path(fd) else {
+            return fopen;
+        };
+        if flags & libc::O_TRUNC != 0 {
+            cache.note_truncate(&inode.file, 0);
+        }
+        if cache.check_validator(&inode.file, &st) && flags & libc::O_DIRECT == 0 {
+            fopen |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        fopen
     }
 
     fn do_setattr(
@@ -228,6 +304,31 @@ impl PassthroughFs {
         change: AttrChange,
         fh: Option<FileHandle>,
     ) -> io::Result<FileAttr> {
+        let size = change.size;
+        let handle = match fh {
+            Some(fh) => self.file(fh).ok(),
+            None => None,
+        };
+        let path = sys::proc_path(inode.raw_fd());
+        self.precheck(inode, inode.raw_fd());
+        let result = Self::apply_setattr(inode, &handle, &path, change);
+        if let (Some(size), Some(cache)) = (size, self.cache_for(inode)) {
+            cache.note_truncate(&inode.file, size);
+        }
+        self.record_change(inode, inode.raw_fd());
+        result?;
+        match &handle {
+            Some(h) => Ok(sys::attr_from_stat(&sys::fstat(&h.file)?, inode.id)),
+            None => self.attr_of(inode),
+        }
+    }
+
+    fn apply_setattr(
+        inode: &Inode,
+        handle: &Option<Arc<FileHandleState>>,
+        path: &std::ffi::CString,
+        change: AttrChange,
+    ) -> io::Result<()> {
         let AttrChange {
             mode,
             uid,
@@ -236,11 +337,6 @@ impl PassthroughFs {
             atime,
             mtime,
         } = change;
-        let handle = match fh {
-            Some(fh) => self.file(fh).ok(),
-            None => None,
-        };
-        let path = sys::proc_path(inode.raw_fd());
         if let Some(mode) = mode {
             match &handle {
                 Some(h) => cvt(unsafe { libc::fchmod(h.file.as_raw_fd(), mode) })?,
@@ -279,10 +375,7 @@ impl PassthroughFs {
                 })?,
             };
         }
-        match &handle {
-            Some(h) => Ok(sys::attr_from_stat(&sys::fstat(&h.file)?, inode.id)),
-            None => self.attr_of(inode),
-        }
+        Ok(())
     }
 
     fn open_dir_stream(inode: &Inode) -> io::Result<DirStream> {
@@ -384,6 +477,12 @@ thread_local! {
 }
 
 impl Filesystem for PassthroughFs {
+    fn destroy(&mut self) {
+        if let Some(cache) = &self.cache {
+            cache.close();
+        }
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
         if let Err(max) = config.set_max_readahead(MAX_IO) {
@@ -415,10 +514,20 @@ impl Filesystem for PassthroughFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let result = self.inode(ino).and_then(|inode| {
             // An open handle answers from its descriptor (right even after rename/unlink).
-            if let Some(h) = fh.and_then(|fh| self.file(fh).ok()) {
-                return Ok(sys::attr_from_stat(&sys::fstat(&h.file)?, inode.id));
+            let st = match fh.and_then(|fh| self.file(fh).ok()) {
+                Some(h) => sys::fstat(&h.file)?,
+                None => sys::fstat_path(inode.raw_fd())?,
+            };
+            // The attribute TTL expired: a backing changed underneath drops what is
+            // cached for it, in the cache and in the kernel's page cache.
+            if let Some(cache) = self.cache_for(&inode) {
+                if cache.revalidate(&inode.file, &st) {
+                    if let Some(tx) = self.invalidate.lock().as_ref() {
+                        let _ = tx.send(inode.id);
+                    }
+                }
             }
-            self.attr_of(&inode)
+            Ok(sys::attr_from_stat(&st, inode.id))
         });
         match result {
             Ok(attr) => reply.attr(&self.attr_ttl, &attr),
@@ -641,17 +750,18 @@ impl Filesystem for PassthroughFs {
                 cvt(unsafe { libc::open(path.as_ptr(), flags) })
             })?;
             let file = unsafe { OwnedFd::from_raw_fd(fd) };
-            Ok(self.add_file_handle(file, inode))
+            let fopen = self.open_validate(&inode, file.as_raw_fd(), flags.0);
+            Ok((self.add_file_handle(file, inode), fopen))
         });
         match result {
-            Ok(fh) => reply.opened(FileHandle(fh), Self::fopen_flags(flags.0)),
+            Ok((fh, fopen)) => reply.opened(FileHandle(fh), fopen),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -664,6 +774,30 @@ impl Filesystem for PassthroughFs {
             Ok(h) => h,
             Err(e) => return reply.error(errno(e)),
         };
+        if let Some(cache) = self
+            .cache
+            .as_ref()
+            .filter(|c| handle.cached && c.is_active())
+        {
+            let file = &handle.inode.file;
+            match cache.read(
+                file,
+                handle.file.as_raw_fd(),
+                offset,
+                size.min(MAX_IO),
+                req.pid(),
+            ) {
+                Ok(result) => {
+                    reply.data(&result.data);
+                    // the fill happens after the reply: the reader does not wait for it
+                    if let Some(fill) = result.fill {
+                        cache.fill(file, fill);
+                    }
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+            return;
+        }
         let size = size.min(MAX_IO) as usize;
         READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -689,9 +823,16 @@ impl Filesystem for PassthroughFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let result = self
-            .file(fh)
-            .and_then(|h| sys::pwrite_full(h.file.as_raw_fd(), data, offset));
+        let result = self.file(fh).and_then(|h| {
+            let fd = h.file.as_raw_fd();
+            self.precheck(&h.inode, fd);
+            let written = sys::pwrite_full(fd, data, offset);
+            if let Some(cache) = self.cache_for(&h.inode) {
+                cache.note_write(&h.inode.file, offset, data.len() as u64);
+            }
+            self.record_change(&h.inode, fd);
+            written
+        });
         match result {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -1002,17 +1143,14 @@ impl Filesystem for PassthroughFs {
                 let file = sys::open_at(p.raw_fd(), &c, open_flags | libc::O_NOFOLLOW, mode)?;
                 let attr = self.do_lookup(&p, name)?;
                 let inode = self.inode(attr.ino)?;
-                Ok((attr, self.add_file_handle(file, inode)))
+                let fopen = self.open_validate(&inode, file.as_raw_fd(), flags);
+                Ok((attr, self.add_file_handle(file, inode), fopen))
             })
         });
         match result {
-            Ok((attr, fh)) => reply.created(
-                &self.entry_ttl,
-                &attr,
-                Generation(0),
-                FileHandle(fh),
-                Self::fopen_flags(flags),
-            ),
+            Ok((attr, fh, fopen)) => {
+                reply.created(&self.entry_ttl, &attr, Generation(0), FileHandle(fh), fopen)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1078,10 +1216,11 @@ impl Filesystem for PassthroughFs {
     ) {
         let result = self.file(fh_in).and_then(|src| {
             let dst = self.file(fh_out)?;
+            self.precheck(&dst.inode, dst.file.as_raw_fd());
             let mut off_in = offset_in as libc::off64_t;
             let mut off_out = offset_out as libc::off64_t;
             let len = len.min(u32::MAX as u64 & !0xfff) as usize;
-            cvt_size(unsafe {
+            let copied = cvt_size(unsafe {
                 libc::copy_file_range(
                     src.file.as_raw_fd(),
                     &mut off_in,
@@ -1090,12 +1229,34 @@ impl Filesystem for PassthroughFs {
                     len,
                     0,
                 ) as isize
-            })
+            });
+            if let Some(cache) = self.cache_for(&dst.inode) {
+                cache.note_write(&dst.inode.file, offset_out, len as u64);
+            }
+            self.record_change(&dst.inode, dst.file.as_raw_fd());
+            copied
         });
         match result {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
+    }
+}
+
+/// Starts the thread that tells the kernel to drop an inode's pages when the backing
+/// changed underneath (`Notifier::inval_inode`), off the request threads.
+pub fn spawn_invalidator(rx: std::sync::mpsc::Receiver<u64>, notifier: fuser::Notifier) {
+    let spawned = std::thread::Builder::new()
+        .name("bcl-inval".into())
+        .spawn(move || {
+            for ino in rx {
+                if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+                    tracing::debug!(ino, "inval_inode: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no invalidation thread: {e}");
     }
 }
 

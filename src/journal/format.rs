@@ -11,10 +11,13 @@
 //!        crc = 0, then payload)
 //! 32 ..  records, each: type u8, then a fixed body:
 //!   1 GensCheckpoint   ckpt_seq u64, nparts u32 (1..=64), bucket u32 x nparts
-//!   2 IndexCheckpoint  ckpt_seq u64, bucket u32, len_bytes u32
-//!   3 KeyInsert        file u64, offset u64 (sectors), len u32 (sectors), bucket u32, gen u8,
-//!                      bucket_offset u32 (sectors), crc32c u32, dirty u8
-//!   4 KeyDelete        file u64, offset u64 (sectors), len u32 (sectors)
+//!   2 IndexCheckpoint  ckpt_seq u64, len_bytes u64, nparts u32 (1..=MAX_INDEX_BUCKETS),
+//!                      bucket u32 x nparts (the blob is split over them in order)
+//!   3 KeyInsert        file u64, offset u64 (bytes), len u32 (sectors), bucket u32, gen u8,
+//!                      bucket_offset u32 (sectors), dirty u8, nblocks u32,
+//!                      crc32c u32 x nblocks (one per block of the extent)
+//!   4 KeyDelete        file u64, offset u64 (bytes), len u64 (bytes; u64::MAX = to the end)
+//!   5 SetValidator     file u64, size u64, mtime_ns i64, ctime_ns i64
 //! ```
 //!
 //! Invariants: an entry is accepted only with the right magic, version, a payload length within
@@ -39,9 +42,13 @@ pub const JOURNAL_HDR: usize = 32;
 pub enum Record {
     /// A gens checkpoint became durable in these buckets (in part order).
     GensCheckpoint { seq: u64, buckets: Vec<u32> },
-    /// An index checkpoint became durable (used by the index subsystem).
-    IndexCheckpoint { seq: u64, bucket: u32, len: u32 },
-    /// A key was inserted.
+    /// An index checkpoint of `len` bytes became durable in `buckets` (in order).
+    IndexCheckpoint {
+        seq: u64,
+        buckets: Vec<u32>,
+        len: u64,
+    },
+    /// A key was inserted: `len` sectors of file data at byte `offset`, one crc per block.
     KeyInsert {
         file: u64,
         offset: u64,
@@ -49,12 +56,22 @@ pub enum Record {
         bucket: u32,
         gen: u8,
         bucket_offset: u32,
-        crc: u32,
         dirty: bool,
+        crcs: Vec<u32>,
     },
-    /// A range of a file was dropped.
-    KeyDelete { file: u64, offset: u64, len: u32 },
+    /// Bytes `[offset, offset + len)` of a file were dropped (`len == u64::MAX`: to the end).
+    KeyDelete { file: u64, offset: u64, len: u64 },
+    /// A file's validator (what says its backing copy is unchanged) was set.
+    SetValidator {
+        file: u64,
+        size: u64,
+        mtime_ns: i64,
+        ctime_ns: i64,
+    },
 }
+
+/// Most buckets one index checkpoint may span.
+pub const MAX_INDEX_BUCKETS: u32 = 1 << 16;
 
 /// A decoded journal entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,11 +94,14 @@ impl Entry {
                         b.extend_from_slice(&x.to_le_bytes());
                     }
                 }
-                Record::IndexCheckpoint { seq, bucket, len } => {
+                Record::IndexCheckpoint { seq, buckets, len } => {
                     b.push(2);
                     b.extend_from_slice(&seq.to_le_bytes());
-                    b.extend_from_slice(&bucket.to_le_bytes());
                     b.extend_from_slice(&len.to_le_bytes());
+                    b.extend_from_slice(&(buckets.len() as u32).to_le_bytes());
+                    for x in buckets {
+                        b.extend_from_slice(&x.to_le_bytes());
+                    }
                 }
                 Record::KeyInsert {
                     file,
@@ -90,8 +110,8 @@ impl Entry {
                     bucket,
                     gen,
                     bucket_offset,
-                    crc,
                     dirty,
+                    crcs,
                 } => {
                     b.push(3);
                     b.extend_from_slice(&file.to_le_bytes());
@@ -100,14 +120,29 @@ impl Entry {
                     b.extend_from_slice(&bucket.to_le_bytes());
                     b.push(*gen);
                     b.extend_from_slice(&bucket_offset.to_le_bytes());
-                    b.extend_from_slice(&crc.to_le_bytes());
                     b.push(u8::from(*dirty));
+                    b.extend_from_slice(&(crcs.len() as u32).to_le_bytes());
+                    for c in crcs {
+                        b.extend_from_slice(&c.to_le_bytes());
+                    }
                 }
                 Record::KeyDelete { file, offset, len } => {
                     b.push(4);
                     b.extend_from_slice(&file.to_le_bytes());
                     b.extend_from_slice(&offset.to_le_bytes());
                     b.extend_from_slice(&len.to_le_bytes());
+                }
+                Record::SetValidator {
+                    file,
+                    size,
+                    mtime_ns,
+                    ctime_ns,
+                } => {
+                    b.push(5);
+                    b.extend_from_slice(&file.to_le_bytes());
+                    b.extend_from_slice(&size.to_le_bytes());
+                    b.extend_from_slice(&mtime_ns.to_le_bytes());
+                    b.extend_from_slice(&ctime_ns.to_le_bytes());
                 }
             }
         }
@@ -206,41 +241,63 @@ impl Entry {
                     Record::GensCheckpoint { seq, buckets }
                 }
                 2 => {
-                    need(o, 16)?;
-                    let r = Record::IndexCheckpoint {
-                        seq: le_u64(p, o),
-                        bucket: le_u32(p, o + 8),
-                        len: le_u32(p, o + 12),
-                    };
-                    o += 16;
-                    r
+                    need(o, 20)?;
+                    let seq = le_u64(p, o);
+                    let len = le_u64(p, o + 8);
+                    let n = le_u32(p, o + 16);
+                    o += 20;
+                    if n == 0 || n > MAX_INDEX_BUCKETS {
+                        return bad(format!("index checkpoint with {n} parts"));
+                    }
+                    need(o, 4 * n as usize)?;
+                    let buckets = (0..n as usize).map(|i| le_u32(p, o + 4 * i)).collect();
+                    o += 4 * n as usize;
+                    Record::IndexCheckpoint { seq, buckets, len }
                 }
                 3 => {
                     need(o, 34)?;
-                    if p[o + 33] > 1 {
-                        return bad(format!("dirty flag {}", p[o + 33]));
+                    if p[o + 29] > 1 {
+                        return bad(format!("dirty flag {}", p[o + 29]));
                     }
-                    let r = Record::KeyInsert {
-                        file: le_u64(p, o),
-                        offset: le_u64(p, o + 8),
-                        len: le_u32(p, o + 16),
-                        bucket: le_u32(p, o + 20),
-                        gen: p[o + 24],
-                        bucket_offset: le_u32(p, o + 25),
-                        crc: le_u32(p, o + 29),
-                        dirty: p[o + 33] == 1,
-                    };
+                    let (file, offset, len) = (le_u64(p, o), le_u64(p, o + 8), le_u32(p, o + 16));
+                    let (bucket, gen, bucket_offset) =
+                        (le_u32(p, o + 20), p[o + 24], le_u32(p, o + 25));
+                    let dirty = p[o + 29] == 1;
+                    let n = le_u32(p, o + 30) as usize;
                     o += 34;
-                    r
+                    need(o, n.saturating_mul(4))?;
+                    let crcs = (0..n).map(|i| le_u32(p, o + 4 * i)).collect();
+                    o += 4 * n;
+                    Record::KeyInsert {
+                        file,
+                        offset,
+                        len,
+                        bucket,
+                        gen,
+                        bucket_offset,
+                        dirty,
+                        crcs,
+                    }
                 }
                 4 => {
-                    need(o, 20)?;
+                    need(o, 24)?;
                     let r = Record::KeyDelete {
                         file: le_u64(p, o),
                         offset: le_u64(p, o + 8),
-                        len: le_u32(p, o + 16),
+                        len: le_u64(p, o + 16),
                     };
-                    o += 20;
+                    o += 24;
+                    r
+                }
+                5 => {
+                    need(o, 32)?;
+                    let r = Record::SetValidator {
+                        file: le_u64(p, o),
+                        size: le_u64(p, o + 8),
+                        mtime_ns: le_u64(p, o + 16) as i64,
+                        ctime_ns: le_u64(p, o + 24) as i64,
+                    };
+                    o += 32;
                     r
                 }
                 t => return bad(format!("unknown record type {t}")),
@@ -268,23 +325,29 @@ mod tests {
                 },
                 Record::IndexCheckpoint {
                     seq: 2,
-                    bucket: 7,
+                    buckets: vec![7, 8],
                     len: 4096,
                 },
                 Record::KeyInsert {
                     file: 11,
-                    offset: 8,
-                    len: 8,
+                    offset: 8192,
+                    len: 16,
                     bucket: 12,
                     gen: 200,
                     bucket_offset: 16,
-                    crc: 0xdead_beef,
                     dirty: true,
+                    crcs: vec![0xdead_beef, 7],
                 },
                 Record::KeyDelete {
                     file: 11,
                     offset: 0,
-                    len: 64,
+                    len: u64::MAX,
+                },
+                Record::SetValidator {
+                    file: 11,
+                    size: 5000,
+                    mtime_ns: -3,
+                    ctime_ns: 1_700_000_000_000_000_000,
                 },
             ],
         }

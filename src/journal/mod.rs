@@ -63,6 +63,9 @@ pub fn scan(dev: &dyn CacheDevice, sb: &Superblock) -> Result<Vec<Scanned>> {
 pub struct JournalRing {
     next_offset: u64,
     next_seq: u64,
+    /// Bytes appended since open: tells the index when the ring is about to wrap over
+    /// entries replay still needs.
+    appended: u64,
 }
 
 impl JournalRing {
@@ -72,10 +75,12 @@ impl JournalRing {
             Some(s) => JournalRing {
                 next_offset: s.offset + s.len,
                 next_seq: s.entry.seq + 1,
+                appended: 0,
             },
             None => JournalRing {
                 next_offset: 0,
                 next_seq: 1,
+                appended: 0,
             },
         }
     }
@@ -83,6 +88,11 @@ impl JournalRing {
     /// Seq the next entry will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// Bytes appended since the ring was opened.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended
     }
 
     /// Append one entry with `records`, then fdatasync. Returns its seq.
@@ -109,6 +119,7 @@ impl JournalRing {
             .map_err(|e| Error::io("fdatasync journal", e))?;
         self.next_offset += len;
         self.next_seq += 1;
+        self.appended += len;
         Ok(seq)
     }
 }

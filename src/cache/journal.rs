@@ -1,0 +1,437 @@
+//! The journal writer and replay: key inserts and drops become durable in batches,
+//! index checkpoints bound replay time.
+//!
+//! Write path: request threads `queue` records (under the file's lock, so records of
+//! one file are queued in the order their changes happened). One writer thread
+//! takes the queue every 50 ms (sooner when it grows), and:
+//! 1. fdatasyncs the cache file, so every data block a queued key points at is
+//!    durable before the key (invariant 3);
+//! 2. appends the records as journal entries (pwrite + fdatasync each, through the
+//!    allocator's journal cursor, so key entries and gens checkpoint entries share
+//!    one sequence).
+//!
+//! Index checkpoint (when the ring has taken half its size since the last one, and
+//! at mount and clean unmount), by the writer thread only:
+//! 1. flush the queue (as above);
+//! 2. encode the index (concurrent changes queue records that land after step 4);
+//! 3. write the blob into buckets from the metadata reserve, fdatasync;
+//! 4. append an entry naming it and repeating the current gens checkpoint's location
+//!    (so the ring never wraps over the only entry naming either);
+//! 5. release the pins of the new buckets and free the previous checkpoint's.
+//!
+//! Replay at mount: scan the ring, take the newest index checkpoint whose blob
+//! decodes (an unreadable one is skipped for the previous), then apply the records
+//! of every entry after it in seq order, stopping at the first missing seq (a torn
+//! tail). Keys whose gen no longer matches their bucket are dropped.
+//!
+//! Locks: the queue mutex (held only to push or take); `ckpt` (the current checkpoint's
+//! buckets) is touched by the writer thread and by GC reading it. May block: the
+//! writer thread on I/O; `flush` waits for the writer.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::stats::{bump, Counters};
+use crate::alloc::{BucketPtr, Cache, Reserve};
+use crate::device::format::SECTOR;
+use crate::error::{Error, Result};
+use crate::index::{Extent, Index, Validator};
+use crate::journal::format::Record;
+
+/// Queue length (records) that wakes the writer before its timer.
+const WAKE_AT: usize = 4096;
+/// Largest entry we append, in bytes of payload (about).
+const MAX_ENTRY: usize = 256 << 10;
+const INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+struct Queue {
+    records: Vec<Record>,
+    bytes: usize,
+    /// Bumped each time the writer finished appending what it took.
+    flushed_gen: u64,
+    taken_gen: u64,
+}
+
+/// Where the current index checkpoint lives.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointState {
+    pub seq: u64,
+    pub buckets: Vec<u32>,
+    /// Ring bytes appended (since open) when it was written.
+    pub at_ring_bytes: u64,
+}
+
+pub struct JournalWriter {
+    alloc: Arc<Cache>,
+    index: Arc<Index>,
+    counters: Arc<Counters>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    flushed: Condvar,
+    /// Serialises appends and checkpoints (the writer thread, mount and unmount).
+    io: Mutex<()>,
+    ckpt: Mutex<CheckpointState>,
+    ring_bytes: AtomicU64,
+    failed: AtomicBool,
+}
+
+fn record_size(r: &Record) -> usize {
+    match r {
+        Record::KeyInsert { crcs, .. } => 40 + 4 * crcs.len(),
+        _ => 40,
+    }
+}
+
+impl JournalWriter {
+    pub fn new(
+        alloc: Arc<Cache>,
+        index: Arc<Index>,
+        counters: Arc<Counters>,
+        ckpt: CheckpointState,
+    ) -> JournalWriter {
+        JournalWriter {
+            alloc,
+            index,
+            counters,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            flushed: Condvar::new(),
+            io: Mutex::new(()),
+            ckpt: Mutex::new(ckpt),
+            ring_bytes: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn queue(&self, r: Record) {
+        let mut q = self.queue.lock();
+        q.bytes += record_size(&r);
+        q.records.push(r);
+        if q.records.len() >= WAKE_AT {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify_all();
+    }
+
+    /// Buckets of the current index checkpoint (metadata, for GC).
+    pub fn checkpoint_buckets(&self) -> Vec<u32> {
+        self.ckpt.lock().buckets.clone()
+    }
+
+    /// The writer thread: append queued records until `stop`, checkpointing as the ring fills.
+    pub fn run(&self, stop: &AtomicBool) {
+        let half_ring = self.alloc.superblock().journal_size / 2;
+        loop {
+            {
+                let mut q = self.queue.lock();
+                if q.records.is_empty() && !stop.load(Ordering::Acquire) {
+                    self.wake.wait_for(&mut q, INTERVAL);
+                }
+            }
+            if let Err(e) = self.flush() {
+                self.fail(&e);
+            }
+            let since = self.ring_bytes.load(Ordering::Relaxed) - self.ckpt.lock().at_ring_bytes;
+            if since > half_ring && !self.failed.load(Ordering::Relaxed) {
+                if let Err(e) = self.checkpoint_now() {
+                    self.fail(&e);
+                }
+            }
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+        }
+    }
+
+    fn fail(&self, e: &Error) {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            tracing::error!("journal failed: {e}; caching stops");
+        }
+        bump(&self.counters.io_errors);
+    }
+
+    /// Appends everything queued so far (data fsync first). Returns when it is durable.
+    pub fn flush(&self) -> Result<()> {
+        let _io = self.io.lock();
+        let records = {
+            let mut q = self.queue.lock();
+            q.bytes = 0;
+            q.taken_gen += 1;
+            std::mem::take(&mut q.records)
+        };
+        let result = self.append_all(records);
+        let mut q = self.queue.lock();
+        q.flushed_gen = q.taken_gen;
+        self.flushed.notify_all();
+        result
+    }
+
+    fn append_all(&self, records: Vec<Record>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Error::Poisoned);
+        }
+        // Invariant 3: the data keys point at is durable before the keys are.
+        self.alloc.sync()?;
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for r in records {
+            size += record_size(&r);
+            batch.push(r);
+            if size >= MAX_ENTRY {
+                self.append(std::mem::take(&mut batch))?;
+                size = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.append(batch)?;
+        }
+        Ok(())
+    }
+
+    fn append(&self, records: Vec<Record>) -> Result<u64> {
+        let (seq, ring) = self.alloc.journal_append(records)?;
+        self.ring_bytes.store(ring, Ordering::Relaxed);
+        bump(&self.counters.journal_entries);
+        Ok(seq)
+    }
+
+    /// Writes an index checkpoint now (steps 1-5 of the module header).
+    pub fn checkpoint_now(&self) -> Result<()> {
+        self.flush()?;
+        let _io = self.io.lock();
+        let blob = self.index.encode_checkpoint();
+        let sb = self.alloc.superblock().clone();
+        let bucket_size = sb.bucket_size as usize;
+        let parts = blob.len().div_ceil(bucket_size).max(1);
+        let mut buckets = Vec::with_capacity(parts);
+        let release = |buckets: &[u32]| {
+            for &b in buckets {
+                let _ = self.alloc.unpin(b);
+                let _ = self.alloc.bucket_free(b);
+            }
+        };
+        for _ in 0..parts {
+            match self.alloc.bucket_alloc(Reserve::Metadata, true) {
+                Ok((b, _gen)) => buckets.push(b),
+                Err(e) => {
+                    release(&buckets);
+                    return Err(e);
+                }
+            }
+        }
+        let dev = self.alloc.device();
+        let write = || -> Result<()> {
+            for (i, &b) in buckets.iter().enumerate() {
+                let start = i * bucket_size;
+                let end = (start + bucket_size).min(blob.len());
+                let mut part = blob.get(start..end).unwrap_or(&[]).to_vec();
+                let block = sb.block_size as usize;
+                part.resize(part.len().div_ceil(block).max(1) * block, 0);
+                dev.pwrite(&part, sb.bucket_offset(b))
+                    .map_err(|e| Error::io("pwrite index checkpoint", e))?;
+            }
+            dev.fdatasync()
+                .map_err(|e| Error::io("fdatasync index checkpoint", e))
+        };
+        if let Err(e) = write() {
+            release(&buckets);
+            return Err(e);
+        }
+        let seq = self.ckpt.lock().seq + 1;
+        let (gens_seq, gens_buckets) = self.alloc.gens_checkpoint_location();
+        let appended = self.append(vec![
+            Record::IndexCheckpoint {
+                seq,
+                buckets: buckets.clone(),
+                len: blob.len() as u64,
+            },
+            Record::GensCheckpoint {
+                seq: gens_seq,
+                buckets: gens_buckets,
+            },
+        ]);
+        if let Err(e) = appended {
+            release(&buckets);
+            return Err(e);
+        }
+        for &b in &buckets {
+            let _ = self.alloc.unpin(b);
+        }
+        let old = std::mem::replace(
+            &mut *self.ckpt.lock(),
+            CheckpointState {
+                seq,
+                buckets,
+                at_ring_bytes: self.ring_bytes.load(Ordering::Relaxed),
+            },
+        );
+        for b in old.buckets {
+            if let Err(e) = self.alloc.bucket_free(b) {
+                tracing::debug!(bucket = b, "old index checkpoint bucket not freed: {e}");
+            }
+        }
+        bump(&self.counters.index_checkpoints);
+        Ok(())
+    }
+}
+
+/// Reads the blob of an index checkpoint.
+fn load_checkpoint(alloc: &Cache, buckets: &[u32], len: u64) -> Result<Index> {
+    let sb = alloc.superblock();
+    let bucket_size = u64::from(sb.bucket_size);
+    if len > bucket_size * buckets.len() as u64
+        || buckets.iter().any(|&b| u64::from(b) >= sb.nbuckets)
+    {
+        return Err(Error::corrupt(
+            "index checkpoint",
+            "length or bucket out of range",
+        ));
+    }
+    let mut blob = vec![0u8; len as usize];
+    for (i, chunk) in blob.chunks_mut(bucket_size as usize).enumerate() {
+        alloc
+            .device()
+            .pread(chunk, sb.bucket_offset(buckets[i]))
+            .map_err(|e| Error::io("pread index checkpoint", e))?;
+    }
+    Index::decode_checkpoint(sb.block_size, &blob)
+}
+
+/// Rebuilds the index from the newest readable checkpoint and the journal after it.
+pub fn replay(alloc: &Cache, counters: &Counters) -> Result<(Index, CheckpointState)> {
+    let sb = alloc.superblock().clone();
+    let entries = crate::journal::scan(&**alloc.device(), &sb)?;
+    let block = u64::from(sb.block_size);
+    // newest checkpoint that loads
+    let mut start = None;
+    'find: for (pos, s) in entries.iter().enumerate().rev() {
+        for r in &s.entry.records {
+            if let Record::IndexCheckpoint { seq, buckets, len } = r {
+                match load_checkpoint(alloc, buckets, *len) {
+                    Ok(index) => {
+                        start = Some((
+                            pos,
+                            index,
+                            CheckpointState {
+                                seq: *seq,
+                                buckets: buckets.clone(),
+                                at_ring_bytes: 0,
+                            },
+                        ));
+                        break 'find;
+                    }
+                    Err(e) => tracing::warn!(seq, "skipping unreadable index checkpoint: {e}"),
+                }
+            }
+        }
+    }
+    let (first, index, ckpt) = match start {
+        Some((pos, index, ckpt)) => (pos + 1, index, ckpt),
+        None => (
+            entries.len(),
+            Index::new(sb.block_size),
+            CheckpointState::default(),
+        ),
+    };
+    let mut expect = entries.get(first.wrapping_sub(1)).map(|s| s.entry.seq + 1);
+    let mut applied = 0usize;
+    for s in entries.iter().skip(first) {
+        if expect.is_some_and(|e| s.entry.seq != e) {
+            tracing::info!(
+                seq = s.entry.seq,
+                "journal replay stops at a gap (torn tail)"
+            );
+            break;
+        }
+        expect = Some(s.entry.seq + 1);
+        for r in &s.entry.records {
+            apply(&index, r, block);
+            applied += 1;
+        }
+    }
+    // keys into buckets that were reused since are stale
+    let stale = index.retain(|_, e| alloc.bucket_gen(e.ptr.bucket).ok() == Some(e.ptr.gen));
+    counters
+        .stale_pointers
+        .fetch_add(stale.len() as u64, Ordering::Relaxed);
+    tracing::info!(
+        records = applied,
+        stale = stale.len(),
+        extents = index.stats().extents,
+        "journal replayed"
+    );
+    Ok((index, ckpt))
+}
+
+fn apply(index: &Index, r: &Record, block: u64) {
+    match r {
+        Record::KeyInsert {
+            file,
+            offset,
+            len,
+            bucket,
+            gen,
+            bucket_offset,
+            dirty,
+            crcs,
+        } => {
+            let bytes = u64::from(*len) * SECTOR;
+            // a record that does not describe whole blocks is ignored, not trusted
+            if bytes == 0
+                || offset % block != 0
+                || bytes % block != 0
+                || crcs.len() as u64 != bytes / block
+            {
+                tracing::warn!(file, offset, "ignoring a malformed key in the journal");
+                return;
+            }
+            index.insert(
+                *file,
+                Extent {
+                    offset: *offset,
+                    len: bytes,
+                    ptr: BucketPtr {
+                        bucket: *bucket,
+                        gen: *gen,
+                        offset: *bucket_offset,
+                    },
+                    crcs: crcs.clone().into_boxed_slice(),
+                    dirty: *dirty,
+                },
+            );
+        }
+        Record::KeyDelete { file, offset, len } => {
+            if *offset == 0 && *len == u64::MAX {
+                index.remove_file(*file);
+            } else if *len == u64::MAX {
+                index.truncate(*file, *offset);
+            } else {
+                index.remove_range(*file, *offset, *len);
+            }
+        }
+        Record::SetValidator {
+            file,
+            size,
+            mtime_ns,
+            ctime_ns,
+        } => index.set_validator(
+            *file,
+            Validator {
+                size: *size,
+                mtime_ns: *mtime_ns,
+                ctime_ns: *ctime_ns,
+            },
+        ),
+        Record::GensCheckpoint { .. } | Record::IndexCheckpoint { .. } => {}
+    }
+}

@@ -1,0 +1,132 @@
+//! Sequential cutoff, as bcache's `sequential_cutoff`: a process streaming through a
+//! file (a backup, a big copy) would flush everything useful out of the cache, so
+//! once a process has read more than the cutoff sequentially, its reads bypass the
+//! cache: hits are still served, misses are not filled.
+//!
+//! Model: per PID, the file and offset where its last read ended and how many bytes
+//! it has read contiguously up to there. A read that starts where the last one
+//! ended (or within the kernel's readahead window of it) continues the run.
+//!
+//! Locks: one mutex over a small map; held for a lookup and an update. Never blocks.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// Runs idle this long are forgotten.
+const IDLE: Duration = Duration::from_secs(5);
+const MAX_TRACKED: usize = 1024;
+/// The kernel may issue readahead slightly out of order; a read starting this close
+/// after the last one's end still counts as sequential.
+const SLACK: u64 = 1 << 20;
+
+#[derive(Clone, Copy)]
+struct Run {
+    file: u64,
+    next: u64,
+    bytes: u64,
+    seen: Instant,
+}
+
+pub struct SequentialCutoff {
+    cutoff: u64,
+    runs: Mutex<HashMap<u32, Run>>,
+}
+
+impl SequentialCutoff {
+    /// `cutoff` 0 turns bypassing off.
+    pub fn new(cutoff: u64) -> SequentialCutoff {
+        SequentialCutoff {
+            cutoff,
+            runs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn cutoff(&self) -> u64 {
+        self.cutoff
+    }
+
+    /// Records a read of `len` bytes at `offset` of `file` by `pid`; true when the
+    /// process has now streamed past the cutoff and this read should bypass.
+    pub fn should_bypass(&self, pid: u32, file: u64, offset: u64, len: u64) -> bool {
+        if self.cutoff == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let mut runs = self.runs.lock();
+        if runs.len() >= MAX_TRACKED {
+            runs.retain(|_, r| now.duration_since(r.seen) < IDLE);
+        }
+        let run = runs.entry(pid).or_insert(Run {
+            file,
+            next: offset,
+            bytes: 0,
+            seen: now,
+        });
+        let continues = run.file == file
+            && offset <= run.next.saturating_add(SLACK)
+            && offset + len > run.next
+            && now.duration_since(run.seen) < IDLE;
+        if continues {
+            run.bytes += offset + len - run.next.max(offset);
+            run.next = run.next.max(offset + len);
+        } else if !(run.file == file
+            && offset + len <= run.next
+            && offset >= run.next.saturating_sub(SLACK))
+        {
+            *run = Run {
+                file,
+                next: offset + len,
+                bytes: len,
+                seen: now,
+            };
+        }
+        run.seen = now;
+        run.bytes > self.cutoff
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_past_the_cutoff_bypasses() {
+        let s = SequentialCutoff::new(4 << 20);
+        let mut off = 0;
+        let mut bypassed_at = None;
+        while off < 16 << 20 {
+            if s.should_bypass(7, 1, off, 128 << 10) && bypassed_at.is_none() {
+                bypassed_at = Some(off);
+            }
+            off += 128 << 10;
+        }
+        assert_eq!(bypassed_at, Some(4 << 20));
+    }
+
+    #[test]
+    fn random_reads_and_other_processes_do_not() {
+        let s = SequentialCutoff::new(1 << 20);
+        for i in 0..1000u64 {
+            let off = (i * 7919 % 1000) * (64 << 10);
+            assert!(!s.should_bypass(1, 1, off, 4096));
+        }
+        for i in 0..100u64 {
+            // two processes interleaving on different files each stream alone
+            s.should_bypass(2, 2, i * 65536, 65536);
+            s.should_bypass(3, 3, i * 65536, 65536);
+        }
+        assert!(s.should_bypass(2, 2, 100 * 65536, 65536));
+        assert!(
+            !s.should_bypass(4, 2, 0, 65536),
+            "a new process starts its own run"
+        );
+    }
+
+    #[test]
+    fn zero_turns_it_off() {
+        let s = SequentialCutoff::new(0);
+        assert!(!(0..1000).any(|i| s.should_bypass(1, 1, i * 65536, 65536)));
+    }
+}
