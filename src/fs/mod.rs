@@ -224,7 +224,21 @@ impl PassthroughFs {
         let fd = sys::open_path_at(parent.raw_fd(), &c)?;
         let st = sys::fstat_path(fd.as_raw_fd())?;
         let inode = self.inodes.lookup_insert(fd, &st);
+        self.revalidate(&inode, &st);
         Ok(sys::attr_from_stat(&st, inode.id))
+    }
+
+    /// Fresh attributes of a regular file reached us (getattr after the TTL, or a
+    /// lookup): a backing changed underneath drops what is cached for it, in the cache
+    /// and in the kernel's page cache.
+    fn revalidate(&self, inode: &Inode, st: &libc::stat) {
+        if let Some(cache) = self.cache_for(inode) {
+            if cache.revalidate(&inode.file, st) {
+                if let Some(tx) = self.invalidate.lock().as_ref() {
+                    let _ = tx.send(inode.id);
+                }
+            }
+        }
     }
 
     fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
@@ -518,15 +532,7 @@ impl Filesystem for PassthroughFs {
                 Some(h) => sys::fstat(&h.file)?,
                 None => sys::fstat_path(inode.raw_fd())?,
             };
-            // The attribute TTL expired: a backing changed underneath drops what is
-            // cached for it, in the cache and in the kernel's page cache.
-            if let Some(cache) = self.cache_for(&inode) {
-                if cache.revalidate(&inode.file, &st) {
-                    if let Some(tx) = self.invalidate.lock().as_ref() {
-                        let _ = tx.send(inode.id);
-                    }
-                }
-            }
+            self.revalidate(&inode, &st);
             Ok(sys::attr_from_stat(&st, inode.id))
         });
         match result {

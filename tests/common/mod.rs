@@ -128,6 +128,27 @@ impl Mount {
     }
 }
 
+impl Mount {
+    /// Unmounts (umount(2)), waits for the daemon, and hands back the temporary
+    /// directory so the same backing and cache can be mounted again.
+    pub fn unmount_keep(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (self.unmount(), dir)
+    }
+
+    /// SIGKILLs the daemon (a crash), lazily unmounts what it left, and hands back the
+    /// temporary directory.
+    pub fn crash(mut self) -> tempfile::TempDir {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.child = None;
+        umount_lazy(&self.mnt);
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
 pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
