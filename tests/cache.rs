@@ -413,3 +413,182 @@ fn a_cache_for_another_tree_or_a_broken_cache_file_is_refused_clearly() {
     fs::write(other.join("g"), b"other tree").unwrap();
     assert_eq!(fs::read(m.m("g")).unwrap(), b"other tree");
 }
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Reads and writes through the mount until it fails (the daemon was killed).
+fn workload(mnt: PathBuf, files: usize, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let mut buf = vec![0u8; 256 << 10];
+    for _ in 0..100_000 {
+        let p = mnt.join(format!("f{}", rng.below(files as u64)));
+        let op = rng.below(10);
+        let r: std::io::Result<()> = (|| {
+            if op < 6 {
+                let f = fs::File::open(&p)?;
+                let len = f.metadata()?.len().max(1);
+                let off = rng.below(len);
+                let n = 1 + rng.below(buf.len() as u64) as usize;
+                let _ = f.read_at(&mut buf[..n], off)?;
+            } else if op < 9 {
+                let f = fs::OpenOptions::new().write(true).open(&p)?;
+                let len = f.metadata()?.len().max(1);
+                let off = rng.below(len + 4096);
+                let data = pattern(1 + rng.below(64 << 10) as usize, rng.next());
+                f.write_all_at(&data, off)?;
+            } else {
+                let f = fs::OpenOptions::new().write(true).open(&p)?;
+                f.set_len(rng.below(2 << 20))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            if e.raw_os_error() == Some(libc::ENOTCONN) || e.raw_os_error() == Some(libc::ENOENT) {
+                return;
+            }
+        }
+    }
+}
+
+fn assert_mount_equals_backing(m: &Mount, files: usize, when: &str) {
+    for i in 0..files {
+        let name = format!("f{i}");
+        let through = fs::read(m.m(&name)).unwrap();
+        let truth = fs::read(m.b(&name)).unwrap();
+        assert!(through == truth, "{name} differs from the backing {when} ({} vs {} bytes)", through.len(), truth.len());
+    }
+}
+
+#[test]
+fn sigkill_during_a_mixed_workload_then_remount_serves_exactly_the_backing() {
+    require_fuse!();
+    let rounds = knob("BCL_CRASH_ROUNDS", 4);
+    let (mut dir, backing, cache) = setup();
+    let files = 24;
+    for i in 0..files {
+        fs::write(backing.join(format!("f{i}")), pattern((64 << 10) + i * 37_000, i as u64)).unwrap();
+    }
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    for round in 0..rounds {
+        let m = mount_cached(dir, &backing, &cache, "sequential_cutoff=0");
+        let workers: Vec<_> = (0..3)
+            .map(|w| {
+                let mnt = m.mnt.clone();
+                let s = seed.wrapping_add(w * 7919 + round * 104_729);
+                std::thread::spawn(move || workload(mnt, files, s))
+            })
+            .collect();
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        std::thread::sleep(Duration::from_millis(300 + seed % 1500));
+        dir = m.crash();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let m = mount_cached(dir, &backing, &cache, "sequential_cutoff=0");
+        assert_mount_equals_backing(&m, files, &format!("after crash {round}"));
+        drop_caches();
+        assert_mount_equals_backing(&m, files, &format!("after crash {round}, from the cache"));
+        let (status, d) = m.unmount_keep();
+        assert!(status.success());
+        dir = d;
+    }
+}
+
+#[test]
+fn a_cache_much_smaller_than_the_data_keeps_working_under_every_policy() {
+    require_fuse!();
+    let cache_mb = knob("BCL_SMALL_CACHE_MB", 32);
+    let data_mb = cache_mb * 8;
+    for policy in ["lru", "fifo", "random"] {
+        let (dir, backing, cache) = setup();
+        let file_mb = 8u64;
+        let nfiles = data_mb / file_mb;
+        for i in 0..nfiles {
+            fs::write(backing.join(format!("d{i}")), pattern((file_mb << 20) as usize, 100 + i)).unwrap();
+        }
+        let opts = format!("cache={},cache_size={cache_mb}M,replacement={policy}", cache.display());
+        let m = Mount::over(dir, backing.clone(), &opts, &[]);
+        let chunk = 128u64 << 10;
+        let mut order: Vec<(u64, u64)> =
+            (0..nfiles).flat_map(|f| (0..(file_mb << 20) / chunk).map(move |c| (f, c * chunk))).collect();
+        let mut rng = Rng(0x5eed ^ cache_mb);
+        let mut buf = vec![0u8; chunk as usize];
+        let mut hits = Vec::new();
+        for pass in 0..2 {
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            drop_caches();
+            let before = stat(&m.mnt, "cache_hits");
+            let handles: Vec<fs::File> = (0..nfiles).map(|i| fs::File::open(m.m(&format!("d{i}"))).unwrap()).collect();
+            for &(f, off) in &order {
+                handles[f as usize].read_exact_at(&mut buf, off).unwrap();
+                let expect = pattern((file_mb << 20) as usize, 100 + f);
+                assert!(buf == expect[off as usize..(off + chunk) as usize], "{policy} pass {pass}: d{f} at {off}");
+            }
+            hits.push(stat(&m.mnt, "cache_hits") - before);
+        }
+        let nbuckets = stat(&m.mnt, "buckets_total");
+        let invalidated = stat(&m.mnt, "buckets_invalidated");
+        let text = stat_text(&m.mnt);
+        assert!(invalidated > nbuckets, "{policy}: buckets were not reused: {text}");
+        assert!(stat(&m.mnt, "gens_checkpoints") > 2, "{policy}: {text}");
+        assert_eq!(stat(&m.mnt, "checksum_errors"), 0);
+        // the second pass finds roughly what fits: some hits, far from all
+        let reads = order.len() as u64;
+        assert!(hits[1] > 0, "{policy}: no hits at all in the second pass: {text}");
+        assert!(hits[1] < reads / 2, "{policy}: {} hits of {reads} reads with a cache 1/8 of the data", hits[1]);
+        eprintln!("{policy}: second pass hit {} of {reads} reads ({}%)", hits[1], hits[1] * 100 / reads);
+    }
+}
+
+#[test]
+fn a_full_or_failing_ssd_turns_caching_off_and_loses_nothing() {
+    require_fuse!();
+    let (dir, backing, _) = setup();
+    let small = dir.path().join("ssd");
+    fs::create_dir(&small).unwrap();
+    let st = common::sh(&format!("mount -t tmpfs -o size=6m tmpfs '{}'", small.display()), Path::new("/"));
+    assert_eq!(st.0, 0, "{}", st.2);
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            common::umount_lazy(&self.0);
+        }
+    }
+    let _g = Umount(small.clone());
+    let cache = small.join("c.cache");
+    for i in 0..8 {
+        fs::write(backing.join(format!("f{i}")), pattern(2 << 20, 200 + i)).unwrap();
+    }
+    // a sparse 64 MiB cache file on a 6 MiB filesystem: writes fail with ENOSPC
+    let m = Mount::over(dir, backing.clone(), &format!("cache={},cache_size=64M", cache.display()), &[]);
+    for round in 0..2 {
+        for i in 0..8 {
+            let got = fs::read(m.m(&format!("f{i}"))).unwrap();
+            assert!(got == pattern(2 << 20, 200 + i), "f{i} round {round}");
+        }
+        drop_caches();
+    }
+    let text = stat_text(&m.mnt);
+    assert!(text.contains("\"state\": \"failed\""), "{text}");
+    assert!(stat(&m.mnt, "io_errors") > 0);
+    // writes through the mount still work
+    fs::write(m.m("new"), b"still writable").unwrap();
+    assert_eq!(fs::read(backing.join("new")).unwrap(), b"still writable");
+}
