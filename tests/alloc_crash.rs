@@ -11,10 +11,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use alloc_support::*;
 use bcachefs_lite::alloc::{read_newest_checkpoint, Cache, Reserve};
 use bcachefs_lite::device::format::{Replacement, Superblock};
 use bcachefs_lite::device::{FaultKind, FaultyDevice, FileDevice};
-use alloc_support::*;
 
 const N: u64 = 400; // gens checkpoint spans 3 blocks, so tears inside it are possible
 const BUCKET: u32 = 16 << 10;

@@ -5,9 +5,9 @@ mod alloc_support;
 
 use std::os::unix::fs::MetadataExt;
 
+use alloc_support::*;
 use bcachefs_lite::alloc::{KeyPos, Reserve};
 use bcachefs_lite::device::format::Replacement;
-use alloc_support::*;
 
 const N: u64 = 64;
 const BUCKET: u32 = 64 << 10;

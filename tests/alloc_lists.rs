@@ -5,12 +5,12 @@ mod alloc_support;
 
 use std::time::{Duration, Instant};
 
+use alloc_support::*;
 use bcachefs_lite::alloc::{
     Cache, KeyPos, Loc, Mark, Reserve, StepOutcome, BUCKET_GC_GEN_MAX, INITIAL_PRIO,
 };
 use bcachefs_lite::device::format::Replacement;
 use bcachefs_lite::Error;
-use alloc_support::*;
 
 const N: u64 = 64;
 const BUCKET: u32 = 16 << 10;

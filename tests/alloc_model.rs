@@ -15,9 +15,9 @@ mod alloc_support;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use alloc_support::*;
 use bcachefs_lite::alloc::{BucketPtr, Cache, KeyPos, Reserve, BUCKET_GC_GEN_MAX};
 use bcachefs_lite::device::format::Replacement;
-use alloc_support::*;
 use proptest::prelude::*;
 
 const N: u64 = 64;

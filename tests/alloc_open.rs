@@ -5,9 +5,9 @@ mod alloc_support;
 
 use std::collections::HashSet;
 
+use alloc_support::*;
 use bcachefs_lite::alloc::{BucketPtr, Cache, KeyPos, Reserve};
 use bcachefs_lite::device::format::Replacement;
-use alloc_support::*;
 
 fn ready(n: u64, bucket: u32) -> (tempfile::TempDir, Cache) {
     let d = tempfile::tempdir().unwrap();
