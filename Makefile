@@ -50,7 +50,7 @@ deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    apt-get update -qq -o DPkg::Lock::Timeout=300 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing; \
 	fi
 	@[ -e /dev/fuse ] || modprobe fuse || { echo "no /dev/fuse: load the fuse module"; exit 1; }
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)"; exit 1; }
@@ -135,7 +135,7 @@ deb-deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    apt-get update -qq -o DPkg::Lock::Timeout=300 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing; \
 	fi
 
 # Stages an install into $(DEB_STAGE) with Debian's layout (helper in /sbin, as
@@ -148,7 +148,10 @@ deb: deb-deps bin
 	strip --remove-section=.comment --remove-section=.note --strip-unneeded \
 	    "$(DEB_STAGE)/usr/bin/bcachefs-lite"
 	gzip -9n "$(DEB_STAGE)/usr/share/man/man8/"*.8
-	gzip -9n "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/CHANGELOG.md"
+	mv "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/CHANGELOG.md" "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/changelog"
+	gzip -9n "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/changelog"
+	install -D -m 0644 packaging/debian/lintian-overrides \
+	    "$(DEB_STAGE)/usr/share/lintian/overrides/bcachefs-lite"
 	install -m 0644 packaging/debian/copyright "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/copyright"
 	sed 's|@VERSION@|$(VERSION)-$(DEB_REV)|' packaging/debian/changelog | gzip -9n \
 	    > "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/changelog.Debian.gz"

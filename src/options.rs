@@ -74,8 +74,7 @@ impl std::error::Error for OptionError {}
 
 /// Options mount(8) and fstab pass along that mean nothing to the daemon itself.
 const IGNORED: &[&str] = &[
-    "rw", "defaults", "auto", "noauto", "nofail", "_netdev", "user", "nouser", "users",
-    "comment",
+    "rw", "defaults", "auto", "noauto", "nofail", "_netdev", "user", "nouser", "users", "comment",
 ];
 
 /// Prefixes of option names that are accepted and ignored (`x-systemd.*`, `x-gvfs-*`).
