@@ -661,6 +661,28 @@ fn deb_installs_mounts_through_the_installed_helper_and_removes_cleanly() {
     assert_eq!(code, 0, "man 8 bcachefs-lite after install");
     assert!(page.contains("MOUNT OPTIONS"));
 
+    // the template unit is valid and finds the installed binary and man pages
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let units = dir.path().join("units");
+        fs::create_dir(&units).unwrap();
+        let instance = units.join("bcachefs-lite@test.service");
+        std::os::unix::fs::symlink("/lib/systemd/system/bcachefs-lite@.service", &instance)
+            .unwrap();
+        let (code, out, err) = run(Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&instance)
+            .env("SYSTEMD_LOG_LEVEL", "notice"));
+        assert_eq!(code, 0, "systemd-analyze verify: {out}{err}");
+        assert!(
+            !err.contains("bcachefs-lite"),
+            "systemd-analyze verify complains:\n{err}"
+        );
+    }
+
     // mount(8) finds the packaged helper, which runs the packaged binary
     let user_cache = dir.path().join("user.cache");
     fs::write(&user_cache, b"the user's cache file").unwrap();
