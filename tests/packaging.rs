@@ -564,6 +564,17 @@ fn mount_t_and_fstab_files_use_the_helper_in_sbin() {
     assert!(is_mounted(&m2));
     assert!(proc_mounts_line(&m2).starts_with("bcl-fstab-auto "));
     assert_eq!(fs::read(m2.join("hello")).unwrap(), b"world");
+    // again: the fsname= entry does not match its source, so mount(8) asks the
+    // helper, which refuses to stack a second mount
+    let (code, _, err) = run(Command::new("mount").arg("-a").arg("-T").arg(&fstab));
+    assert_eq!(code, 32, "{err}");
+    assert!(err.contains("already mounted"), "{err}");
+    let count = |p: &Path| {
+        let want = format!(" {} ", p.display());
+        let mounts = fs::read_to_string("/proc/mounts").unwrap();
+        mounts.lines().filter(|l| l.contains(&want)).count()
+    };
+    assert_eq!((count(&m), count(&m2)), (1, 1), "no stacked mounts");
     run_ok(Command::new("umount").arg(&m2));
     run_ok(Command::new("umount").arg(&m));
     assert!(!is_mounted(&m) && !is_mounted(&m2));
