@@ -3,12 +3,35 @@
 #   make test    install what is missing (fuse3, git, ...), then run every test
 #   make lint    rustfmt check and clippy with -D warnings
 #   make bench   benchmarks (see bench/README.md)
+#   make install / uninstall   PREFIX (default /usr/local) and DESTDIR honoured
+#   make deb     a Debian package in $(DEBDIR) (installs dpkg-dev if missing)
 
 CARGO  ?= cargo
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all build release demo test test-only lint deps fmt clean
+# Install layout. mount(8) (libmount) looks for mount.<type> helpers only in
+# /sbin, /sbin/fs.d and /sbin/fs, whatever PREFIX is: the helper is installed in
+# SBINDIR and, when MOUNT_HELPER_DIR is another directory, linked from there.
+# MOUNT_HELPER_DIR= (empty) installs no link (a private prefix for tests).
+BINDIR           ?= $(PREFIX)/bin
+SBINDIR          ?= $(PREFIX)/sbin
+MANDIR           ?= $(PREFIX)/share/man
+DOCDIR           ?= $(PREFIX)/share/doc/bcachefs-lite
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+MOUNT_HELPER_DIR ?= /sbin
+HELPER           := mount.fuse.bcachefs-lite
+
+# The binary to install or package. By default it is built with PROFILE
+# (release or debug) in CARGO_TARGET_DIR; BINARY=path installs that file as it
+# is, without building (the tests use their own debug build this way).
+PROFILE    ?= release
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+BINARY     ?=
+DEBDIR     ?= $(TARGET_DIR)/debian
+
+.PHONY: all build release demo test test-only lint deps fmt clean \
+	install uninstall bin deb deb-deps
 
 all: build
 
@@ -19,7 +42,7 @@ release:
 	$(CARGO) build --release
 
 # Debian packages the tests and the demo use; installed only when missing.
-DEB_DEPS = fuse3 git tar util-linux coreutils procps attr
+DEB_DEPS = fuse3 git tar util-linux coreutils procps attr man-db
 
 deps:
 	@missing=""; for p in $(DEB_DEPS); do \
@@ -27,7 +50,7 @@ deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    apt-get update -qq -o DPkg::Lock::Timeout=300 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing; \
 	fi
 	@[ -e /dev/fuse ] || modprobe fuse || { echo "no /dev/fuse: load the fuse module"; exit 1; }
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)"; exit 1; }
@@ -40,7 +63,8 @@ test: deps test-only
 SHELL := /bin/bash
 
 test-only:
-	$(CARGO) test --no-fail-fast 2>&1 | tee target/test.log; exit $${PIPESTATUS[0]}
+	mkdir -p $(TARGET_DIR)
+	$(CARGO) test --no-fail-fast 2>&1 | tee $(TARGET_DIR)/test.log; exit $${PIPESTATUS[0]}
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -51,3 +75,94 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+# --- installing --------------------------------------------------------------
+
+CARGO_PROFILE_FLAG = $(if $(filter release,$(PROFILE)),--release,$(if $(filter debug,$(PROFILE)),,--profile $(PROFILE)))
+BUILT_BINARY = $(or $(BINARY),$(TARGET_DIR)/$(PROFILE)/bcachefs-lite)
+
+bin:
+ifeq ($(BINARY),)
+	$(CARGO) build $(CARGO_PROFILE_FLAG)
+else
+	@test -x "$(BINARY)" || { echo "BINARY=$(BINARY): not an executable file"; exit 1; }
+endif
+
+MAN_PAGES = docs/bcachefs-lite.8 docs/mount.fuse.bcachefs-lite.8
+
+install: bin
+	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(SBINDIR)" "$(DESTDIR)$(MANDIR)/man8" \
+	    "$(DESTDIR)$(SYSTEMD_UNIT_DIR)" "$(DESTDIR)$(DOCDIR)/examples"
+	install -m 0755 "$(BUILT_BINARY)" "$(DESTDIR)$(BINDIR)/bcachefs-lite"
+	sed 's|@BINDIR@|$(BINDIR)|g' mount-helper/$(HELPER) > "$(DESTDIR)$(SBINDIR)/$(HELPER).tmp"
+	chmod 0755 "$(DESTDIR)$(SBINDIR)/$(HELPER).tmp"
+	mv -f "$(DESTDIR)$(SBINDIR)/$(HELPER).tmp" "$(DESTDIR)$(SBINDIR)/$(HELPER)"
+	@if [ -n "$(MOUNT_HELPER_DIR)" ]; then \
+	    install -d "$(DESTDIR)$(MOUNT_HELPER_DIR)"; \
+	    if [ "$(DESTDIR)$(MOUNT_HELPER_DIR)" -ef "$(DESTDIR)$(SBINDIR)" ]; then :; \
+	    else echo "ln -sfn $(SBINDIR)/$(HELPER) $(DESTDIR)$(MOUNT_HELPER_DIR)/$(HELPER)"; \
+	        ln -sfn "$(SBINDIR)/$(HELPER)" "$(DESTDIR)$(MOUNT_HELPER_DIR)/$(HELPER)"; fi; \
+	fi
+	install -m 0644 $(MAN_PAGES) "$(DESTDIR)$(MANDIR)/man8/"
+	sed 's|@BINDIR@|$(BINDIR)|g' packaging/systemd/bcachefs-lite@.service \
+	    > "$(DESTDIR)$(SYSTEMD_UNIT_DIR)/bcachefs-lite@.service"
+	chmod 0644 "$(DESTDIR)$(SYSTEMD_UNIT_DIR)/bcachefs-lite@.service"
+	install -m 0644 README.md CHANGELOG.md docs/ADMIN.md "$(DESTDIR)$(DOCDIR)/"
+	install -m 0644 packaging/examples/fstab packaging/examples/src.conf "$(DESTDIR)$(DOCDIR)/examples/"
+
+# Removes exactly what install put there; the helper link only if it is ours.
+uninstall:
+	rm -f "$(DESTDIR)$(BINDIR)/bcachefs-lite" "$(DESTDIR)$(SBINDIR)/$(HELPER)"
+	@link="$(DESTDIR)$(MOUNT_HELPER_DIR)/$(HELPER)"; \
+	if [ -n "$(MOUNT_HELPER_DIR)" ] && [ -L "$$link" ] && \
+	    [ "$$(readlink "$$link")" = "$(SBINDIR)/$(HELPER)" ]; then rm -f "$$link"; fi
+	rm -f $(addprefix "$(DESTDIR)$(MANDIR)/man8/,$(addsuffix ",$(notdir $(MAN_PAGES))))
+	rm -f "$(DESTDIR)$(SYSTEMD_UNIT_DIR)/bcachefs-lite@.service"
+	rm -f "$(DESTDIR)$(DOCDIR)/README.md" "$(DESTDIR)$(DOCDIR)/CHANGELOG.md" \
+	    "$(DESTDIR)$(DOCDIR)/ADMIN.md" "$(DESTDIR)$(DOCDIR)/examples/fstab" \
+	    "$(DESTDIR)$(DOCDIR)/examples/src.conf"
+	-rmdir "$(DESTDIR)$(DOCDIR)/examples" "$(DESTDIR)$(DOCDIR)" 2>/dev/null
+
+# --- the Debian package ------------------------------------------------------
+
+VERSION  := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
+DEB_REV  ?= 1
+DEB_STAGE = $(DEBDIR)/stage
+
+deb-deps:
+	@missing=""; for p in dpkg-dev binutils gzip; do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq -o DPkg::Lock::Timeout=300 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing; \
+	fi
+
+# Stages an install into $(DEB_STAGE) with Debian's layout (helper in /sbin, as
+# fuse3 has mount.fuse3 there; units in /lib/systemd/system on Debian 12), then
+# builds $(DEBDIR)/bcachefs-lite_VERSION-REV_ARCH.deb with dpkg-deb.
+deb: deb-deps bin
+	rm -rf "$(DEB_STAGE)"
+	$(MAKE) --no-print-directory install BINARY="$(abspath $(BUILT_BINARY))" DESTDIR="$(abspath $(DEB_STAGE))" \
+	    PREFIX=/usr SBINDIR=/sbin MOUNT_HELPER_DIR=/sbin SYSTEMD_UNIT_DIR=/lib/systemd/system
+	strip --remove-section=.comment --remove-section=.note --strip-unneeded \
+	    "$(DEB_STAGE)/usr/bin/bcachefs-lite"
+	gzip -9n "$(DEB_STAGE)/usr/share/man/man8/"*.8
+	mv "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/CHANGELOG.md" "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/changelog"
+	gzip -9n "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/changelog"
+	install -D -m 0644 packaging/debian/lintian-overrides \
+	    "$(DEB_STAGE)/usr/share/lintian/overrides/bcachefs-lite"
+	install -m 0644 packaging/debian/copyright "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/copyright"
+	sed 's|@VERSION@|$(VERSION)-$(DEB_REV)|' packaging/debian/changelog | gzip -9n \
+	    > "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/changelog.Debian.gz"
+	chmod 0644 "$(DEB_STAGE)/usr/share/doc/bcachefs-lite/changelog.Debian.gz"
+	install -d -m 0755 "$(DEB_STAGE)/DEBIAN"
+	cd "$(DEB_STAGE)" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z \
+	    | xargs -0 md5sum > DEBIAN/md5sums && chmod 0644 DEBIAN/md5sums
+	shlibs=$$(packaging/shlibdeps "$(DEB_STAGE)/usr/bin/bcachefs-lite"); \
+	size=$$(du -sk --exclude=DEBIAN "$(DEB_STAGE)" | cut -f1); \
+	sed -e 's|@VERSION@|$(VERSION)-$(DEB_REV)|' -e "s|@ARCH@|$$(dpkg --print-architecture)|" \
+	    -e "s|@SIZE@|$$size|" -e "s|@SHLIBS@|$$shlibs|" packaging/debian/control.in \
+	    > "$(DEB_STAGE)/DEBIAN/control"
+	dpkg-deb --root-owner-group -Zxz --build "$(DEB_STAGE)" \
+	    "$(DEBDIR)/bcachefs-lite_$(VERSION)-$(DEB_REV)_$$(dpkg --print-architecture).deb"

@@ -95,7 +95,42 @@ impl std::error::Error for OptionError {}
 
 /// Options mount(8) and fstab pass along that mean nothing to the daemon itself.
 const IGNORED: &[&str] = &[
-    "rw", "auto", "noauto", "nofail", "_netdev", "user", "nouser", "users",
+    "rw", "defaults", "auto", "noauto", "nofail", "_netdev", "user", "nouser", "users", "comment",
+];
+
+/// Prefixes of option names that are accepted and ignored (`x-systemd.*`, `x-gvfs-*`).
+pub const IGNORED_PREFIXES: &[&str] = &["x-"];
+
+/// Every option name [`MountOptions::apply`] accepts, ignored ones included (but not
+/// the [`IGNORED_PREFIXES`] families). The man page must document each of them:
+/// `tests/packaging.rs` compares this list, and the names in `apply_one`'s match
+/// arms, with `docs/bcachefs-lite.8`. Add a new option here when you add its arm.
+pub const KNOWN_OPTIONS: &[&str] = &[
+    "allow_other",
+    "default_permissions",
+    "ro",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "relatime",
+    "noatime",
+    "attr_timeout",
+    "entry_timeout",
+    "fsname",
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "nofail",
+    "_netdev",
+    "user",
+    "nouser",
+    "users",
+    "comment",
 ];
 
 impl MountOptions {
@@ -152,7 +187,7 @@ impl MountOptions {
                 Some(v) if !v.is_empty() => self.fsname = Some(v.to_string()),
                 _ => return Err(OptionError::MissingValue(name.to_string())),
             },
-            n if IGNORED.contains(&n) || n.starts_with("x-") || n.starts_with("comment=") => {}
+            n if IGNORED.contains(&n) || IGNORED_PREFIXES.iter().any(|p| n.starts_with(p)) => {}
             _ => return Err(OptionError::Unknown(name.to_string())),
         }
         Ok(())
@@ -271,5 +306,30 @@ mod tests {
     fn fstab_noise_is_ignored() {
         let o = parse("rw,noauto,_netdev,x-systemd.requires-mounts-for=/srv,nofail").unwrap();
         assert_eq!(o, MountOptions::default());
+        let o = parse("defaults,comment=systemd.automount,users,x-gvfs-show").unwrap();
+        assert_eq!(o, MountOptions::default());
+    }
+
+    #[test]
+    fn every_known_option_is_accepted() {
+        for name in KNOWN_OPTIONS {
+            let mut o = MountOptions::default();
+            match o.apply(name) {
+                Ok(()) => {}
+                // options that need a value are known too: try a plausible one
+                Err(OptionError::MissingValue(_)) => {
+                    let mut o = MountOptions::default();
+                    let ok = ["1", "x", "1M"]
+                        .iter()
+                        .any(|v| o.apply(&format!("{name}={v}")).is_ok());
+                    assert!(ok, "{name}= accepts none of 1, x, 1M");
+                }
+                Err(e) => panic!("KNOWN_OPTIONS lists '{name}' but apply refuses it: {e}"),
+            }
+        }
+        for prefix in IGNORED_PREFIXES {
+            let item = format!("{prefix}anything=1");
+            assert_eq!(parse(&item), Ok(MountOptions::default()), "{item}");
+        }
     }
 }
