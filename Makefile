@@ -8,7 +8,7 @@ CARGO  ?= cargo
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all build release demo test test-only lint deps fmt clean
+.PHONY: all build release demo test test-only lint deps fmt clean bench bench-quick
 
 all: build
 
@@ -48,6 +48,16 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Benchmarks against backing / ssd / bindfs / rclone on a throttled loop device (root; see
+# bench/README.md for the knobs). Results go to bench/results/{full,quick}/.
+BENCH_BIN ?= $(or $(CARGO_TARGET_DIR),target)/release/bcachefs-lite
+
+bench: deps release
+	BIN=$(BENCH_BIN) /usr/bin/python3 bench/bench.py
+
+bench-quick: deps release
+	BIN=$(BENCH_BIN) /usr/bin/python3 bench/bench.py --quick
 
 clean:
 	$(CARGO) clean
