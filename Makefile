@@ -2,7 +2,7 @@
 #   make demo    build, mount a demo tree with a cache, show cold vs warm reads and stats
 #   make test    install what is missing (fuse3, git, ...), then run every test
 #   make lint    rustfmt check and clippy with -D warnings
-#   make bench   benchmarks (see bench/README.md)
+#   make bench   benchmarks against backing/ssd/bindfs/rclone (bench-quick: 2-3 min; see bench/README.md)
 
 CARGO  ?= cargo
 PREFIX ?= /usr/local
