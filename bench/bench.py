@@ -857,6 +857,7 @@ def plot(rows, out, meta):
     import matplotlib.pyplot as plt
 
     order, t, unit, better = table_from_rows(rows)
+    bcl_mode = meta["bcachefs_lite_mode"].split(" (")[0]
     main = [w for w in order if any(s in t[w] for s in SYSTEMS)]
     # every figure: one panel per workload, a bar per system
     n = len(main)
@@ -881,7 +882,7 @@ def plot(rows, out, meta):
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle(f"bcachefs-lite bench ({meta['mode']}, {meta['date']}); backing throttle: "
-                 f"{meta['throttle_short']}; bcachefs-lite: {meta['bcachefs_lite_mode'][:40]}",
+                 f"{meta['throttle_short']}; bcachefs-lite: {bcl_mode}",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "workloads.png"), dpi=60)
@@ -903,7 +904,7 @@ def plot(rows, out, meta):
     ax.set_xticklabels(ws, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("speed relative to ssd (log)")
     ax.set_title(f"Speed relative to the local disk (higher is better); backing throttle: "
-                 f"{meta['throttle_short']}; bcachefs-lite: {meta['bcachefs_lite_mode'][:40]}",
+                 f"{meta['throttle_short']}; bcachefs-lite: {bcl_mode}",
                  fontsize=9)
     ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.32))
     fig.tight_layout()
