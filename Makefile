@@ -2,7 +2,7 @@
 #   make demo    build, mount a demo tree with a cache, show cold vs warm reads and stats
 #   make test    install what is missing (fuse3, git, ...), then run every test
 #   make lint    rustfmt check and clippy with -D warnings
-#   make bench   benchmarks (see bench/README.md)
+#   make bench   benchmarks against backing/ssd/bindfs/rclone (bench-quick: 2-3 min; see bench/README.md)
 #   make install / uninstall   PREFIX (default /usr/local) and DESTDIR honoured
 #   make deb     a Debian package in $(DEBDIR) (installs dpkg-dev if missing)
 
@@ -31,7 +31,7 @@ BINARY     ?=
 DEBDIR     ?= $(TARGET_DIR)/debian
 
 .PHONY: all build release demo test test-only lint deps fmt clean \
-	install uninstall bin deb deb-deps
+	install uninstall bin deb deb-deps bench bench-quick
 
 all: build
 
@@ -72,6 +72,16 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Benchmarks against backing / ssd / bindfs / rclone on a throttled loop device (root; see
+# bench/README.md for the knobs). Results go to bench/results/{full,quick}/.
+BENCH_BIN ?= $(or $(CARGO_TARGET_DIR),target)/release/bcachefs-lite
+
+bench: deps release
+	BIN=$(BENCH_BIN) /usr/bin/python3 bench/bench.py
+
+bench-quick: deps release
+	BIN=$(BENCH_BIN) /usr/bin/python3 bench/bench.py --quick
 
 clean:
 	$(CARGO) clean
