@@ -327,10 +327,10 @@ mod tests {
                 // options that need a value are known too: try a plausible one
                 Err(OptionError::MissingValue(_)) => {
                     let mut o = MountOptions::default();
-                    let ok = ["1", "x", "1M"]
+                    let ok = ["1", "x", "1M", "lru"]
                         .iter()
                         .any(|v| o.apply(&format!("{name}={v}")).is_ok());
-                    assert!(ok, "{name}= accepts none of 1, x, 1M");
+                    assert!(ok, "{name}= accepts none of 1, x, 1M, lru");
                 }
                 Err(e) => panic!("KNOWN_OPTIONS lists '{name}' but apply refuses it: {e}"),
             }

@@ -520,7 +520,7 @@ fn mount_t_and_fstab_files_use_the_helper_in_sbin() {
         &fstab,
         format!(
             "# test fstab\n\
-             {b} {m} fuse.bcachefs-lite noauto,_netdev,nofail,x-systemd.requires-mounts-for=/,ro,fsname=bcl-fstab-ro{c} 0 0\n\
+             {b} {m} fuse.bcachefs-lite noauto,_netdev,nofail,x-systemd.requires-mounts-for=/,ro,fsname=bcl-fstab-ro{c},sequential_cutoff=123K 0 0\n\
              {b} {m2} fuse.bcachefs-lite defaults,_netdev,fsname=bcl-fstab-auto 0 0\n",
             b = b.display(),
             m = m.display(),
@@ -546,6 +546,11 @@ fn mount_t_and_fstab_files_use_the_helper_in_sbin() {
     let e = fs::write(m.join("hello"), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     assert!(!is_mounted(&m2), "only the named entry");
+    // the cache options from the fstab line reached the daemon: stats says so
+    let (code, stats, err) = run(Command::new(BIN).args(["stats", "--json"]).arg(&m));
+    assert_eq!(code, 0, "stats: {err}");
+    assert!(stats.contains("\"sequential_cutoff\": 125952"), "{stats}");
+    assert!(stats.contains("user.cache"), "{stats}");
 
     // mount -a -T FSTAB: the entry without noauto is mounted, the mounted one kept
     let (code, out, err) = run(Command::new("mount").arg("-a").arg("-T").arg(&fstab));
@@ -684,8 +689,8 @@ fn deb_installs_mounts_through_the_installed_helper_and_removes_cleanly() {
     }
 
     // mount(8) finds the packaged helper, which runs the packaged binary
+    // the mount creates the user's cache file (cache_opts); removing the package keeps it
     let user_cache = dir.path().join("user.cache");
-    fs::write(&user_cache, b"the user's cache file").unwrap();
     let opts = format!("fsname=bcl-deb{}", cache_opts(dir.path()));
     let (code, out, err) = run(Command::new("mount")
         .args(["-t", "fuse.bcachefs-lite"])

@@ -435,3 +435,104 @@ fn apply(index: &Index, r: &Record, block: u64) {
         Record::GensCheckpoint { .. } | Record::IndexCheckpoint { .. } => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::{KeyPos, OpenOptions};
+    use crate::device::format::Geometry;
+    use crate::device::{CacheDevice, FileDevice};
+
+    /// A cache file that logs every write and sync, in order.
+    struct Recording {
+        inner: FileDevice,
+        log: Mutex<Vec<(&'static str, u64)>>,
+    }
+
+    impl CacheDevice for Recording {
+        fn pread(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+            self.inner.pread(buf, off)
+        }
+        fn pwrite(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
+            self.log.lock().push(("pwrite", off));
+            self.inner.pwrite(buf, off)
+        }
+        fn fdatasync(&self) -> std::io::Result<()> {
+            self.log.lock().push(("fdatasync", 0));
+            self.inner.fdatasync()
+        }
+        fn punch_hole(&self, off: u64, len: u64) -> std::io::Result<()> {
+            self.inner.punch_hole(off, len)
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+    }
+
+    /// Invariant 3: the data a key points at is synced before the journal entry holding
+    /// the key is written.
+    #[test]
+    fn data_is_synced_before_the_keys_that_point_at_it_are_journaled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.cache");
+        let g = Geometry {
+            size: 64 << 20,
+            bucket_size: 256 << 10,
+            ..Geometry::default()
+        };
+        Cache::format(&path, &g, false).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let dev = Arc::new(Recording {
+            inner: FileDevice::new(file),
+            log: Mutex::new(Vec::new()),
+        });
+        // no allocator thread: its own fsyncs must not hide a missing one of ours
+        let manual = OpenOptions {
+            start_allocator: false,
+        };
+        let alloc = Arc::new(Cache::open_device(dev.clone(), manual).unwrap());
+        let index = Arc::new(Index::new(alloc.superblock().block_size));
+        let counters = Arc::new(Counters::default());
+        let jw = JournalWriter::new(alloc.clone(), index, counters, CheckpointState::default());
+        let r = alloc.gc_begin();
+        alloc.gc_finish(r).unwrap();
+        alloc.allocator_run_until_idle(100).unwrap();
+        let (ptr, granted) = alloc
+            .alloc_sectors(KeyPos { file: 1, offset: 0 }, 8, 1, false)
+            .unwrap();
+        let data = vec![7u8; granted as usize * 512];
+        alloc.write_data(ptr, &data).unwrap();
+        let data_off = alloc.superblock().bucket_offset(ptr.bucket) + u64::from(ptr.offset) * 512;
+        jw.queue(Record::KeyInsert {
+            file: 1,
+            offset: 0,
+            len: granted,
+            bucket: ptr.bucket,
+            gen: ptr.gen,
+            bucket_offset: ptr.offset,
+            dirty: false,
+            crcs: vec![crc32c::crc32c(&data[..4096])],
+        });
+        alloc.key_inserted(ptr).unwrap();
+        let before = dev.log.lock().len();
+        jw.flush().unwrap();
+        let log = dev.log.lock().clone();
+        let journal = alloc.superblock().journal_offset..alloc.superblock().first_bucket_offset;
+        let ours = &log[before..];
+        let first_journal_write = ours
+            .iter()
+            .position(|(op, off)| *op == "pwrite" && journal.contains(off))
+            .expect("the flush wrote a journal entry");
+        assert!(
+            ours[..first_journal_write]
+                .iter()
+                .any(|(op, _)| *op == "fdatasync"),
+            "journal entry written before the data at {data_off} was synced: {ours:?}"
+        );
+        alloc.close();
+    }
+}
