@@ -71,10 +71,7 @@ fn answer(stream: UnixStream, cache: &CacheSet) -> io::Result<()> {
     let reply = match line.trim() {
         "stats json" => stats_json(cache),
         "stats" => stats_text(cache),
-        "gc" => {
-            cache.gc_now();
-            "ok\n".to_string()
-        }
+        "gc" => format!("ok: moving gc compacted {} bytes\n", cache.gc_now()),
         other => format!("error: unknown request '{other}'\n"),
     };
     (&stream).write_all(reply.as_bytes())

@@ -80,6 +80,9 @@ use state::AllocState;
 pub use state::{Loc, Mark, Reserve, BTREE_PRIO, BUCKET_GC_GEN_MAX, INITIAL_PRIO};
 pub use thread::StepOutcome;
 
+/// The write point moving GC writes through (no process has this PID).
+pub const MOVING_GC_WRITE_POINT: u64 = u64::MAX;
+
 /// A position in the key space: a file and an offset in sectors. Sequential writes are detected
 /// by an allocation starting where the previous one ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -356,6 +359,30 @@ impl Cache {
         write_point: u64,
         wait: bool,
     ) -> Result<(BucketPtr, u32)> {
+        self.alloc_sectors_from(Reserve::None, key, sectors, write_point, wait)
+    }
+
+    /// [`Cache::alloc_sectors`] for moving GC: its own write point, and a new bucket may come
+    /// from the moving-gc reserve when the general free list is empty (bcache's
+    /// `RESERVE_MOVINGGC`), so compaction can go on when data has taken every other bucket.
+    pub fn alloc_sectors_moving(&self, key: KeyPos, sectors: u32) -> Result<(BucketPtr, u32)> {
+        self.alloc_sectors_from(
+            Reserve::MovingGc,
+            key,
+            sectors,
+            MOVING_GC_WRITE_POINT,
+            false,
+        )
+    }
+
+    fn alloc_sectors_from(
+        &self,
+        reserve: Reserve,
+        key: KeyPos,
+        sectors: u32,
+        write_point: u64,
+        wait: bool,
+    ) -> Result<(BucketPtr, u32)> {
         if sectors == 0 {
             return Err(Error::InvalidArgument("zero sectors".into()));
         }
@@ -365,7 +392,7 @@ impl Cache {
             self.check_live()?;
             let i = match st.open.pick(key, write_point) {
                 open::Pick::Existing(i) => i,
-                open::Pick::New => match st.pop_free(Reserve::None) {
+                open::Pick::New => match st.pop_free(reserve) {
                     Some(b) => {
                         sh.alloc_wait.notify_one();
                         let (gen, bs) = (st.buckets[b as usize].gen, st.bucket_sectors);

@@ -7,20 +7,37 @@
 //! gen-wrap bound, invariant 6). Stale keys need no journal record: after a crash
 //! replay finds them stale again.
 //!
+//! Moving GC (bcache's `moving_gc`) follows a pass: data buckets at most a quarter
+//! full (not open, not pinned) are compacted: their live extents are read (pinned,
+//! crc-checked), written through the moving-GC write point (new buckets may come from
+//! the moving-gc reserve), and put in place of the old ones only if nothing changed
+//! them meanwhile; the next pass then finds the old buckets empty and frees them.
+//!
 //! The thread runs a pass when the allocator asks (nothing left to invalidate) and
 //! every 30 s, and records the stats windows' minute snapshots.
 //!
 //! Locks: index shards one at a time (inside `retain` / `for_each_extent`), then the
-//! allocator's state lock inside `gc_finish`; never both at once. May block: no I/O.
+//! allocator's state lock inside `gc_finish`; never both at once. Moving GC holds the
+//! cache's change lock (write side) while it swaps an extent and queues its key, so a
+//! concurrent drop of that range is journaled either before the swap (the swap then
+//! fails) or after the key. May block: moving GC does cache-file I/O.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::RwLock;
+
 use super::journal::JournalWriter;
 use super::stats::{add, bump, Counters, Windows};
-use crate::alloc::Cache;
+use crate::alloc::{Cache, KeyPos, Mark};
 use crate::device::format::SECTOR;
-use crate::index::Index;
+use crate::index::{Extent, Index};
+use crate::journal::format::Record;
+
+/// Buckets at most this full (fraction of the bucket) are compacted.
+const SPARSE_DIVISOR: u32 = 4;
+/// Most buckets compacted per pass.
+const MOVE_MAX: usize = 16;
 
 const PERIOD: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_secs(60);
@@ -43,12 +60,113 @@ pub fn run(alloc: &Cache, index: &Index, journal: &JournalWriter, counters: &Cou
     bump(&counters.gc_runs);
 }
 
+/// Compacts sparse data buckets (see the module header). Returns bytes moved.
+pub fn moving(
+    alloc: &Cache,
+    index: &Index,
+    journal: &JournalWriter,
+    counters: &Counters,
+    changes: &RwLock<()>,
+) -> u64 {
+    let limit = alloc.bucket_sectors() / SPARSE_DIVISOR;
+    let mut sparse: Vec<(u32, u8)> = Vec::new();
+    for b in 0..alloc.nbuckets() {
+        if let Ok(k) = alloc.bucket_info(b) {
+            let idle = k.loc == crate::alloc::Loc::Idle && k.pins == 0;
+            if idle && k.mark == Mark::Data && k.sectors > 0 && k.sectors <= limit {
+                sparse.push((b, k.gen));
+                if sparse.len() == MOVE_MAX {
+                    break;
+                }
+            }
+        }
+    }
+    // a single sparse bucket is not worth a move: nothing to pack it with
+    if sparse.len() < 2 {
+        return 0;
+    }
+    let mut victims: Vec<(u64, Extent)> = Vec::new();
+    index.for_each_extent(|file, e| {
+        if sparse.contains(&(e.ptr.bucket, e.ptr.gen)) {
+            victims.push((file, e.clone()));
+        }
+    });
+    let mut moved = 0u64;
+    let block = u64::from(alloc.superblock().block_size);
+    for (file, old) in victims {
+        match alloc.pin(old.ptr.bucket, old.ptr.gen) {
+            Ok(true) => {}
+            _ => continue,
+        }
+        let mut data = vec![0u8; old.len as usize];
+        let read = alloc.read_data(old.ptr, &mut data);
+        let _ = alloc.unpin(old.ptr.bucket);
+        if read.is_err() {
+            continue;
+        }
+        let intact = data
+            .chunks(block as usize)
+            .zip(old.crcs.iter())
+            .all(|(d, &c)| crc32c::crc32c(d) == c);
+        if !intact {
+            continue;
+        }
+        let mut done = 0u64;
+        while done < old.len {
+            let piece = old.slice(old.offset + done, old.end());
+            let key = KeyPos {
+                file,
+                offset: piece.offset / SECTOR,
+            };
+            let Ok((ptr, granted)) = alloc.alloc_sectors_moving(key, (piece.len / SECTOR) as u32)
+            else {
+                return moved;
+            };
+            let len = u64::from(granted) * SECTOR;
+            let src = old.slice(piece.offset, piece.offset + len);
+            let bytes = &data[done as usize..(done + len) as usize];
+            if alloc.write_data(ptr, bytes).is_err() {
+                let _ = alloc.key_inserted(ptr);
+                return moved;
+            }
+            let new = Extent {
+                offset: src.offset,
+                len,
+                ptr,
+                crcs: src.crcs.clone(),
+                dirty: src.dirty,
+            };
+            {
+                let _changes = changes.write();
+                if index.replace_if_unchanged(file, &src, new.clone()) {
+                    journal.queue(Record::KeyInsert {
+                        file,
+                        offset: new.offset,
+                        len: granted,
+                        bucket: ptr.bucket,
+                        gen: ptr.gen,
+                        bucket_offset: ptr.offset,
+                        dirty: new.dirty,
+                        crcs: new.crcs.to_vec(),
+                    });
+                    moved += len;
+                }
+            }
+            let _ = alloc.key_inserted(ptr);
+            done += len;
+        }
+    }
+    add(&counters.moving_gc_moved_bytes, moved);
+    moved
+}
+
 pub fn thread(
     alloc: &Cache,
     index: &Index,
     journal: &JournalWriter,
     counters: &Counters,
     windows: &Windows,
+    changes: &RwLock<()>,
     stop: &AtomicBool,
 ) {
     let mut seen = alloc.gc_requests();
@@ -63,6 +181,10 @@ pub fn thread(
         if (requests > seen && last_run.elapsed() >= MIN_GAP) || last_run.elapsed() >= PERIOD {
             seen = requests;
             run(alloc, index, journal, counters);
+            if moving(alloc, index, journal, counters, changes) > 0 {
+                // the compacted buckets are empty now: let the allocator have them
+                run(alloc, index, journal, counters);
+            }
             last_run = Instant::now();
         }
         if last_tick.elapsed() >= TICK {

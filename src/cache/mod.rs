@@ -145,6 +145,9 @@ pub struct CacheSet {
     shutdown: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     path: PathBuf,
+    /// Taken (read side) by every change that drops keys, and (write side) by moving GC
+    /// while it swaps an extent, so their journal records cannot be reordered.
+    changes: Arc<parking_lot::RwLock<()>>,
     /// Holds the cache file's exclusive flock while open.
     _lock: Option<std::fs::File>,
 }
@@ -207,6 +210,7 @@ impl CacheSet {
             shutdown: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
             path: cfg.path.clone(),
+            changes: Arc::new(parking_lot::RwLock::new(())),
             _lock: lock,
         };
         set.start_threads();
@@ -230,10 +234,15 @@ impl CacheSet {
             self.windows.clone(),
             self.shutdown.clone(),
         );
+        let changes = self.changes.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("bcl-gc".into())
-                .spawn(move || gc::thread(&alloc, &index, &journal, &counters, &windows, &stop))
+                .spawn(move || {
+                    gc::thread(
+                        &alloc, &index, &journal, &counters, &windows, &changes, &stop,
+                    )
+                })
                 .expect("spawn gc thread"),
         );
     }
@@ -281,6 +290,7 @@ impl CacheSet {
         match self.index.validator(file.id) {
             Some(v) if v == now => true,
             known => {
+                let _changes = self.changes.read();
                 let mut seq = file.write_seq.lock();
                 *seq += 1;
                 if known.is_some() {
@@ -329,6 +339,7 @@ impl CacheSet {
         if len == 0 {
             return;
         }
+        let _changes = self.changes.read();
         let mut seq = file.write_seq.lock();
         *seq += 1;
         if !self.index.remove_range(file.id, offset, len).is_empty() {
@@ -342,6 +353,7 @@ impl CacheSet {
 
     /// The file was truncated (or extended) to `size` through the mount.
     pub fn note_truncate(&self, file: &FileState, size: u64) {
+        let _changes = self.changes.read();
         let mut seq = file.write_seq.lock();
         *seq += 1;
         self.index.truncate(file.id, size);
@@ -354,6 +366,7 @@ impl CacheSet {
 
     /// Forget everything cached for the file.
     pub fn drop_file(&self, file: &FileState) {
+        let _changes = self.changes.read();
         let mut seq = file.write_seq.lock();
         *seq += 1;
         self.index.remove_file(file.id);
@@ -601,9 +614,20 @@ impl CacheSet {
         true
     }
 
-    /// Runs GC now (the control socket's `gc`).
-    pub fn gc_now(&self) {
+    /// Runs GC and moving GC now (the control socket's `gc`). Returns bytes compacted.
+    pub fn gc_now(&self) -> u64 {
         gc::run(&self.alloc, &self.index, &self.journal, &self.counters);
+        let moved = gc::moving(
+            &self.alloc,
+            &self.index,
+            &self.journal,
+            &self.counters,
+            &self.changes,
+        );
+        if moved > 0 {
+            gc::run(&self.alloc, &self.index, &self.journal, &self.counters);
+        }
+        moved
     }
 
     /// Clean shutdown: journal everything, write an index checkpoint, stop the threads

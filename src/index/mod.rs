@@ -401,6 +401,53 @@ impl Index {
         removed
     }
 
+    /// Moving GC: put `new` (the same file range, data copied elsewhere) in place of `old`,
+    /// but only if `[old.offset, old.end())` is still covered exactly by pieces of `old` (same
+    /// bucket and gen, same sectors). Anything changed since the copy was read (a write, a
+    /// fill, an invalidation) wins and `new` is dropped. True when replaced.
+    pub fn replace_if_unchanged(&self, file: FileId, old: &Extent, new: Extent) -> bool {
+        self.check_extent(&new);
+        if new.offset != old.offset || new.len != old.len {
+            return false;
+        }
+        let mut shard = self.shard(file).lock();
+        let Some(fe) = shard.get_mut(&file) else {
+            return false;
+        };
+        let mut at = old.offset;
+        let first = fe.extents.range(..=old.offset).next_back().map(|(&k, _)| k);
+        let keys: Vec<u64> = match first {
+            Some(k) => fe.extents.range(k..old.end()).map(|(&k, _)| k).collect(),
+            None => return false,
+        };
+        for k in keys {
+            let x = &fe.extents[&k];
+            if x.end() <= at {
+                continue;
+            }
+            let same_place = x.ptr.bucket == old.ptr.bucket
+                && x.ptr.gen == old.ptr.gen
+                && x.offset <= at
+                && u64::from(x.ptr.offset) + (at - x.offset) / SECTOR
+                    == u64::from(old.ptr.offset) + (at - old.offset) / SECTOR;
+            if !same_place {
+                return false;
+            }
+            at = x.end().min(old.end());
+            if at == old.end() {
+                break;
+            }
+        }
+        if at != old.end() {
+            return false;
+        }
+        drop(shard);
+        // Nothing else can change this range between the check and the insert while the
+        // caller holds the cache's change lock; fills of the same data are harmless.
+        self.insert(file, new);
+        true
+    }
+
     /// The validator recorded for `file`.
     pub fn validator(&self, file: FileId) -> Option<Validator> {
         self.shard(file)
