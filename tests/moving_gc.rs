@@ -2,21 +2,12 @@
 //! compacted, what was in them is still served from the cache with the right bytes,
 //! and the emptied buckets are freed.
 
+mod common;
+
 use std::os::fd::AsRawFd;
 
 use bcachefs_lite::cache::{CacheConfig, CacheSet, FileState};
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use common::pattern;
 
 fn fstat(f: &std::fs::File) -> libc::stat {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };

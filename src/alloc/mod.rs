@@ -448,6 +448,22 @@ impl Cache {
         Ok(true)
     }
 
+    /// A cache hit: [`Cache::pin`] and [`Cache::touch`] under one lock acquisition (the warm
+    /// read path takes the state lock twice per piece instead of three times).
+    pub fn pin_for_read(&self, bucket: u32, gen: u8) -> Result<bool> {
+        self.check_bucket(bucket)?;
+        let mut st = self.shared.state.lock();
+        let k = &mut st.buckets[bucket as usize];
+        if k.gen != gen || k.loc != Loc::Idle {
+            return Ok(false);
+        }
+        k.pins += 1;
+        if matches!(k.mark, Mark::Data | Mark::Dirty) {
+            k.prio = INITIAL_PRIO;
+        }
+        Ok(true)
+    }
+
     /// Drop one pin of `bucket`.
     pub fn unpin(&self, bucket: u32) -> Result<()> {
         self.check_bucket(bucket)?;
@@ -459,7 +475,10 @@ impl Cache {
             )));
         }
         k.pins -= 1;
-        if k.pins == 0 {
+        // Wake the allocator only when the bucket may be what it is waiting for: a free list
+        // has room (or it asked for GC). Waking it on every hit cost a futex syscall and a
+        // context switch per read (a third of the warm read path's time, measured with perf).
+        if k.pins == 0 && (st.free_room() > 0 || st.invalidate_needs_gc) {
             st.kick = true;
             self.shared.alloc_wait.notify_one();
         }

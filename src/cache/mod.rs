@@ -476,7 +476,8 @@ impl CacheSet {
     /// trusted.
     fn read_extent(&self, file: FileId, ext: &Extent, out: &mut [u8]) -> bool {
         let ptr = ext.ptr;
-        match self.alloc.pin(ptr.bucket, ptr.gen) {
+        // pin (so the bucket cannot be reused while we read) and refresh its LRU prio
+        match self.alloc.pin_for_read(ptr.bucket, ptr.gen) {
             Ok(true) => {}
             Ok(false) => {
                 bump(&self.counters.stale_pointers);
@@ -511,7 +512,6 @@ impl CacheSet {
             self.index.remove_if_matches(file, ext.offset, ptr);
             return false;
         }
-        let _ = self.alloc.touch(ptr.bucket);
         true
     }
 

@@ -241,6 +241,25 @@ impl PassthroughFs {
         }
     }
 
+    /// Creates `name` in `parent` with `make(parent_fd, name)`, as the caller, and replies
+    /// with the new entry (mknod, mkdir, symlink).
+    fn make_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+        make: impl FnOnce(RawFd, &std::ffi::CString) -> io::Result<libc::c_int>,
+    ) {
+        let result = self.inode(parent).and_then(|p| {
+            as_caller(req, || {
+                make(p.raw_fd(), &cstr(name)?)?;
+                self.do_lookup(&p, name)
+            })
+        });
+        self.reply_entry(result, reply);
+    }
+
     fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
         let st = sys::fstat_path(inode.raw_fd())?;
         Ok(sys::attr_from_stat(&st, inode.id))
@@ -608,14 +627,9 @@ impl Filesystem for PassthroughFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let result = self.inode(parent).and_then(|p| {
-            as_caller(req, || {
-                let c = cstr(name)?;
-                cvt(unsafe { libc::mknodat(p.raw_fd(), c.as_ptr(), mode, rdev.into()) })?;
-                self.do_lookup(&p, name)
-            })
+        self.make_entry(req, parent, name, reply, |dir, c| {
+            cvt(unsafe { libc::mknodat(dir, c.as_ptr(), mode, rdev.into()) })
         });
-        self.reply_entry(result, reply);
     }
 
     fn mkdir(
@@ -627,14 +641,9 @@ impl Filesystem for PassthroughFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let result = self.inode(parent).and_then(|p| {
-            as_caller(req, || {
-                let c = cstr(name)?;
-                cvt(unsafe { libc::mkdirat(p.raw_fd(), c.as_ptr(), mode) })?;
-                self.do_lookup(&p, name)
-            })
+        self.make_entry(req, parent, name, reply, |dir, c| {
+            cvt(unsafe { libc::mkdirat(dir, c.as_ptr(), mode) })
         });
-        self.reply_entry(result, reply);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -665,15 +674,13 @@ impl Filesystem for PassthroughFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let result = self.inode(parent).and_then(|p| {
-            as_caller(req, || {
-                let name = cstr(link_name)?;
-                let target = cstr(target.as_os_str())?;
-                cvt(unsafe { libc::symlinkat(target.as_ptr(), p.raw_fd(), name.as_ptr()) })?;
-                self.do_lookup(&p, link_name)
-            })
+        let target = match cstr(target.as_os_str()) {
+            Ok(t) => t,
+            Err(e) => return reply.error(errno(e)),
+        };
+        self.make_entry(req, parent, link_name, reply, |dir, c| {
+            cvt(unsafe { libc::symlinkat(target.as_ptr(), dir, c.as_ptr()) })
         });
-        self.reply_entry(result, reply);
     }
 
     fn rename(
