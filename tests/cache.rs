@@ -590,6 +590,12 @@ fn a_cache_much_smaller_than_the_data_keeps_working_under_every_policy() {
         );
         assert!(stat(&m.mnt, "gens_checkpoints") > 2, "{policy}: {text}");
         assert_eq!(stat(&m.mnt, "checksum_errors"), 0);
+        // invariants 1 and 8: reads met keys into reused buckets, refused them (the pin at
+        // the key's gen failed) and read the backing instead; every chunk was still right
+        assert!(
+            stat(&m.mnt, "stale_pointers") > 0,
+            "{policy}: no stale pointer met: {text}"
+        );
         // Each pass reads every chunk once in a new random order, so the second pass can
         // only hit what the first left cached, before its own misses evict it: a few
         // hits, and never more than the cache holds (1/8 of the reads).
