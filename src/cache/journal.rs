@@ -182,18 +182,35 @@ impl JournalWriter {
         }
         // Invariant 3: the data keys point at is durable before the keys are.
         self.alloc.sync()?;
+        // Entries are kept below a quarter of the ring, and a checkpoint is written as soon
+        // as half the ring has been used since the last one, so even one large batch never
+        // wraps over the entries replay needs (the newest checkpoint's and the gens one).
+        let max_entry = MAX_ENTRY.min((self.alloc.superblock().journal_size / 4) as usize);
         let mut batch = Vec::new();
         let mut size = 0;
         for r in records {
             size += record_size(&r);
             batch.push(r);
-            if size >= MAX_ENTRY {
+            if size >= max_entry {
                 self.append(std::mem::take(&mut batch))?;
                 size = 0;
+                self.checkpoint_if_half_full()?;
             }
         }
         if !batch.is_empty() {
             self.append(batch)?;
+        }
+        Ok(())
+    }
+
+    /// With the io lock held: a checkpoint when half the ring was used since the last one.
+    /// The index already reflects every record still to be appended, and those land after
+    /// the checkpoint's entry, so replaying them on top of it again is harmless.
+    fn checkpoint_if_half_full(&self) -> Result<()> {
+        let half = self.alloc.superblock().journal_size / 2;
+        let since = self.ring_bytes.load(Ordering::Relaxed) - self.ckpt.lock().at_ring_bytes;
+        if since > half {
+            self.write_checkpoint()?;
         }
         Ok(())
     }
@@ -209,6 +226,11 @@ impl JournalWriter {
     pub fn checkpoint_now(&self) -> Result<()> {
         self.flush()?;
         let _io = self.io.lock();
+        self.write_checkpoint()
+    }
+
+    /// Steps 2-5 of an index checkpoint; the caller holds the io lock.
+    fn write_checkpoint(&self) -> Result<()> {
         let blob = self.index.encode_checkpoint();
         let sb = self.alloc.superblock().clone();
         let bucket_size = sb.bucket_size as usize;
