@@ -660,3 +660,26 @@ fn a_full_or_failing_ssd_turns_caching_off_and_loses_nothing() {
     fs::write(m.m("new"), b"still writable").unwrap();
     assert_eq!(fs::read(backing.join("new")).unwrap(), b"still writable");
 }
+
+#[test]
+fn data_written_through_the_mount_is_cached_on_the_way() {
+    require_fuse!();
+    let (dir, backing, cache) = setup();
+    let m = mount_cached(dir, &backing, &cache, "");
+    let data = pattern(1 << 20, 51);
+    fs::write(m.m("new"), &data).unwrap();
+    assert!(fs::read(backing.join("new")).unwrap() == data, "writethrough: the backing first");
+    std::thread::sleep(Duration::from_millis(200)); // fills run after the write's reply
+    drop_caches();
+    let misses = stat(&m.mnt, "cache_misses");
+    assert!(read_all(&m.m("new")) == data);
+    assert_eq!(stat(&m.mnt, "cache_misses"), misses, "written data was not cached: {}", stat_text(&m.mnt));
+    // an unaligned overwrite: its partial blocks are dropped, the rest still hits
+    let f = fs::OpenOptions::new().write(true).open(m.m("new")).unwrap();
+    f.write_all_at(b"xyz", 10_000).unwrap();
+    drop(f);
+    let mut expect = data.clone();
+    expect[10_000..10_003].copy_from_slice(b"xyz");
+    drop_caches();
+    assert!(read_all(&m.m("new")) == expect);
+}

@@ -19,6 +19,9 @@
 //!    raced with the miss (the file's write sequence is unchanged) — and queue the
 //!    key for the journal.
 //!
+//! Write (writethrough): the backing first; then the touched blocks are dropped and the
+//! whole blocks the write covers are filled like a miss (same write-sequence check).
+//!
 //! # Invariants (numbers from the design brief)
 //!
 //! 1. A pointer is followed only while its bucket is pinned at the key's gen, and its
@@ -336,19 +339,55 @@ impl CacheSet {
 
     /// Bytes `[offset, offset + len)` changed through the mount: drop every block they touch.
     pub fn note_write(&self, file: &FileState, offset: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
+        self.drop_range(file, offset, len);
+    }
+
+    /// Drops every block `[offset, offset + len)` touches; returns the file's new write
+    /// sequence.
+    fn drop_range(&self, file: &FileState, offset: u64, len: u64) -> u64 {
         let _changes = self.changes.read();
         let mut seq = file.write_seq.lock();
         *seq += 1;
-        if !self.index.remove_range(file.id, offset, len).is_empty() {
+        if len > 0 && !self.index.remove_range(file.id, offset, len).is_empty() {
             self.journal.queue(Record::KeyDelete {
                 file: file.id,
                 offset,
                 len,
             });
         }
+        *seq
+    }
+
+    /// Writethrough: `data` reached the backing at `offset`. Drops what the write touched
+    /// and returns the whole blocks it covers as a fill for after the reply (partial blocks
+    /// at its edges stay uncached). A process streaming writes past the sequential cutoff
+    /// is not cached, as for reads.
+    pub fn write_through(
+        &self,
+        file: &FileState,
+        offset: u64,
+        data: &[u8],
+        pid: u32,
+    ) -> Option<Fill> {
+        let len = data.len() as u64;
+        let seq = self.drop_range(file, offset, len);
+        let (a, b) = (
+            round_up(offset, self.block),
+            round_down(offset + len, self.block),
+        );
+        if b <= a || !self.is_active() {
+            return None;
+        }
+        if self.seq.should_bypass(pid, file.id, offset, len) {
+            add(&self.counters.bypassed, len);
+            return None;
+        }
+        let chunk = data[(a - offset) as usize..(b - offset) as usize].to_vec();
+        Some(Fill {
+            write_seq: seq,
+            pid,
+            chunks: vec![(a, chunk)],
+        })
     }
 
     /// The file was truncated (or extended) to `size` through the mount.

@@ -826,7 +826,7 @@ impl Filesystem for PassthroughFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -836,19 +836,32 @@ impl Filesystem for PassthroughFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let result = self.file(fh).and_then(|h| {
-            let fd = h.file.as_raw_fd();
-            self.precheck(&h.inode, fd);
-            let written = sys::pwrite_full(fd, data, offset);
-            if let Some(cache) = self.cache_for(&h.inode) {
-                cache.note_write(&h.inode.file, offset, data.len() as u64);
+        let handle = match self.file(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let fd = handle.file.as_raw_fd();
+        self.precheck(&handle.inode, fd);
+        let written = sys::pwrite_full(fd, data, offset);
+        let mut fill = None;
+        if let Some(cache) = self.cache_for(&handle.inode) {
+            let file = &handle.inode.file;
+            match written {
+                // writethrough: the backing has it; the cache gets the whole blocks
+                Ok(n) if n == data.len() => {
+                    fill = cache.write_through(file, offset, data, req.pid())
+                }
+                _ => cache.note_write(file, offset, data.len() as u64),
             }
-            self.record_change(&h.inode, fd);
-            written
-        });
-        match result {
+        }
+        self.record_change(&handle.inode, fd);
+        match written {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
+        }
+        // after the reply, as for a read miss: the writer does not wait for the cache
+        if let (Some(fill), Some(cache)) = (fill, self.cache.as_ref()) {
+            cache.fill(&handle.inode.file, fill);
         }
     }
 
