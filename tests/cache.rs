@@ -668,12 +668,20 @@ fn data_written_through_the_mount_is_cached_on_the_way() {
     let m = mount_cached(dir, &backing, &cache, "");
     let data = pattern(1 << 20, 51);
     fs::write(m.m("new"), &data).unwrap();
-    assert!(fs::read(backing.join("new")).unwrap() == data, "writethrough: the backing first");
+    assert!(
+        fs::read(backing.join("new")).unwrap() == data,
+        "writethrough: the backing first"
+    );
     std::thread::sleep(Duration::from_millis(200)); // fills run after the write's reply
     drop_caches();
     let misses = stat(&m.mnt, "cache_misses");
     assert!(read_all(&m.m("new")) == data);
-    assert_eq!(stat(&m.mnt, "cache_misses"), misses, "written data was not cached: {}", stat_text(&m.mnt));
+    assert_eq!(
+        stat(&m.mnt, "cache_misses"),
+        misses,
+        "written data was not cached: {}",
+        stat_text(&m.mnt)
+    );
     // an unaligned overwrite: its partial blocks are dropped, the rest still hits
     let f = fs::OpenOptions::new().write(true).open(m.m("new")).unwrap();
     f.write_all_at(b"xyz", 10_000).unwrap();

@@ -122,27 +122,33 @@ impl Counters {
 impl Windows {
     /// Records the current cumulative counters (called once a minute).
     pub fn tick(&self, now: HitSnapshot) {
+        self.tick_at(Instant::now(), now);
+    }
+
+    fn tick_at(&self, at: Instant, snap: HitSnapshot) {
         let mut ring = self.ring.lock();
         if ring.len() == RING {
             ring.pop_front();
         }
-        ring.push_back((Instant::now(), now));
+        ring.push_back((at, snap));
     }
 
-    /// Counts over the last `window` (or since start when younger than that).
+    /// Counts over the last `window`: now minus the newest snapshot taken at or before the
+    /// window's start (so up to one tick more than the window), or everything since start
+    /// when the mount is younger than the window.
     pub fn over(&self, now: HitSnapshot, window: Duration) -> HitSnapshot {
-        let ring = self.ring.lock();
-        let cutoff = Instant::now().checked_sub(window).unwrap_or(self.started);
-        // the oldest snapshot not older than the window; none yet: since start
-        let base = ring
-            .iter()
-            .find(|(at, _)| *at >= cutoff)
-            .map(|(_, s)| *s)
-            .unwrap_or_default();
-        if cutoff <= self.started {
+        self.over_at(now, window, Instant::now())
+    }
+
+    fn over_at(&self, now: HitSnapshot, window: Duration, at: Instant) -> HitSnapshot {
+        let Some(cutoff) = at.checked_sub(window).filter(|c| *c > self.started) else {
             return now;
+        };
+        let ring = self.ring.lock();
+        match ring.iter().rev().find(|(t, _)| *t <= cutoff) {
+            Some((_, base)) => now.minus(*base),
+            None => now,
         }
-        now.minus(base)
     }
 }
 
@@ -162,21 +168,26 @@ mod tests {
     }
 
     #[test]
-    fn windows_subtract_the_snapshot_at_their_start() {
+    fn windows_subtract_the_newest_snapshot_before_their_start() {
         let w = Windows::default();
-        let a = HitSnapshot {
-            hits: 10,
+        let t0 = w.started;
+        let snap = |hits| HitSnapshot {
+            hits,
             ..Default::default()
         };
-        w.tick(a);
-        let now = HitSnapshot {
-            hits: 15,
-            misses: 5,
-            ..Default::default()
-        };
-        // younger than five minutes: everything since start
-        assert_eq!(w.over(now, Duration::from_secs(300)), now);
-        // a zero-length window starts after every snapshot: nothing in it
-        assert_eq!(w.over(now, Duration::ZERO).hits, 15);
+        let min = Duration::from_secs(60);
+        w.tick_at(t0 + min, snap(10));
+        w.tick_at(t0 + 2 * min, snap(30));
+        w.tick_at(t0 + 3 * min, snap(60));
+        let now = snap(100);
+        let at = t0 + 3 * min + Duration::from_secs(30);
+        // a window reaching back past the 2-minute tick: base is that tick
+        assert_eq!(w.over_at(now, Duration::from_secs(80), at).hits, 70);
+        // a window starting after the 1-minute tick: base is the 1-minute tick
+        assert_eq!(w.over_at(now, Duration::from_secs(150), at).hits, 90);
+        // a window longer than the mount's life: everything
+        assert_eq!(w.over_at(now, Duration::from_secs(3600), at).hits, 100);
+        // a window shorter than the last tick's age: since that tick
+        assert_eq!(w.over_at(now, Duration::from_secs(10), at).hits, 40);
     }
 }
