@@ -438,19 +438,16 @@ impl Cache {
     /// Pin `bucket` for an in-flight read at `gen`. Returns false (and pins nothing) when the
     /// gen is stale.
     pub fn pin(&self, bucket: u32, gen: u8) -> Result<bool> {
-        self.check_bucket(bucket)?;
-        let mut st = self.shared.state.lock();
-        let k = &mut st.buckets[bucket as usize];
-        if k.gen != gen || k.loc != Loc::Idle {
-            return Ok(false);
-        }
-        k.pins += 1;
-        Ok(true)
+        self.pin_at(bucket, gen, false)
     }
 
     /// A cache hit: [`Cache::pin`] and [`Cache::touch`] under one lock acquisition (the warm
     /// read path takes the state lock twice per piece instead of three times).
     pub fn pin_for_read(&self, bucket: u32, gen: u8) -> Result<bool> {
+        self.pin_at(bucket, gen, true)
+    }
+
+    fn pin_at(&self, bucket: u32, gen: u8, hit: bool) -> Result<bool> {
         self.check_bucket(bucket)?;
         let mut st = self.shared.state.lock();
         let k = &mut st.buckets[bucket as usize];
@@ -458,7 +455,7 @@ impl Cache {
             return Ok(false);
         }
         k.pins += 1;
-        if matches!(k.mark, Mark::Data | Mark::Dirty) {
+        if hit && matches!(k.mark, Mark::Data | Mark::Dirty) {
             k.prio = INITIAL_PRIO;
         }
         Ok(true)

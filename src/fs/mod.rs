@@ -470,6 +470,16 @@ impl PassthroughFs {
         }
     }
 
+    /// The inode number a directory entry is listed with: the directory itself for ".",
+    /// else the number the entry's backing inode has (or would get) as a node id.
+    fn dirent_id(&self, dir: &DirHandleState, e: &DirEntry) -> u64 {
+        if e.name == b"." {
+            dir.inode.id
+        } else {
+            self.inodes.id_for_dirent(dir.inode.dev, e.backing_ino)
+        }
+    }
+
     fn xattr_reply(result: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
         match result {
             Ok(data) if size == 0 => reply.size(data.len() as u32),
@@ -946,11 +956,7 @@ impl Filesystem for PassthroughFs {
     ) {
         let result = self.dir(fh).and_then(|h| {
             Self::read_dir(&h, offset, |e| {
-                let id = if e.name == b"." {
-                    h.inode.id
-                } else {
-                    self.inodes.id_for_dirent(h.inode.dev, e.backing_ino)
-                };
+                let id = self.dirent_id(&h, e);
                 let name = OsStr::from_bytes(&e.name);
                 !reply.add(
                     INodeNo(id),
@@ -981,11 +987,7 @@ impl Filesystem for PassthroughFs {
                 // The kernel takes no lookup reference for "." and ".."; every other
                 // entry is a lookup, undone if the reply buffer cannot take it.
                 let attr = if dot {
-                    let id = if e.name == b"." {
-                        h.inode.id
-                    } else {
-                        self.inodes.id_for_dirent(h.inode.dev, e.backing_ino)
-                    };
+                    let id = self.dirent_id(&h, e);
                     let mut st: libc::stat = unsafe { std::mem::zeroed() };
                     st.st_mode = libc::S_IFDIR;
                     sys::attr_from_stat(&st, id)
