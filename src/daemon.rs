@@ -290,6 +290,10 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
             return Err(MountError::usage(msg));
         }
     };
+    // A panic ends only the worker thread it happens on; say so loudly, once per panic.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("bug: {info}; the request it was serving gets no reply");
+    }));
     // Modes come from the caller, already masked by the kernel.
     unsafe { libc::umask(0) };
     let mut fs = match PassthroughFs::new(&req.backing, &req.options) {
