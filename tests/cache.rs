@@ -691,3 +691,34 @@ fn data_written_through_the_mount_is_cached_on_the_way() {
     drop_caches();
     assert!(read_all(&m.m("new")) == expect);
 }
+
+#[test]
+fn readahead_caches_past_the_request() {
+    require_fuse!();
+    let (dir, backing, cache) = setup();
+    let data = pattern(2 << 20, 61);
+    fs::write(backing.join("f"), &data).unwrap();
+    let m = mount_cached(dir, &backing, &cache, "readahead=1M");
+    let f = fs::File::open(m.m("f")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf == data[..4096]);
+    drop(f);
+    assert!(
+        stat(&m.mnt, "cache_readaheads") >= 1 << 20,
+        "{}",
+        stat_text(&m.mnt)
+    );
+    // a block well past what was asked for is now a hit
+    drop_caches();
+    let misses = stat(&m.mnt, "cache_misses");
+    let f = fs::File::open(m.m("f")).unwrap();
+    f.read_exact_at(&mut buf, 768 << 10).unwrap();
+    assert!(buf == data[768 << 10..(768 << 10) + 4096]);
+    assert_eq!(
+        stat(&m.mnt, "cache_misses"),
+        misses,
+        "{}",
+        stat_text(&m.mnt)
+    );
+}
