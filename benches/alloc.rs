@@ -59,6 +59,7 @@ fn bench_invalidate(c: &mut Criterion) {
         &p,
         OpenOptions {
             start_allocator: false,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -13,27 +13,7 @@ use crate::device::format::{CacheMode, Geometry, Replacement, Superblock};
 use crate::device::FileDevice;
 use crate::error::{Error, Result};
 
-/// Parse a size with an optional K/M/G/T suffix (powers of 1024; a trailing `B`/`iB` is
-/// accepted): `4096`, `4K`, `1M`, `20G`, `1.5G` is refused (whole numbers only).
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (num, shift) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 10),
-        Some('m' | 'M') => (&t[..t.len() - 1], 20),
-        Some('g' | 'G') => (&t[..t.len() - 1], 30),
-        Some('t' | 'T') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad size {s:?} (use e.g. 4096, 4K, 1M, 20G)"))?;
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
+pub use crate::options::parse_size;
 
 /// Arguments of `format`.
 #[derive(Debug, Clone)]

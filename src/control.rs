@@ -154,6 +154,8 @@ fn figures(cache: &CacheSet) -> Vec<(String, String)> {
     put("cached_bytes", ix.cached_bytes.to_string());
     put("index_memory_bytes", ix.heap_bytes_estimate.to_string());
     put("io_errors", get(&c.io_errors).to_string());
+    put("uncacheable_files", get(&c.uncacheable_files).to_string());
+    put("open_file_states", cache.live_files().to_string());
     put(
         "state",
         format!(
@@ -165,6 +167,9 @@ fn figures(cache: &CacheSet) -> Vec<(String, String)> {
             }
         ),
     );
+    if let Some(why) = cache.failure() {
+        put("failure", format!("\"{}\"", json_escape(&why)));
+    }
     put("sequential_cutoff", cache.sequential_cutoff().to_string());
     put(
         "cache_file",

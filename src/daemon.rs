@@ -308,6 +308,7 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
         fs = fs.with_cache(cache.clone());
     }
     let invalidations = fs.invalidation_channel();
+    let watcher = fs.open_file_watcher();
     let sigset = block_signals();
     let config = fuse_config(req);
     let (mut session, mounted_by_us) = match mount_session(fs, req, &config) {
@@ -326,6 +327,9 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     );
     let mountpoint = req.mountpoint.clone();
     crate::fs::spawn_invalidator(invalidations, session.notifier());
+    if let Some(w) = watcher {
+        w.spawn();
+    }
     let socket = match &cache {
         Some(cache) => match crate::control::serve(&req.mountpoint, cache.clone()) {
             Ok(path) => Some(path),
@@ -411,6 +415,7 @@ fn open_cache(req: &MountRequest) -> Result<Option<std::sync::Arc<CacheSet>>, St
     cfg.sequential_cutoff = o.sequential_cutoff;
     cfg.readahead = o.readahead;
     cfg.reformat = o.reformat;
+    cfg.revalidate = o.attr_timeout;
     CacheSet::open(&cfg, &backing_identity(&req.backing))
         .map(|c| Some(std::sync::Arc::new(c)))
         .map_err(|e| format!("cache {}: {e}", path.display()))

@@ -41,6 +41,8 @@ pub enum Error {
     Shutdown,
     /// A caller passed an argument outside the allowed range (a bucket index, a sector count).
     InvalidArgument(String),
+    /// The resource is held by someone else (a cache file another mount has locked).
+    Busy(String),
 }
 
 impl Error {
@@ -71,6 +73,7 @@ impl Error {
             Error::AlreadyExists(_) => libc::EEXIST,
             Error::NoFreeBucket => libc::ENOSPC,
             Error::Shutdown => libc::ESHUTDOWN,
+            Error::Busy(_) => libc::EBUSY,
         }
     }
 
@@ -112,6 +115,7 @@ impl fmt::Display for Error {
             }
             Error::Shutdown => write!(f, "cache is shutting down"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            Error::Busy(m) => write!(f, "{m}"),
         }
     }
 }

@@ -13,6 +13,11 @@
 //! - `index`     – the in-memory key index: per-file extents (file range -> bucket, gen, crcs).
 //! - `journal`   – the journal ring and its entry format (seq + crc32c).
 //! - `device`    – the cache file behind the `CacheDevice` seam (fault injection), superblock.
+//! - `cache`     – the request path: hits, misses and fills, the change protocol, file identity,
+//!   journal writer and replay, GC, stats.
+//! - `control`   – the stats socket and its client.
+//! - `poison`    – the cache set's one failure signal.
+//! - `sys`       – raw syscalls below everything (fstat, pread/pwrite loops).
 //! - `error`     – the core error type and its errno class.
 
 pub mod alloc;
@@ -24,6 +29,8 @@ pub mod fs;
 pub mod index;
 pub mod journal;
 pub mod options;
+pub mod poison;
+pub mod sys;
 
 pub use alloc::{BucketPtr, Cache, KeyPos, Reserve};
 pub use error::{Error, Result};

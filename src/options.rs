@@ -179,7 +179,17 @@ impl MountOptions {
             },
             "cache_size" => self.cache_size = Some(parse_bytes(name, value)?),
             "sequential_cutoff" => self.sequential_cutoff = parse_bytes(name, value)?,
-            "readahead" => self.readahead = parse_bytes(name, value)?,
+            "readahead" => {
+                let bytes = parse_bytes(name, value)?;
+                if bytes > crate::cache::MAX_READAHEAD {
+                    return Err(OptionError::BadValue {
+                        option: name.to_string(),
+                        value: value.unwrap_or("").to_string(),
+                        why: "at most 64M",
+                    });
+                }
+                self.readahead = bytes;
+            }
             "replacement" => {
                 let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
                 self.replacement = Some(v.parse().map_err(|_| OptionError::BadValue {
@@ -203,9 +213,31 @@ impl MountOptions {
 }
 
 /// A size with an optional K/M/G/T suffix (powers of 1024).
+/// Parse a size with an optional K/M/G/T suffix (powers of 1024; a trailing `B`/`iB` is
+/// accepted): `4096`, `4K`, `1M`, `20G`, `1.5G` is refused (whole numbers only).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 30),
+        Some('t' | 'T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (use e.g. 4096, 4K, 1M, 20G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
 fn parse_bytes(name: &str, value: Option<&str>) -> Result<u64, OptionError> {
     let value = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
-    crate::cli_cache::parse_size(value).map_err(|_| OptionError::BadValue {
+    parse_size(value).map_err(|_| OptionError::BadValue {
         option: name.to_string(),
         value: value.to_string(),
         why: "not a size (e.g. 512K, 4M, 20G)",
@@ -253,6 +285,20 @@ mod tests {
         assert_eq!(o, MountOptions::default());
         assert_eq!(o.attr_timeout, Duration::from_secs(1));
         assert!(!o.allow_other);
+    }
+
+    #[test]
+    fn readahead_is_bounded() {
+        assert_eq!(parse("readahead=64M").unwrap().readahead, 64 << 20);
+        // above 2 TiB a cast once truncated it to 0 bytes; anything past 64M is refused
+        for big in [
+            "readahead=65M",
+            "readahead=3T",
+            "readahead=18446744073709551615",
+        ] {
+            let e = parse(big).unwrap_err().to_string();
+            assert!(e.contains("at most 64M"), "{big}: {e}");
+        }
     }
 
     #[test]

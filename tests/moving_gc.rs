@@ -6,7 +6,7 @@ mod common;
 
 use std::os::fd::AsRawFd;
 
-use bcachefs_lite::cache::{CacheConfig, CacheSet, FileState};
+use bcachefs_lite::cache::{CacheConfig, CacheSet, Touch};
 use common::pattern;
 
 fn fstat(f: &std::fs::File) -> libc::stat {
@@ -26,8 +26,8 @@ fn sparse_buckets_are_compacted_and_still_hit() {
     cfg.size = Some(64 << 20);
     cfg.sequential_cutoff = 0;
     let cache = CacheSet::open(&cfg, "/test/tree").unwrap();
-    let fs = FileState::new(42);
-    cache.check_validator(&fs, &fstat(&file));
+    let fs = cache.state_of(42);
+    cache.open_check(&fs, &fstat(&file));
     let chunk = 128u64 << 10;
     for off in (0..8u64 << 20).step_by(chunk as usize) {
         let r = cache
@@ -41,7 +41,14 @@ fn sparse_buckets_are_compacted_and_still_hit() {
     // drop three chunks of every four: every data bucket is left a quarter full
     for (i, off) in (0..8u64 << 20).step_by(chunk as usize).enumerate() {
         if i % 4 != 0 {
-            cache.note_write(&fs, off, chunk);
+            let touch = Touch::Range {
+                offset: off,
+                len: chunk,
+            };
+            cache
+                .change(&fs, file.as_raw_fd(), touch, || Ok(()))
+                .0
+                .unwrap();
         }
     }
     let moved = cache.gc_now();

@@ -134,12 +134,15 @@ pub struct OpenOptions {
     /// Start the background allocator thread. Tests and benchmarks that drive the allocator one
     /// step at a time ([`Cache::allocator_step`]) turn it off.
     pub start_allocator: bool,
+    /// The failure signal to share (a fresh one by default).
+    pub poison: crate::poison::Poison,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             start_allocator: true,
+            poison: crate::poison::Poison::new(),
         }
     }
 }
@@ -200,7 +203,8 @@ pub(crate) struct Shared {
     pub gc_wait: Condvar,
     /// Serialises allocator steps; owns the journal cursor. Taken before `state`.
     pub step: Mutex<JournalRing>,
-    pub poisoned: AtomicBool,
+    /// The cache set's one failure signal, shared with the journal and the request path.
+    pub poison: crate::poison::Poison,
     pub shutdown: AtomicBool,
 }
 
@@ -267,7 +271,7 @@ impl Cache {
             bucket_wait: Condvar::new(),
             gc_wait: Condvar::new(),
             step: Mutex::new(r.ring),
-            poisoned: AtomicBool::new(false),
+            poison: opts.poison.clone(),
             shutdown: AtomicBool::new(false),
         });
         let cache = Cache {
@@ -307,7 +311,7 @@ impl Cache {
     }
 
     fn check_live(&self) -> Result<()> {
-        if self.shared.poisoned.load(Ordering::Acquire) {
+        if self.shared.poison.is_set() {
             return Err(Error::Poisoned);
         }
         if self.shared.shutdown.load(Ordering::Acquire) {
@@ -704,7 +708,7 @@ impl Cache {
     /// A failure poisons the cache.
     pub fn journal_append(&self, records: Vec<Record>) -> Result<(u64, u64)> {
         let mut ring = self.shared.step.lock();
-        if self.shared.poisoned.load(Ordering::Acquire) {
+        if self.shared.poison.is_set() {
             return Err(Error::Poisoned);
         }
         match ring.append(&*self.shared.dev, &self.shared.sb, records) {
@@ -716,8 +720,33 @@ impl Cache {
         }
     }
 
-    /// The newest durable gens checkpoint: its seq and buckets (to repeat in journal entries
-    /// so that the ring never wraps over the only record naming it).
+    /// Like [`Cache::journal_append`], and the entry also repeats the location of the newest
+    /// durable gens checkpoint (so the ring never wraps over the only record naming it). The
+    /// location is read under the step lock, which a gens checkpoint holds from its write to
+    /// its release of the previous one, so the entry can never name a checkpoint older than
+    /// the newest (whose buckets may already be reused).
+    pub fn journal_append_with_gens(&self, mut records: Vec<Record>) -> Result<(u64, u64)> {
+        let mut ring = self.shared.step.lock();
+        if self.shared.poison.is_set() {
+            return Err(Error::Poisoned);
+        }
+        {
+            let st = self.shared.state.lock();
+            records.push(Record::GensCheckpoint {
+                seq: st.ckpt_seq,
+                buckets: st.ckpt_buckets.clone(),
+            });
+        }
+        match ring.append(&*self.shared.dev, &self.shared.sb, records) {
+            Ok(seq) => Ok((seq, ring.appended_bytes())),
+            Err(e) => {
+                thread::poison(&self.shared, "journal append");
+                Err(e)
+            }
+        }
+    }
+
+    /// The newest durable gens checkpoint: its seq and buckets.
     pub fn gens_checkpoint_location(&self) -> (u64, Vec<u32>) {
         let st = self.shared.state.lock();
         (st.ckpt_seq, st.ckpt_buckets.clone())
@@ -728,9 +757,19 @@ impl Cache {
         &self.shared.dev
     }
 
-    /// True once a failed write or fsync stopped the allocator.
+    /// True once a failed write or fsync stopped caching (see [`crate::poison`]).
     pub fn is_poisoned(&self) -> bool {
-        self.shared.poisoned.load(Ordering::Acquire)
+        self.shared.poison.is_set()
+    }
+
+    /// The cache set's failure signal.
+    pub fn poison(&self) -> &crate::poison::Poison {
+        &self.shared.poison
+    }
+
+    /// Stops caching after a failure outside the allocator (journal, checkpoint, fill).
+    pub fn poison_with(&self, what: &str) {
+        thread::poison(&self.shared, what);
     }
 
     /// A snapshot of one bucket.

@@ -2,8 +2,9 @@
 //! checkpoint when opening one.
 //!
 //! Recovery path: read and validate the superblock; check the file is as long as it says; scan
-//! the journal for valid entries; walk the entries naming gens checkpoints from the newest
-//! down, and load the first whose every part decodes (magic, crc, seq, uuid, range). A torn or
+//! the journal for valid entries; take every gens checkpoint the entries name, from the highest
+//! checkpoint seq down (never by position in the ring: an entry may repeat an older location),
+//! and load the first whose every part decodes (magic, crc, seq, uuid, range). A torn or
 //! corrupt newer checkpoint is counted in `skipped` and never trusted.
 //!
 //! Format order: size the file (sparse), write the first gens checkpoint (all gens 0) into the
@@ -116,24 +117,33 @@ fn newest_from(
     sb: &Superblock,
     entries: &[crate::journal::Scanned],
 ) -> Result<NewestCheckpoint> {
-    let mut skipped = 0;
-    for s in entries.iter().rev() {
+    // Newest by the checkpoint's own seq, not by where it is named in the ring: an entry may
+    // repeat an older location, and following it would revert bumped gens (invariant 2).
+    let mut named: Vec<(u64, u64, &Vec<u32>)> = Vec::new();
+    for s in entries {
         for r in &s.entry.records {
             if let Record::GensCheckpoint { seq, buckets } = r {
-                match load_checkpoint(dev, sb, *seq, buckets) {
-                    Ok(checkpoint) => {
-                        return Ok(NewestCheckpoint {
-                            checkpoint,
-                            buckets: buckets.clone(),
-                            journal_seq: s.entry.seq,
-                            skipped,
-                        })
-                    }
-                    Err(e) => {
-                        tracing::warn!(seq, error = %e, "skipping invalid gens checkpoint");
-                        skipped += 1;
-                    }
+                if !named.iter().any(|(q, _, b)| q == seq && *b == buckets) {
+                    named.push((*seq, s.entry.seq, buckets));
                 }
+            }
+        }
+    }
+    named.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    let mut skipped = 0;
+    for (seq, journal_seq, buckets) in named {
+        match load_checkpoint(dev, sb, seq, buckets) {
+            Ok(checkpoint) => {
+                return Ok(NewestCheckpoint {
+                    checkpoint,
+                    buckets: buckets.clone(),
+                    journal_seq,
+                    skipped,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "skipping invalid gens checkpoint");
+                skipped += 1;
             }
         }
     }

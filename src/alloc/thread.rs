@@ -42,10 +42,10 @@ pub enum StepOutcome {
 
 /// Stop allocating after a failed write or fsync (fjall's poison dart).
 pub(crate) fn poison(sh: &Shared, what: &str) {
-    if !sh.poisoned.swap(true, Ordering::AcqRel) {
+    if sh.poison.set(format!("{what} failed")) {
         tracing::error!(
             what,
-            "cache file write failed; allocator poisoned, caching stops"
+            "cache file write failed; caching stops, serving from the backing"
         );
     }
     let _st = sh.state.lock();
@@ -56,7 +56,7 @@ pub(crate) fn poison(sh: &Shared, what: &str) {
 /// One step of the allocator loop.
 pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
     let mut journal = sh.step.lock();
-    if sh.poisoned.load(Ordering::Acquire) {
+    if sh.poison.is_set() {
         return Err(Error::Poisoned);
     }
     let mut st = sh.state.lock();

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::identity::{FsKey, Identity};
 use super::stats::{bump, Counters};
 use crate::alloc::{BucketPtr, Cache, Reserve};
 use crate::device::format::SECTOR;
@@ -50,10 +51,6 @@ const INTERVAL: Duration = Duration::from_millis(50);
 #[derive(Default)]
 struct Queue {
     records: Vec<Record>,
-    bytes: usize,
-    /// Bumped each time the writer finished appending what it took.
-    flushed_gen: u64,
-    taken_gen: u64,
 }
 
 /// Where the current index checkpoint lives.
@@ -68,15 +65,14 @@ pub struct CheckpointState {
 pub struct JournalWriter {
     alloc: Arc<Cache>,
     index: Arc<Index>,
+    identity: Arc<Identity>,
     counters: Arc<Counters>,
     queue: Mutex<Queue>,
     wake: Condvar,
-    flushed: Condvar,
     /// Serialises appends and checkpoints (the writer thread, mount and unmount).
     io: Mutex<()>,
     ckpt: Mutex<CheckpointState>,
     ring_bytes: AtomicU64,
-    failed: AtomicBool,
 }
 
 fn record_size(r: &Record) -> usize {
@@ -90,26 +86,25 @@ impl JournalWriter {
     pub fn new(
         alloc: Arc<Cache>,
         index: Arc<Index>,
+        identity: Arc<Identity>,
         counters: Arc<Counters>,
         ckpt: CheckpointState,
     ) -> JournalWriter {
         JournalWriter {
             alloc,
             index,
+            identity,
             counters,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
-            flushed: Condvar::new(),
             io: Mutex::new(()),
             ckpt: Mutex::new(ckpt),
             ring_bytes: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
         }
     }
 
     pub fn queue(&self, r: Record) {
         let mut q = self.queue.lock();
-        q.bytes += record_size(&r);
         q.records.push(r);
         if q.records.len() >= WAKE_AT {
             self.wake.notify_one();
@@ -135,14 +130,10 @@ impl JournalWriter {
                     self.wake.wait_for(&mut q, INTERVAL);
                 }
             }
-            if let Err(e) = self.flush() {
-                self.fail(&e);
-            }
+            let _ = self.flush();
             let since = self.ring_bytes.load(Ordering::Relaxed) - self.ckpt.lock().at_ring_bytes;
-            if since > half_ring && !self.failed.load(Ordering::Relaxed) {
-                if let Err(e) = self.checkpoint_now() {
-                    self.fail(&e);
-                }
+            if since > half_ring && !self.alloc.is_poisoned() {
+                let _ = self.checkpoint_now();
             }
             if stop.load(Ordering::Acquire) {
                 return;
@@ -150,34 +141,27 @@ impl JournalWriter {
         }
     }
 
+    /// A failed append or checkpoint poisons the whole cache set (see `crate::poison`).
     fn fail(&self, e: &Error) {
-        if !self.failed.swap(true, Ordering::Relaxed) {
-            tracing::error!("journal failed: {e}; caching stops");
+        if !matches!(e, Error::Poisoned) {
+            bump(&self.counters.io_errors);
+            self.alloc.poison_with(&format!("journal: {e}"));
         }
-        bump(&self.counters.io_errors);
     }
 
     /// Appends everything queued so far (data fsync first). Returns when it is durable.
+    /// A failure poisons the cache set.
     pub fn flush(&self) -> Result<()> {
         let _io = self.io.lock();
-        let records = {
-            let mut q = self.queue.lock();
-            q.bytes = 0;
-            q.taken_gen += 1;
-            std::mem::take(&mut q.records)
-        };
-        let result = self.append_all(records);
-        let mut q = self.queue.lock();
-        q.flushed_gen = q.taken_gen;
-        self.flushed.notify_all();
-        result
+        let records = std::mem::take(&mut self.queue.lock().records);
+        self.append_all(records).inspect_err(|e| self.fail(e))
     }
 
     fn append_all(&self, records: Vec<Record>) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
-        if self.failed.load(Ordering::Relaxed) {
+        if self.alloc.is_poisoned() {
             return Err(Error::Poisoned);
         }
         // Invariant 3: the data keys point at is durable before the keys are.
@@ -223,10 +207,11 @@ impl JournalWriter {
     }
 
     /// Writes an index checkpoint now (steps 1-5 of the module header).
+    /// A failure poisons the cache set.
     pub fn checkpoint_now(&self) -> Result<()> {
         self.flush()?;
         let _io = self.io.lock();
-        self.write_checkpoint()
+        self.write_checkpoint().inspect_err(|e| self.fail(e))
     }
 
     /// Steps 2-5 of an index checkpoint; the caller holds the io lock.
@@ -270,18 +255,20 @@ impl JournalWriter {
             return Err(e);
         }
         let seq = self.ckpt.lock().seq + 1;
-        let (gens_seq, gens_buckets) = self.alloc.gens_checkpoint_location();
-        let appended = self.append(vec![
-            Record::IndexCheckpoint {
-                seq,
-                buckets: buckets.clone(),
-                len: blob.len() as u64,
-            },
-            Record::GensCheckpoint {
-                seq: gens_seq,
-                buckets: gens_buckets,
-            },
-        ]);
+        let mut records = vec![Record::IndexCheckpoint {
+            seq,
+            buckets: buckets.clone(),
+            len: blob.len() as u64,
+        }];
+        records.extend(self.identity.records());
+        let appended = self
+            .alloc
+            .journal_append_with_gens(records)
+            .map(|(seq, ring)| {
+                self.ring_bytes.store(ring, Ordering::Relaxed);
+                bump(&self.counters.journal_entries);
+                seq
+            });
         if let Err(e) = appended {
             release(&buckets);
             return Err(e);
@@ -319,7 +306,34 @@ fn load_checkpoint(alloc: &Cache, buckets: &[u32], len: u64) -> Result<Index> {
             "length or bucket out of range",
         ));
     }
-    let mut blob = vec![0u8; len as usize];
+    let mut distinct = buckets.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != buckets.len() || (len as usize) < crate::index::format::INDEX_HDR {
+        return Err(Error::corrupt(
+            "index checkpoint",
+            "repeated bucket or length below the header",
+        ));
+    }
+    // The blob's own header must claim the same length before we allocate for it: a
+    // crc-valid but crafted record cannot make us allocate more than the blob says it is.
+    let mut head = vec![0u8; sb.block_size as usize];
+    alloc
+        .device()
+        .pread(&mut head, sb.bucket_offset(buckets[0]))
+        .map_err(|e| Error::io("pread index checkpoint", e))?;
+    if head[..8] != crate::index::format::INDEX_MAGIC
+        || crate::device::format::le_u64(&head, 16) != len
+    {
+        return Err(Error::corrupt(
+            "index checkpoint",
+            "its header does not match the journal record",
+        ));
+    }
+    let mut blob = Vec::new();
+    blob.try_reserve_exact(len as usize)
+        .map_err(|_| Error::corrupt("index checkpoint", format!("{len} bytes do not fit")))?;
+    blob.resize(len as usize, 0);
     for (i, chunk) in blob.chunks_mut(bucket_size as usize).enumerate() {
         alloc
             .device()
@@ -329,11 +343,41 @@ fn load_checkpoint(alloc: &Cache, buckets: &[u32], len: u64) -> Result<Index> {
     Index::decode_checkpoint(sb.block_size, &blob)
 }
 
-/// Rebuilds the index from the newest readable checkpoint and the journal after it.
-pub fn replay(alloc: &Cache, counters: &Counters) -> Result<(Index, CheckpointState)> {
+/// What replay rebuilt.
+pub struct Replayed {
+    pub index: Index,
+    pub identity: Identity,
+    pub checkpoint: CheckpointState,
+}
+
+/// Rebuilds the index from the newest readable checkpoint and the journal after it
+/// (recovery path steps 3-5 in docs/DESIGN.md).
+pub fn replay(alloc: &Cache, counters: &Counters) -> Result<Replayed> {
     let sb = alloc.superblock().clone();
     let entries = crate::journal::scan(&**alloc.device(), &sb)?;
-    let block = u64::from(sb.block_size);
+    // Slots are never reassigned, so every FsSlot record in the ring counts, wherever it is
+    // (each index checkpoint entry repeats the whole table).
+    let identity = Identity::new();
+    for s in &entries {
+        for r in &s.entry.records {
+            if let Record::FsSlot {
+                slot,
+                fs_type,
+                fsid,
+                dev,
+                dev_keyed,
+            } = r
+            {
+                let key = FsKey {
+                    fs_type: *fs_type,
+                    fsid: *fsid,
+                    dev: *dev,
+                    dev_keyed: *dev_keyed,
+                };
+                identity.restore(*slot, key);
+            }
+        }
+    }
     // newest checkpoint that loads
     let mut start = None;
     'find: for (pos, s) in entries.iter().enumerate().rev() {
@@ -367,6 +411,7 @@ pub fn replay(alloc: &Cache, counters: &Counters) -> Result<(Index, CheckpointSt
     };
     let mut expect = entries.get(first.wrapping_sub(1)).map(|s| s.entry.seq + 1);
     let mut applied = 0usize;
+    let mut refused = 0usize;
     for s in entries.iter().skip(first) {
         if expect.is_some_and(|e| s.entry.seq != e) {
             tracing::info!(
@@ -377,12 +422,21 @@ pub fn replay(alloc: &Cache, counters: &Counters) -> Result<(Index, CheckpointSt
         }
         expect = Some(s.entry.seq + 1);
         for r in &s.entry.records {
-            apply(&index, r, block);
-            applied += 1;
+            if apply(&index, r, &sb) {
+                applied += 1;
+            } else {
+                refused += 1;
+            }
         }
     }
-    // keys into buckets that were reused since are stale
-    let stale = index.retain(|_, e| alloc.bucket_gen(e.ptr.bucket).ok() == Some(e.ptr.gen));
+    if refused > 0 {
+        tracing::warn!(refused, "journal replay ignored malformed keys");
+    }
+    // keys into buckets that were reused since are stale; keys of an unknown filesystem slot
+    // (a cache file from before slots, a torn tail) cannot be trusted to name the right file
+    let stale = index.retain(|file, e| {
+        identity.knows_slot_of(file) && alloc.bucket_gen(e.ptr.bucket).ok() == Some(e.ptr.gen)
+    });
     counters
         .stale_pointers
         .fetch_add(stale.len() as u64, Ordering::Relaxed);
@@ -392,10 +446,17 @@ pub fn replay(alloc: &Cache, counters: &Counters) -> Result<(Index, CheckpointSt
         extents = index.stats().extents,
         "journal replayed"
     );
-    Ok((index, ckpt))
+    Ok(Replayed {
+        index,
+        identity,
+        checkpoint: ckpt,
+    })
 }
 
-fn apply(index: &Index, r: &Record, block: u64) {
+/// Applies one replayed record; false when it was refused as malformed (a crc-valid entry
+/// may still hold a crafted or buggy key: it is dropped alone, never trusted, never a panic).
+fn apply(index: &Index, r: &Record, sb: &crate::device::format::Superblock) -> bool {
+    let block = u64::from(sb.block_size);
     match r {
         Record::KeyInsert {
             file,
@@ -408,14 +469,17 @@ fn apply(index: &Index, r: &Record, block: u64) {
             crcs,
         } => {
             let bytes = u64::from(*len) * SECTOR;
-            // a record that does not describe whole blocks is ignored, not trusted
-            if bytes == 0
-                || offset % block != 0
-                || bytes % block != 0
-                || crcs.len() as u64 != bytes / block
-            {
+            let in_bucket = u64::from(*bucket_offset) * SECTOR + bytes;
+            let well_formed = bytes > 0
+                && offset % block == 0
+                && bytes % block == 0
+                && crcs.len() as u64 == bytes / block
+                && offset.checked_add(bytes).is_some()
+                && u64::from(*bucket) < sb.nbuckets
+                && in_bucket <= u64::from(sb.bucket_size);
+            if !well_formed {
                 tracing::warn!(file, offset, "ignoring a malformed key in the journal");
-                return;
+                return false;
             }
             index.insert(
                 *file,
@@ -454,8 +518,9 @@ fn apply(index: &Index, r: &Record, block: u64) {
                 ctime_ns: *ctime_ns,
             },
         ),
-        Record::GensCheckpoint { .. } | Record::IndexCheckpoint { .. } => {}
+        Record::GensCheckpoint { .. } | Record::IndexCheckpoint { .. } | Record::FsSlot { .. } => {}
     }
+    true
 }
 
 #[cfg(test)]
@@ -515,11 +580,18 @@ mod tests {
         // no allocator thread: its own fsyncs must not hide a missing one of ours
         let manual = OpenOptions {
             start_allocator: false,
+            ..Default::default()
         };
         let alloc = Arc::new(Cache::open_device(dev.clone(), manual).unwrap());
         let index = Arc::new(Index::new(alloc.superblock().block_size));
         let counters = Arc::new(Counters::default());
-        let jw = JournalWriter::new(alloc.clone(), index, counters, CheckpointState::default());
+        let jw = JournalWriter::new(
+            alloc.clone(),
+            index,
+            Arc::new(Identity::new()),
+            counters,
+            CheckpointState::default(),
+        );
         let r = alloc.gc_begin();
         alloc.gc_finish(r).unwrap();
         alloc.allocator_run_until_idle(100).unwrap();

@@ -1,26 +1,40 @@
-//! The request path of the read cache: hits, misses and fills, coherence with the
-//! backing, persistence of keys, and GC. bcache's `request.c` and `btree.c` roles.
+//! The request path of the cache: hits, misses and fills, the one change protocol every
+//! write goes through, coherence with the backing, persistence of keys, and GC. bcache's
+//! `request.c` and `btree.c` roles.
 //!
 //! # Model
 //!
-//! A [`CacheSet`] joins the allocator ([`Cache`]), the key index ([`Index`]) and a
-//! journal writer. A key maps a block-aligned range of a backing file (by
-//! [`FileId`]) to a pointer `(bucket, gen, sector)` plus one crc32c per block.
+//! A [`CacheSet`] joins the allocator ([`Cache`]), the key index ([`Index`]), the file
+//! identity table ([`identity::Identity`]) and a journal writer. A key maps a
+//! block-aligned range of a backing file (by [`FileId`]) to a pointer `(bucket, gen,
+//! sector)` plus one crc32c per block. Every holder of a file (each FUSE inode object,
+//! each fill in flight) shares the one [`FileState`] of its id ([`CacheSet::file_state`]).
 //!
 //! Read (numbered as in docs/DESIGN.md, "read path"):
-//! 1. round the request out to blocks, clamped to the file's validated size;
-//! 2. look up the keys; for each, pin its bucket at the key's gen (a stale gen is a
+//! 1. once per revalidation interval (the attribute timeout), fstat the open descriptor
+//!    and compare the validator: a change made outside the mount drops the file's extents
+//!    and tells the caller to drop the kernel's pages;
+//! 2. round the request out to blocks, clamped to the file's validated size;
+//! 3. look up the keys; for each, pin its bucket at the key's gen (a stale gen is a
 //!    miss: counted, key dropped), pread the blocks from the cache file, unpin, and
 //!    check every block's crc (a mismatch is a miss: counted, key dropped);
-//! 3. read every gap from the backing (plus readahead), reply;
-//! 4. unless the process streams past the sequential cutoff, fill the gaps into the
+//! 4. read every gap from the backing (plus readahead), reply;
+//! 5. unless the process streams past the sequential cutoff, fill the gaps into the
 //!    cache after the reply: `alloc_sectors` with the caller's PID as write point,
-//!    write the data, then insert the key — only if no write or backing change
-//!    raced with the miss (the file's write sequence is unchanged) — and queue the
-//!    key for the journal.
+//!    write the data, then insert the key — only if no change raced with the miss (the
+//!    file's change sequence is unchanged) — and queue the key for the journal.
 //!
-//! Write (writethrough): the backing first; then the touched blocks are dropped and the
-//! whole blocks the write covers are filled like a miss (same write-sequence check).
+//! Change (docs/DESIGN.md, "change protocol"): every operation that changes a file's bytes,
+//! size or times through the mount calls [`CacheSet::change`], which
+//! 1. fstats the backing and, if it no longer matches the validator, drops the file's
+//!    extents and marks its kernel pages stale (an outside change is never hidden by ours);
+//! 2. bumps the change sequence and drops the keys the change touches, before the backing
+//!    changes;
+//! 3. runs the change on the backing;
+//! 4. bumps the sequence again, drops the touched keys again (a fill that raced in is gone),
+//!    and records the validator from a fresh fstat;
+//! 5. hands back a fill ticket only when no other change overlapped this one, so the data
+//!    it wrote may be cached (writethrough).
 //!
 //! # Invariants (numbers from the design brief)
 //!
@@ -28,47 +42,59 @@
 //!    bytes are served only when every block's crc matches.
 //! 3. The journal writer fsyncs the cache file's data before it appends the keys that
 //!    point at it.
-//! 7. Extents are served only while the file's validator matches the backing; a
-//!    change drops the file's extents (and the kernel's pages, by the fs layer).
+//! 7. Extents are served only while the file's validator matches the backing (checked at
+//!    open, on getattr and lookup, and on the read path once per interval); a change made
+//!    elsewhere drops the file's extents and its kernel pages.
 //! 8. A bucket cannot be reused while pinned, so a read never races with reuse; the
 //!    pin fails instead and the piece is read from the backing (`cache_read_races`
 //!    counts keys that went stale between lookup and pin).
+//! * A fill is inserted only if the file's change sequence is the one it saw before it
+//!   read (or wrote) the backing; a change bumps it both before and after the backing
+//!   changes, so neither a racing read nor a racing write can leave old bytes cached.
+//! * One poison signal ([`crate::poison`]): after any failed write or fsync of the cache
+//!   file nothing is cached or served from it, and stats say why.
 //!
 //! # Locks
 //!
-//! Per file: `FileState::write_seq` (a mutex held while checking-and-inserting a
-//! fill's key, or bumping the sequence and dropping a range); under it the index's
-//! shard lock, then the journal queue's mutex. The allocator's state lock is taken
-//! by its own calls only, never while holding a file's lock across I/O. No lock is
-//! held across I/O except the journal writer's own.
+//! Order: `changes` (read side, per change; write side, moving GC swapping an extent) →
+//! a file's `FileState::seq` mutex → the index's shard lock → the journal queue's
+//! mutex. The identity table's mutex is taken alone (it queues its slot record under
+//! it). The allocator's state lock is taken by its own calls only, never while holding
+//! a file's lock across I/O. No lock is held across I/O except the journal writer's own.
 //!
 //! # What may block
 //!
-//! `read` does synchronous I/O on the cache file and the backing; `fill` on the cache
-//! file; nothing waits for a free bucket on the request path (a fill without a free
-//! bucket is skipped). The journal and GC threads block on I/O and their condvars.
+//! `read` does synchronous I/O on the cache file and the backing; `change` runs the
+//! caller's backing I/O with no lock held; `fill` does cache-file I/O; nothing waits for
+//! a free bucket on the request path (a fill without a free bucket is skipped). The
+//! journal and GC threads block on I/O and their condvars.
 
 mod gc;
+pub mod identity;
 pub mod journal;
+mod provision;
 pub mod seq;
 pub mod stats;
 
 use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::alloc::{BucketPtr, Cache, KeyPos};
-use crate::device::format::{Geometry, Replacement, SECTOR};
-use crate::device::{CacheDevice, FileDevice};
+use crate::device::format::{Replacement, SECTOR};
 use crate::error::{Error, Result};
 use crate::index::{Extent, FileId, Index, Validator};
 use crate::journal::format::Record;
+use identity::Identity;
 use journal::JournalWriter;
+use provision::{lock_cache_file, prepare_cache_file};
 use seq::SequentialCutoff;
 use stats::{add, bump, Counters, Windows};
 
@@ -86,6 +112,10 @@ pub struct CacheConfig {
     pub readahead: u64,
     /// Reformat a cache file that serves another backing tree (or is unreadable).
     pub reformat: bool,
+    /// How often the read path re-checks an open file against the backing (the attribute
+    /// timeout): a change made elsewhere is seen within this time, also by descriptors
+    /// opened before it.
+    pub revalidate: Duration,
 }
 
 impl CacheConfig {
@@ -98,26 +128,95 @@ impl CacheConfig {
             sequential_cutoff: 4 << 20,
             readahead: 0,
             reformat: false,
+            revalidate: Duration::from_secs(1),
         }
     }
 }
 
-/// Per-file state the fs layer keeps in its inode.
+/// Largest readahead a mount may ask for (larger is refused at option parsing).
+pub const MAX_READAHEAD: u64 = 64 << 20;
+
+type Registry = DashMap<FileId, Weak<FileState>>;
+
+/// The change sequence of one file (see "Change" in the module header). Values come from
+/// one process-wide counter, so a file whose state was dropped and made again (FORGET, then
+/// a new lookup) can never repeat a value a fill in flight still holds.
+#[derive(Debug)]
+struct ChangeSeq {
+    seq: u64,
+}
+
+static CHANGE_SEQ: AtomicU64 = AtomicU64::new(1);
+
+impl ChangeSeq {
+    fn start() -> ChangeSeq {
+        ChangeSeq {
+            seq: CHANGE_SEQ.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Moves to a value no fill can hold yet; returns it.
+    fn bump(&mut self) -> u64 {
+        self.seq = CHANGE_SEQ.fetch_add(1, Ordering::Relaxed);
+        self.seq
+    }
+}
+
+/// The cache's state for one backing file, shared by every holder of its id.
 #[derive(Debug)]
 pub struct FileState {
     pub id: FileId,
-    /// Bumped by every write, truncate and invalidation: a fill whose miss saw an
-    /// older value must not insert its (possibly old) data.
-    write_seq: Mutex<u64>,
+    /// Bumped before and after every change and by every invalidation: a fill whose
+    /// miss saw an older value must not insert its (possibly old) data.
+    seq: Mutex<ChangeSeq>,
+    /// When the read path last compared the validator (ns since the cache set opened).
+    checked_ns: AtomicU64,
+    /// An outside change was seen since the kernel's pages were last dropped: the next
+    /// open must not keep them (FOPEN_KEEP_CACHE).
+    pages_stale: AtomicBool,
+    registry: Weak<Registry>,
+}
+
+impl Drop for FileState {
+    fn drop(&mut self) {
+        if let Some(map) = self.registry.upgrade() {
+            map.remove_if(&self.id, |_, w| w.strong_count() == 0);
+        }
+    }
 }
 
 impl FileState {
-    pub fn new(id: FileId) -> FileState {
+    /// A state not registered anywhere (tests of one holder).
+    pub fn detached(id: FileId) -> FileState {
         FileState {
             id,
-            write_seq: Mutex::new(0),
+            seq: Mutex::new(ChangeSeq::start()),
+            checked_ns: AtomicU64::new(0),
+            pages_stale: AtomicBool::new(false),
+            registry: Weak::new(),
         }
     }
+}
+
+/// What a change touches, for the keys it drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// Bytes `[offset, offset + len)` (write, copy_file_range, fallocate of a range).
+    Range { offset: u64, len: u64 },
+    /// Everything from `offset` on (truncate, O_TRUNC, fallocate that changes the size).
+    From(u64),
+    /// No bytes: times, mode or owner only (the validator still changes).
+    Attributes,
+}
+
+/// What [`CacheSet::change`] found and allows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Changed {
+    /// The backing had changed underneath before this change: the kernel's pages for the
+    /// file must be dropped.
+    pub outside_change: bool,
+    /// Set when no other change overlapped this one: the data it wrote may be cached.
+    pub fill_ticket: Option<u64>,
 }
 
 /// Data of a miss to be written into the cache after the reply.
@@ -132,19 +231,23 @@ pub struct ReadResult {
     /// Exactly the requested bytes that exist (short at end of file).
     pub data: Vec<u8>,
     pub fill: Option<Fill>,
+    /// The read path found the backing changed underneath: drop the kernel's pages.
+    pub outside_change: bool,
 }
 
 pub struct CacheSet {
     alloc: Arc<Cache>,
     index: Arc<Index>,
+    identity: Arc<Identity>,
     journal: Arc<JournalWriter>,
+    files: Arc<Registry>,
     block: u64,
     seq: SequentialCutoff,
     readahead: u64,
+    revalidate_ns: u64,
+    epoch: Instant,
     pub counters: Arc<Counters>,
     pub windows: Arc<Windows>,
-    /// Set when the cache file failed: the mount goes on from the backing alone.
-    failed: AtomicBool,
     shutdown: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     path: PathBuf,
@@ -189,13 +292,15 @@ impl CacheSet {
         }
         let alloc = Arc::new(Cache::open(&cfg.path)?);
         let counters = Arc::new(Counters::default());
-        let (index, ckpt) = journal::replay(&alloc, &counters)?;
-        let index = Arc::new(index);
+        let replayed = journal::replay(&alloc, &counters)?;
+        let index = Arc::new(replayed.index);
+        let identity = Arc::new(replayed.identity);
         let journal = Arc::new(JournalWriter::new(
             alloc.clone(),
             index.clone(),
+            identity.clone(),
             counters.clone(),
-            ckpt,
+            replayed.checkpoint,
         ));
         // First GC: marks every bucket from the index; allocation starts after it.
         gc::run(&alloc, &index, &journal, &counters);
@@ -204,12 +309,15 @@ impl CacheSet {
             block: u64::from(alloc.superblock().block_size),
             alloc,
             index,
+            identity,
             journal,
+            files: Arc::new(DashMap::new()),
             seq: SequentialCutoff::new(cfg.sequential_cutoff),
-            readahead: cfg.readahead,
+            readahead: cfg.readahead.min(MAX_READAHEAD),
+            revalidate_ns: cfg.revalidate.as_nanos().min(u128::from(u64::MAX)) as u64,
+            epoch: Instant::now(),
             counters,
             windows: Arc::new(Windows::default()),
-            failed: AtomicBool::new(false),
             shutdown: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
             path: cfg.path.clone(),
@@ -272,38 +380,103 @@ impl CacheSet {
 
     /// True while the cache file works; false after a failure (mode none).
     pub fn is_active(&self) -> bool {
-        !self.failed.load(Ordering::Relaxed) && !self.alloc.is_poisoned()
+        !self.alloc.is_poisoned()
+    }
+
+    /// Why caching stopped, once it has.
+    pub fn failure(&self) -> Option<String> {
+        self.alloc.poison().reason()
     }
 
     fn fail(&self, what: &str, e: &dyn std::fmt::Display) {
         bump(&self.counters.io_errors);
-        if !self.failed.swap(true, Ordering::Relaxed) {
+        if !self.alloc.is_poisoned() {
             tracing::error!(
                 "cache file {}: {what} failed: {e}; caching is off, serving from the backing",
                 self.path.display()
             );
         }
+        self.alloc.poison_with(&format!("{what}: {e}"));
+    }
+
+    /// The one [`FileState`] of the backing inode `st` (held open by `fd`), shared with every
+    /// other holder of the same file id. `None`: the file cannot be cached (see
+    /// [`identity`]); it is served from the backing.
+    pub fn file_state(&self, fd: RawFd, st: &libc::stat) -> Option<Arc<FileState>> {
+        let journal = &self.journal;
+        let Some(id) = self.identity.file_id(fd, st, |r| journal.queue(r)) else {
+            bump(&self.counters.uncacheable_files);
+            return None;
+        };
+        Some(self.state_of(id))
+    }
+
+    /// The shared state of `id`, created on first use.
+    pub fn state_of(&self, id: FileId) -> Arc<FileState> {
+        use dashmap::mapref::entry::Entry;
+        match self.files.entry(id) {
+            Entry::Occupied(mut e) => {
+                if let Some(live) = e.get().upgrade() {
+                    return live;
+                }
+                let fresh = self.new_state(id);
+                e.insert(Arc::downgrade(&fresh));
+                fresh
+            }
+            Entry::Vacant(e) => {
+                let fresh = self.new_state(id);
+                e.insert(Arc::downgrade(&fresh));
+                fresh
+            }
+        }
+    }
+
+    fn new_state(&self, id: FileId) -> Arc<FileState> {
+        Arc::new(FileState {
+            id,
+            seq: Mutex::new(ChangeSeq::start()),
+            checked_ns: AtomicU64::new(self.now_ns()),
+            pages_stale: AtomicBool::new(false),
+            registry: Arc::downgrade(&self.files),
+        })
+    }
+
+    /// Files whose state is held right now (stats; bounded by the kernel's inodes).
+    pub fn live_files(&self) -> usize {
+        self.files.len()
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Open of a regular file: compares the validator with the backing's attributes
+    /// `st`. True when the kernel may keep the pages it has (FOPEN_KEEP_CACHE): the file is
+    /// unchanged and no outside change was seen since its pages were last dropped. Any
+    /// other answer drops the file's extents (if it changed) and clears the stale mark,
+    /// because an open without KEEP_CACHE makes the kernel drop its pages.
+    pub fn open_check(&self, file: &FileState, st: &libc::stat) -> bool {
+        let unchanged = self.check_validator(file, st);
+        let stale = file.pages_stale.swap(false, Ordering::AcqRel);
+        file.checked_ns.store(self.now_ns(), Ordering::Relaxed);
+        unchanged && !stale
     }
 
     /// Compares the backing's current attributes with the file's validator. Unchanged:
-    /// true (the kernel may keep its pages). Changed or unknown: drops the file's
-    /// extents, records the new validator, and returns false.
-    pub fn check_validator(&self, file: &FileState, st: &libc::stat) -> bool {
+    /// true. Changed or unknown: drops the file's extents, records the new validator, and
+    /// returns false.
+    fn check_validator(&self, file: &FileState, st: &libc::stat) -> bool {
         let now = validator_of(st);
         match self.index.validator(file.id) {
             Some(v) if v == now => true,
             known => {
                 let _changes = self.changes.read();
-                let mut seq = file.write_seq.lock();
-                *seq += 1;
+                let mut seq = file.seq.lock();
+                seq.bump();
                 if known.is_some() {
                     bump(&self.counters.invalidations);
-                    self.index.remove_file(file.id);
-                    self.journal.queue(Record::KeyDelete {
-                        file: file.id,
-                        offset: 0,
-                        len: u64::MAX,
-                    });
+                    self.drop_all_locked(file);
+                    file.pages_stale.store(true, Ordering::Release);
                 }
                 self.set_validator_locked(file.id, now);
                 false
@@ -311,20 +484,17 @@ impl CacheSet {
         }
     }
 
-    /// When the file has a validator and the backing no longer matches it: drops the
-    /// file's extents, records the new validator, and returns true (the caller drops
-    /// the kernel's pages). Files never opened through the cache are left alone.
+    /// Fresh attributes `st` of a file reached us (getattr after the TTL, a lookup): when the
+    /// file has a validator and the backing no longer matches it, drops the file's extents,
+    /// records the new validator, marks its kernel pages stale and returns true (the caller
+    /// drops the kernel's pages of open descriptors). Files never opened through the cache
+    /// are left alone.
     pub fn revalidate(&self, file: &FileState, st: &libc::stat) -> bool {
+        file.checked_ns.store(self.now_ns(), Ordering::Relaxed);
         match self.index.validator(file.id) {
             Some(v) if v != validator_of(st) => !self.check_validator(file, st),
             _ => false,
         }
-    }
-
-    /// Records the validator after a change made through the mount.
-    pub fn set_validator(&self, file: &FileState, st: &libc::stat) {
-        let _seq = file.write_seq.lock();
-        self.set_validator_locked(file.id, validator_of(st));
     }
 
     fn set_validator_locked(&self, id: FileId, v: Validator) {
@@ -337,40 +507,97 @@ impl CacheSet {
         });
     }
 
-    /// Bytes `[offset, offset + len)` changed through the mount: drop every block they touch.
-    pub fn note_write(&self, file: &FileState, offset: u64, len: u64) {
-        self.drop_range(file, offset, len);
+    /// With the file's seq lock held: forget every extent and the validator.
+    fn drop_all_locked(&self, file: &FileState) {
+        self.index.remove_file(file.id);
+        self.journal.queue(Record::KeyDelete {
+            file: file.id,
+            offset: 0,
+            len: u64::MAX,
+        });
     }
 
-    /// Drops every block `[offset, offset + len)` touches; returns the file's new write
-    /// sequence.
-    fn drop_range(&self, file: &FileState, offset: u64, len: u64) -> u64 {
-        let _changes = self.changes.read();
-        let mut seq = file.write_seq.lock();
-        *seq += 1;
-        if len > 0 && !self.index.remove_range(file.id, offset, len).is_empty() {
-            self.journal.queue(Record::KeyDelete {
-                file: file.id,
-                offset,
-                len,
-            });
+    /// With the file's seq lock held: drop the keys `touch` covers.
+    fn drop_touched_locked(&self, file: &FileState, touch: Touch) {
+        match touch {
+            Touch::Range { offset, len } => {
+                if len > 0 && !self.index.remove_range(file.id, offset, len).is_empty() {
+                    self.journal.queue(Record::KeyDelete {
+                        file: file.id,
+                        offset,
+                        len,
+                    });
+                }
+            }
+            Touch::From(offset) => {
+                if !self.index.truncate(file.id, offset).is_empty() {
+                    self.journal.queue(Record::KeyDelete {
+                        file: file.id,
+                        offset,
+                        len: u64::MAX,
+                    });
+                }
+            }
+            Touch::Attributes => {}
         }
-        *seq
     }
 
-    /// Writethrough: `data` reached the backing at `offset`. Drops what the write touched
-    /// and returns the whole blocks it covers as a fill for after the reply (partial blocks
-    /// at its edges stay uncached). A process streaming writes past the sequential cutoff
-    /// is not cached, as for reads.
-    pub fn write_through(
+    /// The change protocol (module header, "Change"): every change of a file's bytes, size
+    /// or times through the mount runs `apply` (the backing call) through here. `fd` is a
+    /// descriptor of the backing file, to fstat before and after.
+    pub fn change<T>(
         &self,
         file: &FileState,
+        fd: RawFd,
+        touch: Touch,
+        apply: impl FnOnce() -> io::Result<T>,
+    ) -> (io::Result<T>, Changed) {
+        let mut changed = Changed::default();
+        // 1. an outside change is dropped before ours could hide it
+        if let Ok(st) = crate::sys::fstat_fd(fd) {
+            changed.outside_change = self.revalidate(file, &st);
+        }
+        // 2. drop the touched keys before the backing changes
+        let mine = {
+            let _changes = self.changes.read();
+            let mut seq = file.seq.lock();
+            let mine = seq.bump();
+            self.drop_touched_locked(file, touch);
+            mine
+        };
+        // 3. the backing
+        let result = apply();
+        // 4. and again after it; the validator from what the backing says now
+        let after = crate::sys::fstat_fd(fd);
+        let _changes = self.changes.read();
+        let mut seq = file.seq.lock();
+        let alone = seq.seq == mine;
+        seq.bump();
+        self.drop_touched_locked(file, touch);
+        match after {
+            Ok(st) => self.set_validator_locked(file.id, validator_of(&st)),
+            Err(_) => self.drop_all_locked(file),
+        }
+        // 5. a fill only for a change nobody overlapped
+        if alone && result.is_ok() {
+            changed.fill_ticket = Some(seq.seq);
+        }
+        (result, changed)
+    }
+
+    /// Writethrough: `data` reached the backing at `offset` in a change that handed out
+    /// `ticket`. Returns the whole blocks it covers as a fill for after the reply (partial
+    /// blocks at its edges stay uncached). A process streaming writes past the sequential
+    /// cutoff is not cached, as for reads.
+    pub fn write_fill(
+        &self,
+        file: &FileState,
+        ticket: u64,
         offset: u64,
         data: &[u8],
         pid: u32,
     ) -> Option<Fill> {
         let len = data.len() as u64;
-        let seq = self.drop_range(file, offset, len);
         let (a, b) = (
             round_up(offset, self.block),
             round_down(offset + len, self.block),
@@ -384,36 +611,32 @@ impl CacheSet {
         }
         let chunk = data[(a - offset) as usize..(b - offset) as usize].to_vec();
         Some(Fill {
-            write_seq: seq,
+            write_seq: ticket,
             pid,
             chunks: vec![(a, chunk)],
         })
     }
 
-    /// The file was truncated (or extended) to `size` through the mount.
-    pub fn note_truncate(&self, file: &FileState, size: u64) {
-        let _changes = self.changes.read();
-        let mut seq = file.write_seq.lock();
-        *seq += 1;
-        self.index.truncate(file.id, size);
-        self.journal.queue(Record::KeyDelete {
-            file: file.id,
-            offset: size,
-            len: u64::MAX,
-        });
-    }
-
     /// Forget everything cached for the file.
     pub fn drop_file(&self, file: &FileState) {
         let _changes = self.changes.read();
-        let mut seq = file.write_seq.lock();
-        *seq += 1;
-        self.index.remove_file(file.id);
-        self.journal.queue(Record::KeyDelete {
-            file: file.id,
-            offset: 0,
-            len: u64::MAX,
-        });
+        let mut seq = file.seq.lock();
+        seq.bump();
+        self.drop_all_locked(file);
+    }
+
+    /// Read path step 1: at most once per interval, compare the open descriptor's
+    /// attributes with the validator. True when the backing changed underneath.
+    fn revalidate_on_read(&self, file: &FileState, backing_fd: RawFd) -> bool {
+        let now = self.now_ns();
+        let last = file.checked_ns.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < self.revalidate_ns {
+            return false;
+        }
+        match crate::sys::fstat_fd(backing_fd) {
+            Ok(st) => self.revalidate(file, &st),
+            Err(_) => false,
+        }
     }
 
     /// Reads `size` bytes at `offset`: cached pieces from the cache file, gaps from
@@ -426,18 +649,21 @@ impl CacheSet {
         size: u32,
         pid: u32,
     ) -> io::Result<ReadResult> {
+        let outside_change = self.revalidate_on_read(file, backing_fd);
+        // the sequence before anything is read: a change from here on voids the fill
+        let write_seq = file.seq.lock().seq;
         let file_size = match self.index.validator(file.id) {
             Some(v) => v.size,
-            None => crate::fs::sys::fstat_path(backing_fd)?.st_size as u64,
+            None => crate::sys::fstat_fd(backing_fd)?.st_size as u64,
         };
-        let end = (offset + u64::from(size)).min(file_size);
+        let end = offset.saturating_add(u64::from(size)).min(file_size);
         if offset >= end {
             return Ok(ReadResult {
                 data: Vec::new(),
                 fill: None,
+                outside_change,
             });
         }
-        let write_seq = *file.write_seq.lock();
         let a = round_down(offset, self.block);
         let b = round_up(end, self.block);
         let mut buf = vec![0u8; (b - a) as usize];
@@ -481,7 +707,7 @@ impl CacheSet {
         let gap_count = gaps.len();
         for (i, (s, e)) in gaps.into_iter().enumerate() {
             let piece = &mut buf[(s - a) as usize..(e - a) as usize];
-            crate::fs::sys::pread_full(backing_fd, piece, s)?;
+            crate::sys::pread_full(backing_fd, piece, s)?;
             add(&c.bytes_missed, e - s);
             if bypass || !self.is_active() {
                 continue;
@@ -491,7 +717,7 @@ impl CacheSet {
             if i + 1 == gap_count && e == b && self.readahead > 0 && b < file_size {
                 let extra_end = round_up((b + self.readahead).min(file_size), self.block);
                 let mut extra = vec![0u8; (extra_end - b) as usize];
-                let n = crate::fs::sys::pread_full(backing_fd, &mut extra, b)?;
+                let n = crate::sys::pread_full(backing_fd, &mut extra, b)?;
                 if n > 0 {
                     add(&c.cache_readaheads, extra.len() as u64);
                     data.extend_from_slice(&extra);
@@ -508,7 +734,11 @@ impl CacheSet {
             pid,
             chunks,
         });
-        Ok(ReadResult { data: buf, fill })
+        Ok(ReadResult {
+            data: buf,
+            fill,
+            outside_change,
+        })
     }
 
     /// Reads one extent into `out` under a pin; false (key dropped) when it cannot be
@@ -628,8 +858,8 @@ impl CacheSet {
             .chunks(self.block as usize)
             .map(crc32c::crc32c)
             .collect();
-        let seq = file.write_seq.lock();
-        if *seq != seen {
+        let seq = file.seq.lock();
+        if seq.seq != seen {
             return false;
         }
         let ext = Extent {
@@ -698,134 +928,5 @@ impl Drop for CacheSet {
     }
 }
 
-/// Takes the cache file's exclusive lock, waiting up to 30 s for another daemon.
-fn lock_cache_file(path: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .open(path)
-        .map_err(|e| Error::io("open cache file", e))?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(file);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || std::time::Instant::now() > deadline {
-            return Err(Error::InvalidArgument(format!(
-                "cache file {} is in use by another mount ({e})",
-                path.display()
-            )));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-/// Creates the cache file if missing, checks (and binds) the backing it serves, and
-/// applies format options that can change on an existing file.
-fn prepare_cache_file(cfg: &CacheConfig, backing_id: &str) -> Result<()> {
-    let geometry = || -> Result<Geometry> {
-        let size = cfg.size.ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "cache file {} does not exist; give cache_size=SIZE to create it",
-                cfg.path.display()
-            ))
-        })?;
-        let mut g = Geometry {
-            size,
-            backing: backing_id.to_string(),
-            ..Geometry::default()
-        };
-        // Small caches get smaller buckets, so they still have ~128 of them.
-        while g.bucket_size > 64 << 10 && size / u64::from(g.bucket_size) < 128 {
-            g.bucket_size /= 2;
-        }
-        if let Some(r) = cfg.replacement {
-            g.replacement = r;
-        }
-        if let Some(d) = cfg.discard {
-            g.discard = d;
-        }
-        Ok(g)
-    };
-    let exists = std::fs::metadata(&cfg.path)
-        .map(|m| m.len() > 0)
-        .unwrap_or(false);
-    if !exists {
-        Cache::format(&cfg.path, &geometry()?, true)?;
-        return Ok(());
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&cfg.path)
-        .map_err(|e| Error::io("open cache file", e))?;
-    let dev = FileDevice::new(file);
-    let mut sb = match crate::alloc::read_superblock(&dev) {
-        Ok(sb) => sb,
-        Err(e) if cfg.reformat => {
-            tracing::warn!(
-                "reformatting unreadable cache file {}: {e}",
-                cfg.path.display()
-            );
-            let mut g = geometry().or_else(|_| {
-                let len = dev.len().map_err(|e| Error::io("stat cache file", e))?;
-                Ok::<_, Error>(Geometry {
-                    size: len,
-                    backing: backing_id.to_string(),
-                    ..Geometry::default()
-                })
-            })?;
-            g.backing = backing_id.to_string();
-            Cache::format(&cfg.path, &g, true)?;
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
-    if !sb.backing.is_empty() && sb.backing != backing_id {
-        if !cfg.reformat {
-            return Err(Error::InvalidArgument(format!(
-                "cache file {} serves {}, not {backing_id}; mount with -o reformat to reuse it for this tree (its cached data is dropped)",
-                cfg.path.display(),
-                sb.backing
-            )));
-        }
-        let mut g = geometry().unwrap_or(Geometry {
-            size: sb.file_size().unwrap_or(0),
-            ..Geometry::default()
-        });
-        g.backing = backing_id.to_string();
-        drop(dev);
-        Cache::format(&cfg.path, &g, true)?;
-        return Ok(());
-    }
-    let mut changed = false;
-    if sb.backing.is_empty() {
-        sb.backing = backing_id.to_string();
-        changed = true;
-    }
-    if let Some(r) = cfg.replacement {
-        changed |= sb.replacement != r;
-        sb.replacement = r;
-    }
-    if let Some(d) = cfg.discard {
-        changed |= sb.discard != d;
-        sb.discard = d;
-    }
-    if let Some(size) = cfg.size {
-        if Some(size) != sb.file_size() {
-            tracing::info!(
-                "cache_size={size} ignored: {} is already formatted ({} bytes); reformat to resize",
-                cfg.path.display(),
-                sb.file_size().unwrap_or(0)
-            );
-        }
-    }
-    if changed {
-        dev.pwrite(&sb.encode(), 0)
-            .map_err(|e| Error::io("pwrite superblock", e))?;
-        dev.fdatasync()
-            .map_err(|e| Error::io("fdatasync superblock", e))?;
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests;

@@ -48,6 +48,9 @@ pub struct Counters {
     pub gc_stale_keys_dropped: AtomicU64,
     pub moving_gc_moved_bytes: AtomicU64,
     pub io_errors: AtomicU64,
+    /// Lookups of files that cannot be cached (no filesystem slot left, inode number past
+    /// 56 bits): they are served from the backing.
+    pub uncacheable_files: AtomicU64,
 }
 
 pub fn bump(c: &AtomicU64) {

@@ -43,8 +43,10 @@ pub struct Inode {
     pub backing_ino: u64,
     /// `S_IFMT` bits; an inode never changes type.
     pub kind: libc::mode_t,
-    /// Its identity and write sequence for the cache.
-    pub file: FileState,
+    /// The cache's shared state for this file (its id and change sequence); `None` when
+    /// there is no cache, for anything but a regular file, and for files the cache cannot
+    /// identify (see `cache::identity`).
+    pub file: Option<Arc<FileState>>,
 }
 
 impl Inode {
@@ -63,26 +65,6 @@ impl Inode {
     pub fn is_regular(&self) -> bool {
         self.kind == libc::S_IFREG
     }
-}
-
-/// The cache's file id of a backing inode: stable across remounts. On the backing
-/// root's filesystem it is the inode number; on filesystems mounted inside the backing
-/// the top byte is a slot derived from the filesystem id (`f_fsid`, stable for most
-/// filesystems), so ids of different filesystems do not collide in practice (and the
-/// validator catches what a collision would confuse).
-pub fn file_id(fd: RawFd, st: &libc::stat, root_dev: u64) -> u64 {
-    if st.st_dev == root_dev {
-        return st.st_ino;
-    }
-    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
-    let fsid: [i32; 2] = if unsafe { libc::fstatfs(fd, &mut sfs) } == 0 {
-        unsafe { std::mem::transmute::<libc::fsid_t, [i32; 2]>(sfs.f_fsid) }
-    } else {
-        [st.st_dev as i32, (st.st_dev >> 32) as i32]
-    };
-    let h = crc32c::crc32c(&[fsid[0].to_le_bytes(), fsid[1].to_le_bytes()].concat());
-    let slot = u64::from(h & 0x7f) | 0x80;
-    (slot << 56) | (st.st_ino & ((1 << 56) - 1))
 }
 
 struct Entry {
@@ -107,7 +89,7 @@ impl InodeTable {
     pub fn new(root_fd: OwnedFd, st: &libc::stat) -> InodeTable {
         let root = Arc::new(Inode {
             id: ROOT_ID,
-            file: FileState::new(st.st_ino),
+            file: None,
             fd: root_fd,
             dev: st.st_dev,
             backing_ino: st.st_ino,
@@ -156,8 +138,14 @@ impl InodeTable {
 
     /// Records one kernel lookup of the backing inode described by `st`, held open
     /// by `fd`. Returns the inode (an existing one when already known, in which
-    /// case `fd` is closed).
-    pub fn lookup_insert(&self, fd: OwnedFd, st: &libc::stat) -> Arc<Inode> {
+    /// case `fd` is closed). `file` is the cache's state for it, computed by the caller
+    /// before the table lock is taken (it may call fstatfs).
+    pub fn lookup_insert(
+        &self,
+        fd: OwnedFd,
+        st: &libc::stat,
+        file: Option<Arc<FileState>>,
+    ) -> Arc<Inode> {
         let key = (st.st_dev, st.st_ino);
         let mut maps = self.maps.write();
         if let Some(&id) = maps.by_key.get(&key) {
@@ -175,7 +163,7 @@ impl InodeTable {
         };
         let inode = Arc::new(Inode {
             id,
-            file: FileState::new(file_id(fd.as_raw_fd(), st, self.root_dev)),
+            file,
             fd,
             dev: st.st_dev,
             backing_ino: st.st_ino,
@@ -244,8 +232,8 @@ mod tests {
         let table = InodeTable::new(rfd, &rst);
         let (fa, sa) = open(&dir.path().join("a"));
         let (fb, sb) = open(&dir.path().join("b"));
-        let a = table.lookup_insert(fa, &sa);
-        let b = table.lookup_insert(fb, &sb);
+        let a = table.lookup_insert(fa, &sa, None);
+        let b = table.lookup_insert(fb, &sb, None);
         assert_eq!(a.id, b.id);
         assert_eq!(a.id, sa.st_ino, "same-filesystem inodes keep their number");
         assert_eq!(table.len(), 2);

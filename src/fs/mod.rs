@@ -42,7 +42,7 @@ use fuser::{
 };
 use parking_lot::Mutex;
 
-use crate::cache::CacheSet;
+use crate::cache::{CacheSet, Changed, FileState, Touch};
 use crate::options::MountOptions;
 use creds::CallerCreds;
 use inode::{Inode, InodeTable};
@@ -58,6 +58,20 @@ struct FileHandleState {
     inode: Arc<Inode>,
     /// Reads through this handle go through the cache (a regular file, cache active).
     cached: bool,
+    /// What the backing said at open or at the last watch (uncached files only: cached
+    /// ones are compared with the cache's validator).
+    seen: Mutex<(i64, i64, i64, i64, i64)>,
+}
+
+/// Size, mtime and ctime of `st`, to notice a change made outside the mount.
+fn change_mark(st: &libc::stat) -> (i64, i64, i64, i64, i64) {
+    (
+        st.st_size,
+        st.st_mtime,
+        st.st_mtime_nsec,
+        st.st_ctime,
+        st.st_ctime_nsec,
+    )
 }
 
 /// An open directory stream. `DIR*` is not thread-safe; the mutex makes it so.
@@ -104,7 +118,7 @@ pub struct PassthroughFs {
     /// never from a request handler, which could deadlock on a page lock).
     invalidate: Mutex<Option<std::sync::mpsc::Sender<u64>>>,
     inodes: InodeTable,
-    files: DashMap<u64, Arc<FileHandleState>>,
+    files: Arc<DashMap<u64, Arc<FileHandleState>>>,
     dirs: DashMap<u64, Arc<DirHandleState>>,
     next_handle: AtomicU64,
     attr_ttl: Duration,
@@ -141,7 +155,7 @@ impl PassthroughFs {
             cache: None,
             invalidate: Mutex::new(None),
             inodes: InodeTable::new(fd, &st),
-            files: DashMap::new(),
+            files: Arc::new(DashMap::new()),
             dirs: DashMap::new(),
             next_handle: AtomicU64::new(1),
             attr_ttl: options.attr_timeout,
@@ -167,31 +181,44 @@ impl PassthroughFs {
         rx
     }
 
-    /// The active cache, when `inode` is a regular file it serves.
-    fn cache_for(&self, inode: &Inode) -> Option<&Arc<CacheSet>> {
+    /// The active cache and the file's state in it, when `inode` is a file it serves.
+    fn cache_for<'a>(
+        &'a self,
+        inode: &'a Inode,
+    ) -> Option<(&'a Arc<CacheSet>, &'a Arc<FileState>)> {
+        let file = inode.file.as_ref()?;
         self.cache
             .as_ref()
-            .filter(|c| inode.is_regular() && c.is_active())
+            .filter(|c| c.is_active())
+            .map(|c| (c, file))
     }
 
-    /// Before a change through the mount: a backing changed underneath since the last
-    /// check drops what is cached (so recording the new validator afterwards cannot hide
-    /// an outside change).
-    fn precheck(&self, inode: &Inode, fd: RawFd) {
-        if let Some(cache) = self.cache_for(inode) {
-            if let Ok(st) = sys::fstat_path(fd) {
-                cache.revalidate(&inode.file, &st);
-            }
+    /// Asks the invalidation thread to drop the kernel's pages of `inode`.
+    fn invalidate_pages(&self, inode: &Inode) {
+        if let Some(tx) = self.invalidate.lock().as_ref() {
+            let _ = tx.send(inode.id);
         }
     }
 
-    /// After a change through the mount: the new attributes are the validator.
-    fn record_change(&self, inode: &Inode, fd: RawFd) {
-        if let Some(cache) = self.cache_for(inode) {
-            if let Ok(st) = sys::fstat_path(fd) {
-                cache.set_validator(&inode.file, &st);
-            }
+    /// Runs `apply`, a change of the file's bytes, size or times on the backing, through the
+    /// cache's change protocol (`CacheSet::change`); `fd` is a descriptor of the backing
+    /// file. Every handler that changes a file goes through here, so none can forget to
+    /// drop keys, notice an outside change or record the validator.
+    fn change<T>(
+        &self,
+        inode: &Inode,
+        fd: RawFd,
+        touch: Touch,
+        apply: impl FnOnce() -> io::Result<T>,
+    ) -> (io::Result<T>, Changed) {
+        let Some((cache, file)) = self.cache_for(inode) else {
+            return (apply(), Changed::default());
+        };
+        let (result, changed) = cache.change(file, fd, touch, apply);
+        if changed.outside_change {
+            self.invalidate_pages(inode);
         }
+        (result, changed)
     }
 
     fn inode(&self, ino: INodeNo) -> io::Result<Arc<Inode>> {
@@ -223,7 +250,13 @@ impl PassthroughFs {
         let c = cstr(name)?;
         let fd = sys::open_path_at(parent.raw_fd(), &c)?;
         let st = sys::fstat_path(fd.as_raw_fd())?;
-        let inode = self.inodes.lookup_insert(fd, &st);
+        let file = match &self.cache {
+            Some(cache) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                cache.file_state(fd.as_raw_fd(), &st)
+            }
+            _ => None,
+        };
+        let inode = self.inodes.lookup_insert(fd, &st, file);
         self.revalidate(&inode, &st);
         Ok(sys::attr_from_stat(&st, inode.id))
     }
@@ -232,11 +265,9 @@ impl PassthroughFs {
     /// lookup): a backing changed underneath drops what is cached for it, in the cache
     /// and in the kernel's page cache.
     fn revalidate(&self, inode: &Inode, st: &libc::stat) {
-        if let Some(cache) = self.cache_for(inode) {
-            if cache.revalidate(&inode.file, st) {
-                if let Some(tx) = self.invalidate.lock().as_ref() {
-                    let _ = tx.send(inode.id);
-                }
+        if let Some((cache, file)) = self.cache_for(inode) {
+            if cache.revalidate(file, st) {
+                self.invalidate_pages(inode);
             }
         }
     }
@@ -301,12 +332,16 @@ impl PassthroughFs {
     fn add_file_handle(&self, file: OwnedFd, inode: Arc<Inode>) -> u64 {
         let fh = self.new_handle();
         let cached = self.cache_for(&inode).is_some();
+        let seen = sys::fstat(&file)
+            .map(|st| change_mark(&st))
+            .unwrap_or_default();
         self.files.insert(
             fh,
             Arc::new(FileHandleState {
                 file,
                 inode,
                 cached,
+                seen: Mutex::new(seen),
             }),
         );
         fh
@@ -316,16 +351,13 @@ impl PassthroughFs {
     /// the kernel may keep the pages it has (FOPEN_KEEP_CACHE).
     fn open_validate(&self, inode: &Inode, fd: RawFd, flags: i32) -> FopenFlags {
         let mut fopen = Self::fopen_flags(flags);
-        let Some(cache) = self.cache_for(inode) else {
+        let Some((cache, file)) = self.cache_for(inode) else {
             return fopen;
         };
         let Ok(st) = sys::fstat_path(fd) else {
             return fopen;
         };
-        if flags & libc::O_TRUNC != 0 {
-            cache.note_truncate(&inode.file, 0);
-        }
-        if cache.check_validator(&inode.file, &st) && flags & libc::O_DIRECT == 0 {
+        if cache.open_check(file, &st) && flags & libc::O_DIRECT == 0 {
             fopen |= FopenFlags::FOPEN_KEEP_CACHE;
         }
         fopen
@@ -343,12 +375,13 @@ impl PassthroughFs {
             None => None,
         };
         let path = sys::proc_path(inode.raw_fd());
-        self.precheck(inode, inode.raw_fd());
-        let result = Self::apply_setattr(inode, &handle, &path, change);
-        if let (Some(size), Some(cache)) = (size, self.cache_for(inode)) {
-            cache.note_truncate(&inode.file, size);
-        }
-        self.record_change(inode, inode.raw_fd());
+        let touch = size.map_or(Touch::Attributes, Touch::From);
+        let fd = handle
+            .as_ref()
+            .map_or(inode.raw_fd(), |h| h.file.as_raw_fd());
+        let (result, _) = self.change(inode, fd, touch, || {
+            Self::apply_setattr(inode, &handle, &path, change)
+        });
         result?;
         match &handle {
             Some(h) => Ok(sys::attr_from_stat(&sys::fstat(&h.file)?, inode.id)),
@@ -536,7 +569,11 @@ impl Filesystem for PassthroughFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_EXPORT_SUPPORT
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // A read through a descriptor opened before an outside change: after the
+            // attribute timeout the kernel asks getattr and drops its pages when mtime or
+            // size moved (NFS's close-to-open plus attribute revalidation).
+            | InitFlags::FUSE_AUTO_INVAL_DATA;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -768,10 +805,21 @@ impl Filesystem for PassthroughFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let result = self.inode(ino).and_then(|inode| {
             let path = sys::proc_path(inode.raw_fd());
-            let fd = as_caller(req, || {
-                let flags = Self::backing_open_flags(flags.0);
-                cvt(unsafe { libc::open(path.as_ptr(), flags) })
-            })?;
+            let open = || {
+                as_caller(req, || {
+                    let flags = Self::backing_open_flags(flags.0);
+                    // SAFETY: path is a NUL-terminated /proc/self/fd/N string we own.
+                    cvt(unsafe { libc::open(path.as_ptr(), flags) })
+                })
+            };
+            // O_TRUNC changes the file's size: the open itself is a change.
+            let fd = if flags.0 & libc::O_TRUNC != 0 {
+                self.change(&inode, inode.raw_fd(), Touch::From(0), open)
+                    .0?
+            } else {
+                open()?
+            };
+            // SAFETY: open just returned this descriptor; nothing else owns it.
             let file = unsafe { OwnedFd::from_raw_fd(fd) };
             let fopen = self.open_validate(&inode, file.as_raw_fd(), flags.0);
             Ok((self.add_file_handle(file, inode), fopen))
@@ -797,12 +845,7 @@ impl Filesystem for PassthroughFs {
             Ok(h) => h,
             Err(e) => return reply.error(errno(e)),
         };
-        if let Some(cache) = self
-            .cache
-            .as_ref()
-            .filter(|c| handle.cached && c.is_active())
-        {
-            let file = &handle.inode.file;
+        if let Some((cache, file)) = self.cache_for(&handle.inode).filter(|_| handle.cached) {
             match cache.read(
                 file,
                 handle.file.as_raw_fd(),
@@ -812,6 +855,9 @@ impl Filesystem for PassthroughFs {
             ) {
                 Ok(result) => {
                     reply.data(&result.data);
+                    if result.outside_change {
+                        self.invalidate_pages(&handle.inode);
+                    }
                     // the fill happens after the reply: the reader does not wait for it
                     if let Some(fill) = result.fill {
                         cache.fill(file, fill);
@@ -851,27 +897,28 @@ impl Filesystem for PassthroughFs {
             Err(e) => return reply.error(errno(e)),
         };
         let fd = handle.file.as_raw_fd();
-        self.precheck(&handle.inode, fd);
-        let written = sys::pwrite_full(fd, data, offset);
-        let mut fill = None;
-        if let Some(cache) = self.cache_for(&handle.inode) {
-            let file = &handle.inode.file;
-            match written {
-                // writethrough: the backing has it; the cache gets the whole blocks
-                Ok(n) if n == data.len() => {
-                    fill = cache.write_through(file, offset, data, req.pid())
-                }
-                _ => cache.note_write(file, offset, data.len() as u64),
-            }
-        }
-        self.record_change(&handle.inode, fd);
+        let touch = Touch::Range {
+            offset,
+            len: data.len() as u64,
+        };
+        let (written, changed) = self.change(&handle.inode, fd, touch, || {
+            sys::pwrite_full(fd, data, offset)
+        });
+        // writethrough: the backing has it; the cache gets the whole blocks, unless
+        // another change overlapped this one (then nobody knows which bytes won)
+        let fill = match (&written, changed.fill_ticket, self.cache_for(&handle.inode)) {
+            (Ok(n), Some(ticket), Some((cache, file))) if *n == data.len() => cache
+                .write_fill(file, ticket, offset, data, req.pid())
+                .map(|f| (cache, file, f)),
+            _ => None,
+        };
         match written {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
         // after the reply, as for a read miss: the writer does not wait for the cache
-        if let (Some(fill), Some(cache)) = (fill, self.cache.as_ref()) {
-            cache.fill(&handle.inode.file, fill);
+        if let Some((cache, file, fill)) = fill {
+            cache.fill(file, fill);
         }
     }
 
@@ -1194,14 +1241,25 @@ impl Filesystem for PassthroughFs {
         reply: ReplyEmpty,
     ) {
         let result = self.file(fh).and_then(|h| {
-            cvt(unsafe {
-                libc::fallocate(
-                    h.file.as_raw_fd(),
-                    mode,
-                    offset as libc::off_t,
-                    length as libc::off_t,
-                )
+            let fd = h.file.as_raw_fd();
+            // Modes that move data (collapse, insert) change everything after `offset`; the
+            // rest (allocate, keep size, punch hole, zero range) only the range itself.
+            let shifts = libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE;
+            let touch = if mode & shifts != 0 {
+                Touch::From(offset)
+            } else {
+                Touch::Range {
+                    offset,
+                    len: length,
+                }
+            };
+            self.change(&h.inode, fd, touch, || {
+                // SAFETY: fallocate on a descriptor we own; no memory is passed.
+                cvt(unsafe {
+                    libc::fallocate(fd, mode, offset as libc::off_t, length as libc::off_t)
+                })
             })
+            .0
         });
         reply_empty(result, reply);
     }
@@ -1244,29 +1302,102 @@ impl Filesystem for PassthroughFs {
     ) {
         let result = self.file(fh_in).and_then(|src| {
             let dst = self.file(fh_out)?;
-            self.precheck(&dst.inode, dst.file.as_raw_fd());
             let mut off_in = offset_in as libc::off64_t;
             let mut off_out = offset_out as libc::off64_t;
             let len = len.min(u32::MAX as u64 & !0xfff) as usize;
-            let copied = cvt_size(unsafe {
-                libc::copy_file_range(
-                    src.file.as_raw_fd(),
-                    &mut off_in,
-                    dst.file.as_raw_fd(),
-                    &mut off_out,
-                    len,
-                    0,
-                ) as isize
-            });
-            if let Some(cache) = self.cache_for(&dst.inode) {
-                cache.note_write(&dst.inode.file, offset_out, len as u64);
-            }
-            self.record_change(&dst.inode, dst.file.as_raw_fd());
-            copied
+            let touch = Touch::Range {
+                offset: offset_out,
+                len: len as u64,
+            };
+            let out_fd = dst.file.as_raw_fd();
+            self.change(&dst.inode, out_fd, touch, || {
+                // SAFETY: both descriptors are ours; the offsets are valid out pointers.
+                cvt_size(unsafe {
+                    libc::copy_file_range(
+                        src.file.as_raw_fd(),
+                        &mut off_in,
+                        out_fd,
+                        &mut off_out,
+                        len,
+                        0,
+                    ) as isize
+                })
+            })
+            .0
         });
         match result {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+/// Notices changes made outside the mount to files that are open through it, for readers
+/// that send no request the daemon could check on (an mmap whose pages are all resident):
+/// once per attribute timeout it fstats every open file and, when one changed, drops the
+/// cache's extents (through the validator) and asks for the kernel's pages to be dropped.
+pub struct OpenFileWatcher {
+    files: Arc<DashMap<u64, Arc<FileHandleState>>>,
+    cache: Option<Arc<CacheSet>>,
+    invalidate: std::sync::mpsc::Sender<u64>,
+    interval: Duration,
+}
+
+impl PassthroughFs {
+    /// The watcher of open files; call after [`PassthroughFs::invalidation_channel`].
+    pub fn open_file_watcher(&self) -> Option<OpenFileWatcher> {
+        let invalidate = self.invalidate.lock().clone()?;
+        Some(OpenFileWatcher {
+            files: self.files.clone(),
+            cache: self.cache.clone(),
+            invalidate,
+            interval: self.attr_ttl.max(Duration::from_millis(100)),
+        })
+    }
+}
+
+impl OpenFileWatcher {
+    /// One pass over the open files; returns how many changed underneath.
+    pub fn check_once(&self) -> usize {
+        let handles: Vec<Arc<FileHandleState>> =
+            self.files.iter().map(|e| e.value().clone()).collect();
+        let mut done = std::collections::HashSet::new();
+        let mut changed = 0;
+        for h in handles {
+            if !h.inode.is_regular() || !done.insert(h.inode.id) {
+                continue;
+            }
+            let Ok(st) = sys::fstat(&h.file) else {
+                continue;
+            };
+            let cache = self.cache.as_ref().filter(|c| c.is_active());
+            let outside = match (cache, h.inode.file.as_ref()) {
+                (Some(cache), Some(file)) => cache.revalidate(file, &st),
+                _ => {
+                    let mut seen = h.seen.lock();
+                    let now = change_mark(&st);
+                    std::mem::replace(&mut *seen, now) != now
+                }
+            };
+            if outside {
+                changed += 1;
+                let _ = self.invalidate.send(h.inode.id);
+            }
+        }
+        changed
+    }
+
+    /// Runs [`OpenFileWatcher::check_once`] every attribute timeout, on its own thread,
+    /// for the life of the daemon.
+    pub fn spawn(self) {
+        let spawned = std::thread::Builder::new()
+            .name("bcl-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(self.interval);
+                self.check_once();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no open-file watcher: {e}");
         }
     }
 }

@@ -13,21 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
 
-pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-pub fn cvt_size(ret: isize) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
+pub use crate::sys::{cvt, cvt_size, pread_full, pwrite_full};
 
 /// A name from the kernel as a C string; names never contain NUL, but if one did
 /// it would be EINVAL, not a panic.
@@ -54,10 +40,7 @@ pub fn open_at(dir: RawFd, name: &CString, flags: i32, mode: u32) -> io::Result<
 
 /// `fstatat(fd, "", AT_EMPTY_PATH)`: works on `O_PATH` descriptors, needs no permission.
 pub fn fstat_path(fd: RawFd) -> io::Result<libc::stat> {
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
-    cvt(unsafe { libc::fstatat(fd, c"".as_ptr(), &mut st, flags) })?;
-    Ok(st)
+    crate::sys::fstat_fd(fd)
 }
 
 pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
@@ -151,46 +134,4 @@ pub fn timespec(t: Option<fuser::TimeOrNow>) -> libc::timespec {
             }
         },
     }
-}
-
-/// pread that fills as much of `buf` as the file has, retrying short reads.
-pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        let off = (offset + done as u64) as libc::off_t;
-        let n = unsafe { libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), off) };
-        match cvt_size(n) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if done > 0 => {
-                tracing::debug!("short read after {done} bytes: {e}");
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-/// pwrite of all of `buf`, retrying short writes.
-pub fn pwrite_full(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &buf[done..];
-        let off = (offset + done as u64) as libc::off_t;
-        let n = unsafe { libc::pwrite(fd, rest.as_ptr().cast(), rest.len(), off) };
-        match cvt_size(n) {
-            Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if done > 0 => {
-                tracing::debug!("short write after {done} bytes: {e}");
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }

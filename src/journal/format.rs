@@ -18,6 +18,8 @@
 //!                      crc32c u32 x nblocks (one per block of the extent)
 //!   4 KeyDelete        file u64, offset u64 (bytes), len u64 (bytes; u64::MAX = to the end)
 //!   5 SetValidator     file u64, size u64, mtime_ns i64, ctime_ns i64
+//!   6 FsSlot           slot u8, fs_type u64, fsid u64, dev u64, dev_keyed u8 (0 or 1):
+//!                      file ids `slot << 56 | ino` belong to this filesystem
 //! ```
 //!
 //! Invariants: an entry is accepted only with the right magic, version, a payload length within
@@ -67,6 +69,14 @@ pub enum Record {
         size: u64,
         mtime_ns: i64,
         ctime_ns: i64,
+    },
+    /// A backing filesystem's slot in the file id space (see `cache::identity`).
+    FsSlot {
+        slot: u8,
+        fs_type: u64,
+        fsid: u64,
+        dev: u64,
+        dev_keyed: bool,
     },
 }
 
@@ -143,6 +153,20 @@ impl Entry {
                     b.extend_from_slice(&size.to_le_bytes());
                     b.extend_from_slice(&mtime_ns.to_le_bytes());
                     b.extend_from_slice(&ctime_ns.to_le_bytes());
+                }
+                Record::FsSlot {
+                    slot,
+                    fs_type,
+                    fsid,
+                    dev,
+                    dev_keyed,
+                } => {
+                    b.push(6);
+                    b.push(*slot);
+                    b.extend_from_slice(&fs_type.to_le_bytes());
+                    b.extend_from_slice(&fsid.to_le_bytes());
+                    b.extend_from_slice(&dev.to_le_bytes());
+                    b.push(u8::from(*dev_keyed));
                 }
             }
         }
@@ -300,6 +324,21 @@ impl Entry {
                     o += 32;
                     r
                 }
+                6 => {
+                    need(o, 26)?;
+                    if p[o + 25] > 1 {
+                        return bad(format!("dev_keyed flag {}", p[o + 25]));
+                    }
+                    let r = Record::FsSlot {
+                        slot: p[o],
+                        fs_type: le_u64(p, o + 1),
+                        fsid: le_u64(p, o + 9),
+                        dev: le_u64(p, o + 17),
+                        dev_keyed: p[o + 25] == 1,
+                    };
+                    o += 26;
+                    r
+                }
                 t => return bad(format!("unknown record type {t}")),
             };
             records.push(r);
@@ -348,6 +387,13 @@ mod tests {
                     size: 5000,
                     mtime_ns: -3,
                     ctime_ns: 1_700_000_000_000_000_000,
+                },
+                Record::FsSlot {
+                    slot: 3,
+                    fs_type: 0xEF53,
+                    fsid: 0x1234_5678_9abc,
+                    dev: 2049,
+                    dev_keyed: true,
                 },
             ],
         }

@@ -39,6 +39,7 @@ pub fn open_manual(path: &Path) -> Cache {
         path,
         OpenOptions {
             start_allocator: false,
+            ..Default::default()
         },
     )
     .unwrap()
@@ -50,6 +51,7 @@ pub fn open_dev(dev: Arc<dyn CacheDevice>) -> bcachefs_lite::Result<Cache> {
         dev,
         OpenOptions {
             start_allocator: false,
+            ..Default::default()
         },
     )
 }

@@ -1,0 +1,291 @@
+//! Unit tests of the request path that need exact interleavings or a failing device, which
+//! a mount cannot give deterministically.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::*;
+use crate::alloc::OpenOptions;
+use crate::device::format::Geometry;
+use crate::device::{FaultKind, FaultyDevice, FileDevice};
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    cache: CacheSet,
+    backing: std::fs::File,
+}
+
+fn fixture() -> Fixture {
+    fixture_with(std::time::Duration::from_secs(1))
+}
+
+fn fixture_with(revalidate: std::time::Duration) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    std::fs::write(&path, pattern(64 << 10, 0)).unwrap();
+    let backing = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut cfg = CacheConfig::new(dir.path().join("c.cache"));
+    cfg.size = Some(32 << 20);
+    cfg.sequential_cutoff = 0;
+    cfg.revalidate = revalidate;
+    let cache = CacheSet::open(&cfg, "/tree").unwrap();
+    Fixture {
+        _dir: dir,
+        cache,
+        backing,
+    }
+}
+
+impl Fixture {
+    fn fd(&self) -> RawFd {
+        self.backing.as_raw_fd()
+    }
+
+    fn open(&self, id: FileId) -> Arc<FileState> {
+        let file = self.cache.state_of(id);
+        let st = crate::sys::fstat_fd(self.fd()).unwrap();
+        self.cache.open_check(&file, &st);
+        file
+    }
+
+    /// A read through the cache, filling what missed; returns the bytes.
+    fn read(&self, file: &FileState, offset: u64, len: u32) -> Vec<u8> {
+        let r = self.cache.read(file, self.fd(), offset, len, 1).unwrap();
+        if let Some(fill) = r.fill {
+            self.cache.fill(file, fill);
+        }
+        r.data
+    }
+
+    /// A writethrough write of `data` at `offset`, whose backing write runs `during` first.
+    fn write(&self, file: &FileState, offset: u64, data: &[u8], during: impl FnOnce()) -> Changed {
+        let touch = Touch::Range {
+            offset,
+            len: data.len() as u64,
+        };
+        let (r, changed) = self.cache.change(file, self.fd(), touch, || {
+            self.backing.write_all_at(data, offset)?;
+            during();
+            Ok(())
+        });
+        r.unwrap();
+        if let Some(ticket) = changed.fill_ticket {
+            if let Some(fill) = self.cache.write_fill(file, ticket, offset, data, 1) {
+                self.cache.fill(file, fill);
+            }
+        }
+        changed
+    }
+
+    fn backing_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        self.backing.read_exact_at(&mut b, offset).unwrap();
+        b
+    }
+}
+
+/// Bug 4 of the wrong-bytes issue: W1 writes the backing, W2 writes it after and finishes
+/// (its fill lands), then W1 finishes. W1 must not cache its bytes: the backing holds W2's.
+#[test]
+fn a_write_overlapped_by_a_later_one_does_not_cache_its_bytes() {
+    let fx = fixture();
+    let file = fx.open(1);
+    let (w1, w2) = (pattern(8192, 1), pattern(8192, 2));
+    let changed = fx.write(&file, 0, &w1, || {
+        fx.write(&file, 0, &w2, || {});
+    });
+    assert!(
+        changed.fill_ticket.is_none(),
+        "an overlapped write got a fill ticket"
+    );
+    assert_eq!(fx.backing_bytes(0, 8192), w2);
+    assert_eq!(
+        fx.read(&file, 0, 8192),
+        w2,
+        "the cache serves the earlier write's bytes"
+    );
+    let hits = stats::get(&fx.cache.counters.cache_hits);
+    assert_eq!(fx.read(&file, 0, 8192), w2);
+    assert!(
+        stats::get(&fx.cache.counters.cache_hits) > hits,
+        "w2 is cached"
+    );
+}
+
+/// The other order: W2 starts after W1 but W1's backing write lands last, while W2 finishes
+/// first and fills its (now wrong) bytes. W1's second drop must remove them.
+#[test]
+fn a_write_that_lands_last_drops_what_an_earlier_finisher_cached() {
+    let fx = fixture();
+    let file = fx.open(1);
+    let (w1, w2) = (pattern(8192, 1), pattern(8192, 2));
+    let touch = Touch::Range {
+        offset: 0,
+        len: 8192,
+    };
+    let (r, _) = fx.cache.change(&file, fx.fd(), touch, || {
+        // W2 runs whole inside W1, and W1's bytes reach the backing inside W2's window
+        fx.write(&file, 0, &w2, || {
+            fx.backing.write_all_at(&w1, 0).unwrap();
+        });
+        Ok(())
+    });
+    r.unwrap();
+    assert_eq!(fx.backing_bytes(0, 8192), w1);
+    assert_eq!(fx.read(&file, 0, 8192), w1, "the cache serves W2's bytes");
+}
+
+/// A read whose miss raced with a change does not insert what it read.
+#[test]
+fn a_miss_that_raced_with_a_change_is_not_filled() {
+    let fx = fixture();
+    let file = fx.open(1);
+    let r = fx.cache.read(&file, fx.fd(), 0, 8192, 1).unwrap();
+    fx.write(&file, 0, &pattern(8192, 9), || {});
+    fx.cache.fill(&file, r.fill.unwrap());
+    assert_eq!(stats::get(&fx.cache.counters.cache_miss_collisions), 1);
+    assert_eq!(fx.read(&file, 0, 8192), pattern(8192, 9));
+}
+
+/// Bug 6: every holder of a file id shares one state, so a change through one inode object
+/// voids a fill taken through another; the registry forgets states nobody holds.
+#[test]
+fn every_holder_of_a_file_id_shares_one_state() {
+    let fx = fixture();
+    let a = fx.open(5);
+    let b = fx.cache.state_of(5);
+    assert!(Arc::ptr_eq(&a, &b));
+    let r = fx.cache.read(&a, fx.fd(), 0, 4096, 1).unwrap();
+    drop(a);
+    fx.write(&b, 0, &pattern(4096, 3), || {});
+    fx.cache.fill(&b, r.fill.unwrap());
+    assert_eq!(fx.read(&b, 0, 4096), pattern(4096, 3));
+    drop(b);
+    assert_eq!(fx.cache.live_files(), 0, "a dropped state stays registered");
+    // a state made again never repeats a sequence value an old fill could hold
+    let c = fx.cache.state_of(5);
+    let seen = c.seq.lock().seq;
+    drop(c);
+    let d = fx.cache.state_of(5);
+    assert_ne!(d.seq.lock().seq, seen);
+}
+
+/// Read path step 1: a change made outside the mount is noticed on the read path once
+/// the revalidation interval has passed, also for a descriptor opened before it.
+#[test]
+fn the_read_path_revalidates_once_per_interval() {
+    for (interval, noticed) in [(3600, false), (0, true)] {
+        let fx = fixture_with(std::time::Duration::from_secs(interval));
+        let file = fx.open(1);
+        assert_eq!(fx.read(&file, 0, 4096), pattern(4096, 0));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fx.backing.write_all_at(&pattern(4096, 7), 0).unwrap();
+        let r = fx.cache.read(&file, fx.fd(), 0, 4096, 1).unwrap();
+        assert_eq!(r.outside_change, noticed, "interval {interval} s");
+        if noticed {
+            assert_eq!(r.data, pattern(4096, 7));
+        }
+    }
+}
+
+/// Bug 7: a failed journal write poisons the whole cache set: the allocator stops, nothing
+/// more is served from the cache, and the reason is kept for stats.
+#[test]
+fn a_failed_journal_write_stops_caching_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.cache");
+    let g = Geometry {
+        size: 32 << 20,
+        bucket_size: 256 << 10,
+        ..Geometry::default()
+    };
+    Cache::format(&path, &g, false).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let dev = Arc::new(FaultyDevice::new(FileDevice::new(file)));
+    let manual = OpenOptions {
+        start_allocator: false,
+        ..Default::default()
+    };
+    let alloc = Arc::new(Cache::open_device(dev.clone(), manual).unwrap());
+    let jw = journal::JournalWriter::new(
+        alloc.clone(),
+        Arc::new(Index::new(alloc.superblock().block_size)),
+        Arc::new(Identity::new()),
+        Arc::new(Counters::default()),
+        journal::CheckpointState::default(),
+    );
+    jw.queue(Record::KeyDelete {
+        file: 1,
+        offset: 0,
+        len: u64::MAX,
+    });
+    dev.arm(dev.ops(), FaultKind::Fail);
+    assert!(jw.flush().is_err());
+    assert!(
+        alloc.is_poisoned(),
+        "the journal failed but the allocator goes on"
+    );
+    assert!(alloc.poison().reason().is_some());
+    assert!(matches!(
+        alloc.bucket_alloc(crate::alloc::Reserve::None, false),
+        Err(Error::Poisoned)
+    ));
+    alloc.close();
+}
+
+/// The same for an index checkpoint whose blob cannot be written (the journal itself works).
+#[test]
+fn a_failed_index_checkpoint_stops_caching_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.cache");
+    let g = Geometry {
+        size: 32 << 20,
+        bucket_size: 256 << 10,
+        ..Geometry::default()
+    };
+    Cache::format(&path, &g, false).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let dev = Arc::new(FaultyDevice::new(FileDevice::new(file)));
+    let manual = OpenOptions {
+        start_allocator: false,
+        ..Default::default()
+    };
+    let alloc = Arc::new(Cache::open_device(dev.clone(), manual).unwrap());
+    let r = alloc.gc_begin();
+    alloc.gc_finish(r).unwrap();
+    alloc.allocator_run_until_idle(100).unwrap();
+    let jw = journal::JournalWriter::new(
+        alloc.clone(),
+        Arc::new(Index::new(alloc.superblock().block_size)),
+        Arc::new(Identity::new()),
+        Arc::new(Counters::default()),
+        journal::CheckpointState::default(),
+    );
+    // the checkpoint's flush has nothing to sync; its first write is the blob
+    dev.arm(dev.ops(), FaultKind::FailOnce { keep: 0 });
+    assert!(jw.checkpoint_now().is_err());
+    assert!(
+        alloc.is_poisoned(),
+        "a failed index checkpoint left caching on"
+    );
+    alloc.close();
+}

@@ -1,0 +1,79 @@
+//! Raw syscalls that more than one layer needs, below everything (the request path in
+//! `cache/` and the FUSE adapter in `fs/` both use them). Each `unsafe` block says why it
+//! is sound. Nothing here locks; everything here may block on the filesystem it calls.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// `-1` → the thread's errno.
+pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A negative size → the thread's errno.
+pub fn cvt_size(ret: isize) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// `fstatat(fd, "", AT_EMPTY_PATH)`: works on `O_PATH` descriptors and open files alike,
+/// needs no permission.
+pub fn fstat_fd(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain old data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
+    // SAFETY: the path is a NUL-terminated literal and `st` a valid out pointer.
+    cvt(unsafe { libc::fstatat(fd, c"".as_ptr(), &mut st, flags) })?;
+    Ok(st)
+}
+
+/// pread that fills as much of `buf` as the file has, retrying short reads.
+pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let off = (offset + done as u64) as libc::off_t;
+        // SAFETY: `rest` is valid writable memory of `rest.len()` bytes.
+        let n = unsafe { libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), off) };
+        match cvt_size(n) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if done > 0 => {
+                tracing::debug!("short read after {done} bytes: {e}");
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// pwrite of all of `buf`, retrying short writes.
+pub fn pwrite_full(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &buf[done..];
+        let off = (offset + done as u64) as libc::off_t;
+        // SAFETY: `rest` is valid readable memory of `rest.len()` bytes.
+        let n = unsafe { libc::pwrite(fd, rest.as_ptr().cast(), rest.len(), off) };
+        match cvt_size(n) {
+            Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if done > 0 => {
+                tracing::debug!("short write after {done} bytes: {e}");
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}

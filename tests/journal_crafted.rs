@@ -1,0 +1,147 @@
+//! Crash ordering and hostile journals: recovery always uses the newest gens checkpoint,
+//! and crc-valid but crafted records are dropped one by one, never a panic, never caching
+//! turned off, never an allocation sized by a length read off disk.
+
+use bcachefs_lite::alloc::{read_newest_checkpoint, Cache, OpenOptions};
+use bcachefs_lite::cache::{CacheConfig, CacheSet};
+use bcachefs_lite::device::format::Geometry;
+use bcachefs_lite::device::FileDevice;
+use bcachefs_lite::journal::format::Record;
+
+fn manual() -> OpenOptions {
+    OpenOptions {
+        start_allocator: false,
+        ..Default::default()
+    }
+}
+
+/// An index checkpoint entry used to repeat the gens checkpoint location read before the
+/// allocator's step lock, so it could name the previous checkpoint after a newer one was
+/// written. Recovery must still load the newest one, or bumped gens revert after a crash.
+#[test]
+fn recovery_uses_the_newest_gens_checkpoint_wherever_it_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.cache");
+    let g = Geometry {
+        size: 32 << 20,
+        bucket_size: 256 << 10,
+        discard: false, // the old checkpoint's bytes stay readable
+        ..Geometry::default()
+    };
+    Cache::format(&path, &g, false).unwrap();
+    let cache = Cache::open_with(&path, manual()).unwrap();
+    let (old_seq, old_buckets) = cache.gens_checkpoint_location();
+    let r = cache.gc_begin();
+    cache.gc_finish(r).unwrap();
+    cache.allocator_run_until_idle(100).unwrap();
+    let (new_seq, _) = cache.gens_checkpoint_location();
+    assert!(new_seq > old_seq, "the allocator wrote no gens checkpoint");
+    // the racing entry, appended after the newer checkpoint's
+    cache
+        .journal_append(vec![Record::GensCheckpoint {
+            seq: old_seq,
+            buckets: old_buckets,
+        }])
+        .unwrap();
+    cache.close();
+    drop(cache);
+    let dev = FileDevice::new(std::fs::File::open(&path).unwrap());
+    let (_, newest) = read_newest_checkpoint(&dev).unwrap();
+    assert_eq!(
+        newest.checkpoint.seq, new_seq,
+        "recovery followed the newest entry to an older gens checkpoint"
+    );
+}
+
+/// And the writer side: an index checkpoint's entry names the current gens checkpoint.
+#[test]
+fn an_index_checkpoint_entry_names_the_current_gens_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = CacheConfig::new(dir.path().join("c.cache"));
+    cfg.size = Some(16 << 20);
+    let cache = CacheSet::open(&cfg, "/tree").unwrap();
+    let (gens_seq, _) = cache.alloc().gens_checkpoint_location();
+    cache.close();
+    drop(cache);
+    let dev = FileDevice::new(std::fs::File::open(&cfg.path).unwrap());
+    let sb = bcachefs_lite::alloc::read_superblock(&dev).unwrap();
+    let entries = bcachefs_lite::journal::scan(&dev, &sb).unwrap();
+    let last = entries
+        .iter()
+        .rev()
+        .find(|e| {
+            e.entry
+                .records
+                .iter()
+                .any(|r| matches!(r, Record::IndexCheckpoint { .. }))
+        })
+        .expect("an index checkpoint entry");
+    let named: Vec<u64> = last
+        .entry
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::GensCheckpoint { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(named, vec![gens_seq]);
+}
+
+#[test]
+fn crafted_but_crc_valid_records_are_dropped_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = CacheConfig::new(dir.path().join("c.cache"));
+    cfg.size = Some(16 << 20);
+    let cache = CacheSet::open(&cfg, "/tree").unwrap();
+    let nbuckets = cache.alloc().nbuckets();
+    let bucket_sectors = cache.alloc().bucket_sectors();
+    let block = cache.alloc().superblock().block_size;
+    cache.close();
+    drop(cache);
+    let raw = Cache::open_with(&cfg.path, manual()).unwrap();
+    // one block each, well formed but for the field under test
+    let key = |file: u64, offset: u64, bucket: u32, bucket_offset: u32| Record::KeyInsert {
+        file,
+        offset,
+        len: block / 512,
+        bucket,
+        gen: 0,
+        bucket_offset,
+        dirty: false,
+        crcs: vec![0],
+    };
+    raw.journal_append(vec![
+        // offset + length overflows u64
+        key(1, u64::MAX / u64::from(block) * u64::from(block), 10, 0),
+        // past the end of its bucket
+        key(2, 0, 10, bucket_sectors - 1),
+        // a bucket that does not exist
+        key(3, 0, nbuckets + 5, 0),
+        // an index checkpoint claiming every bucket of the cache (its blob header says
+        // otherwise: nothing is allocated for it)
+        Record::IndexCheckpoint {
+            seq: 99,
+            buckets: (0..nbuckets).collect(),
+            len: u64::from(nbuckets) * u64::from(bucket_sectors) * 512,
+        },
+        // and one that repeats its bucket
+        Record::IndexCheckpoint {
+            seq: 100,
+            buckets: vec![3, 3],
+            len: 8192,
+        },
+    ])
+    .unwrap();
+    raw.close();
+    drop(raw);
+    let cache = CacheSet::open(&cfg, "/tree").expect("a crafted journal refused the mount");
+    assert!(cache.is_active(), "one bad key turned caching off");
+    for f in 1..=3 {
+        assert!(
+            cache.index().extents(f).is_empty(),
+            "crafted key for file {f} kept"
+        );
+    }
+    cache.close();
+}
