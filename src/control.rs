@@ -3,8 +3,11 @@
 //!
 //! The socket lives at `/run/bcachefs-lite/<mount point, escaped>.sock`, so a client
 //! finds it from the mount point alone. The directory is 0700 and the socket 0600.
-//! Protocol: one request line (`stats`, `stats json`, `gc`, `flush`), one reply,
-//! then the server closes the connection.
+//! Protocol (version 1): newline-delimited JSON. The client sends one request line,
+//! `{"v":1,"cmd":"stats"}` or `{"v":1,"cmd":"gc"}`; the server answers one line,
+//! `{"v":1,"ok":true,...}` with the command's fields, or `{"v":1,"ok":false,"error":"..."}`,
+//! then closes the connection. A request of another version is refused with an error
+//! reply naming the version served.
 //!
 //! Threads: one accept thread; each request is answered on it (they are quick).
 //! Nothing here holds a lock of the cache across socket I/O.
@@ -64,21 +67,70 @@ pub fn serve(mountpoint: &Path, cache: Arc<CacheSet>) -> io::Result<PathBuf> {
     Ok(path)
 }
 
+/// Version of the control protocol.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request on the control socket.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    pub v: u32,
+    pub cmd: String,
+}
+
+impl Request {
+    pub fn new(cmd: &str) -> Request {
+        Request {
+            v: PROTOCOL_VERSION,
+            cmd: cmd.to_string(),
+        }
+    }
+}
+
+fn reply_ok(mut fields: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("v".into(), PROTOCOL_VERSION.into());
+    m.insert("ok".into(), true.into());
+    m.append(&mut fields);
+    serde_json::Value::Object(m)
+}
+
+fn reply_err(msg: String) -> serde_json::Value {
+    serde_json::json!({ "v": PROTOCOL_VERSION, "ok": false, "error": msg })
+}
+
+/// Answers one request line (the server side of the protocol, apart from the socket).
+pub fn handle(line: &str, cache: &CacheSet) -> serde_json::Value {
+    let req: Request = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => return reply_err(format!("bad request: {e}")),
+    };
+    if req.v != PROTOCOL_VERSION {
+        return reply_err(format!(
+            "control protocol version {} is not served (this daemon speaks {PROTOCOL_VERSION})",
+            req.v
+        ));
+    }
+    let mut m = serde_json::Map::new();
+    match req.cmd.as_str() {
+        "stats" => m.insert("stats".into(), stats_value(cache)),
+        "gc" => m.insert("moved_bytes".into(), cache.gc_now().into()),
+        other => return reply_err(format!("unknown command '{other}'")),
+    };
+    reply_ok(m)
+}
+
 fn answer(stream: UnixStream, cache: &CacheSet) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
-    BufReader::new(&stream).take(256).read_line(&mut line)?;
-    let reply = match line.trim() {
-        "stats json" => stats_json(cache),
-        "stats" => stats_text(cache),
-        "gc" => format!("ok: moving gc compacted {} bytes\n", cache.gc_now()),
-        other => format!("error: unknown request '{other}'\n"),
-    };
+    BufReader::new(&stream).take(4096).read_line(&mut line)?;
+    let mut reply = handle(&line, cache).to_string();
+    reply.push('\n');
     (&stream).write_all(reply.as_bytes())
 }
 
-/// Sends `request` to the daemon serving `mountpoint` and returns its reply.
-pub fn request(mountpoint: &Path, request: &str) -> io::Result<String> {
+/// Sends `cmd` to the daemon serving `mountpoint` and returns its reply (an error reply
+/// becomes an error).
+pub fn request(mountpoint: &Path, cmd: &str) -> io::Result<serde_json::Value> {
     let path = socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| {
         io::Error::new(
@@ -91,90 +143,100 @@ pub fn request(mountpoint: &Path, request: &str) -> io::Result<String> {
         )
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.write_all(format!("{request}\n").as_bytes())?;
+    let mut line = serde_json::to_string(&Request::new(cmd)).map_err(io::Error::other)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply)?;
-    Ok(reply)
+    let v: serde_json::Value = serde_json::from_str(reply.trim())
+        .map_err(|e| io::Error::other(format!("bad reply from the daemon: {e}")))?;
+    if v.get("ok") == Some(&serde_json::Value::Bool(true)) {
+        Ok(v)
+    } else {
+        let why = v
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("no reason given");
+        Err(io::Error::other(format!(
+            "the daemon refused '{cmd}': {why}"
+        )))
+    }
 }
 
 /// Every figure `stats` shows, in order, as (name, value).
-fn figures(cache: &CacheSet) -> Vec<(String, String)> {
+fn figures(cache: &CacheSet) -> Vec<(String, serde_json::Value)> {
     let c = &cache.counters;
     let total = c.hit_snapshot();
-    let mut f: Vec<(String, String)> = Vec::new();
-    let mut put = |k: &str, v: String| f.push((k.to_string(), v));
+    let mut f: Vec<(String, serde_json::Value)> = Vec::new();
+    let mut put = |k: &str, v: serde_json::Value| f.push((k.to_string(), v));
     let window = |s: HitSnapshot| {
-        format!(
-            "{{\"cache_hits\": {}, \"cache_misses\": {}, \"cache_hit_ratio\": {}, \"cache_bypass_hits\": {}, \"cache_bypass_misses\": {}, \"bypassed\": {}}}",
-            s.hits, s.misses, s.hit_ratio(), s.bypass_hits, s.bypass_misses, s.bypassed
-        )
+        serde_json::json!({
+            "cache_hits": s.hits,
+            "cache_misses": s.misses,
+            "cache_hit_ratio": s.hit_ratio(),
+            "cache_bypass_hits": s.bypass_hits,
+            "cache_bypass_misses": s.bypass_misses,
+            "bypassed": s.bypassed,
+        })
     };
-    put("cache_hits", total.hits.to_string());
-    put("cache_misses", total.misses.to_string());
-    put("cache_hit_ratio", total.hit_ratio().to_string());
-    put("bypassed", total.bypassed.to_string());
-    put("cache_bypass_hits", total.bypass_hits.to_string());
-    put("cache_bypass_misses", total.bypass_misses.to_string());
+    put("cache_hits", total.hits.into());
+    put("cache_misses", total.misses.into());
+    put("cache_hit_ratio", total.hit_ratio().into());
+    put("bypassed", total.bypassed.into());
+    put("cache_bypass_hits", total.bypass_hits.into());
+    put("cache_bypass_misses", total.bypass_misses.into());
     put(
         "cache_miss_collisions",
-        get(&c.cache_miss_collisions).to_string(),
+        get(&c.cache_miss_collisions).into(),
     );
-    put("cache_readaheads", get(&c.cache_readaheads).to_string());
-    put("cache_read_races", get(&c.cache_read_races).to_string());
-    put("checksum_errors", get(&c.checksum_errors).to_string());
-    put("stale_pointers", get(&c.stale_pointers).to_string());
-    put("bytes_hit", get(&c.bytes_hit).to_string());
-    put("bytes_missed", get(&c.bytes_missed).to_string());
-    put("bytes_filled", get(&c.bytes_filled).to_string());
-    put("fills_skipped", get(&c.fills_skipped).to_string());
-    put("invalidations", get(&c.invalidations).to_string());
+    put("cache_readaheads", get(&c.cache_readaheads).into());
+    put("cache_read_races", get(&c.cache_read_races).into());
+    put("checksum_errors", get(&c.checksum_errors).into());
+    put("stale_pointers", get(&c.stale_pointers).into());
+    put("bytes_hit", get(&c.bytes_hit).into());
+    put("bytes_missed", get(&c.bytes_missed).into());
+    put("bytes_filled", get(&c.bytes_filled).into());
+    put("fills_skipped", get(&c.fills_skipped).into());
+    put("invalidations", get(&c.invalidations).into());
     let a = cache.alloc().stats();
     let marks = cache.alloc().mark_counts();
-    put("buckets_total", cache.alloc().nbuckets().to_string());
-    put("buckets_free", (a.free.iter().sum::<usize>()).to_string());
-    put("buckets_free_inc", a.free_inc.to_string());
-    put("buckets_open", a.open_buckets.to_string());
-    put("buckets_unused", marks[0].to_string());
-    put("buckets_data", marks[1].to_string());
-    put("buckets_dirty", marks[2].to_string());
-    put("buckets_metadata", marks[3].to_string());
-    put("buckets_invalidated", a.invalidated.to_string());
-    put("gens_checkpoints", a.checkpoints.to_string());
-    put("discards", a.discards.to_string());
-    put("journal_entries", get(&c.journal_entries).to_string());
-    put("index_checkpoints", get(&c.index_checkpoints).to_string());
-    put("gc_runs", get(&c.gc_runs).to_string());
+    put("buckets_total", cache.alloc().nbuckets().into());
+    put("buckets_free", (a.free.iter().sum::<usize>()).into());
+    put("buckets_free_inc", a.free_inc.into());
+    put("buckets_open", a.open_buckets.into());
+    put("buckets_unused", marks[0].into());
+    put("buckets_data", marks[1].into());
+    put("buckets_dirty", marks[2].into());
+    put("buckets_metadata", marks[3].into());
+    put("buckets_invalidated", a.invalidated.into());
+    put("gens_checkpoints", a.checkpoints.into());
+    put("discards", a.discards.into());
+    put("journal_entries", get(&c.journal_entries).into());
+    put("index_checkpoints", get(&c.index_checkpoints).into());
+    put("gc_runs", get(&c.gc_runs).into());
     put(
         "gc_stale_keys_dropped",
-        get(&c.gc_stale_keys_dropped).to_string(),
+        get(&c.gc_stale_keys_dropped).into(),
     );
     let ix = cache.index().stats();
-    put("index_files", ix.files.to_string());
-    put("index_extents", ix.extents.to_string());
-    put("cached_bytes", ix.cached_bytes.to_string());
-    put("index_memory_bytes", ix.heap_bytes_estimate.to_string());
-    put("io_errors", get(&c.io_errors).to_string());
-    put("uncacheable_files", get(&c.uncacheable_files).to_string());
-    put("open_file_states", cache.live_files().to_string());
-    put(
-        "state",
-        format!(
-            "\"{}\"",
-            if cache.is_active() {
-                "active"
-            } else {
-                "failed"
-            }
-        ),
-    );
+    put("index_files", ix.files.into());
+    put("index_extents", ix.extents.into());
+    put("cached_bytes", ix.cached_bytes.into());
+    put("index_memory_bytes", ix.heap_bytes_estimate.into());
+    put("io_errors", get(&c.io_errors).into());
+    put("uncacheable_files", get(&c.uncacheable_files).into());
+    put("open_file_states", cache.live_files().into());
+    let state = if cache.is_active() {
+        "active"
+    } else {
+        "failed"
+    };
+    put("state", state.into());
     if let Some(why) = cache.failure() {
-        put("failure", format!("\"{}\"", json_escape(&why)));
+        put("failure", why.into());
     }
-    put("sequential_cutoff", cache.sequential_cutoff().to_string());
-    put(
-        "cache_file",
-        format!("\"{}\"", json_escape(&cache.path().to_string_lossy())),
-    );
+    put("sequential_cutoff", cache.sequential_cutoff().into());
+    put("cache_file", cache.path().to_string_lossy().into());
     let w = &cache.windows;
     put(
         "five_minute",
@@ -186,41 +248,35 @@ fn figures(cache: &CacheSet) -> Vec<(String, String)> {
     f
 }
 
-fn json_escape(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
+/// Every figure as one JSON object, in display order.
+pub fn stats_value(cache: &CacheSet) -> serde_json::Value {
+    serde_json::Value::Object(figures(cache).into_iter().collect())
 }
 
-pub fn stats_json(cache: &CacheSet) -> String {
-    let body: Vec<String> = figures(cache)
-        .into_iter()
-        .map(|(k, v)| format!("  \"{k}\": {v}"))
-        .collect();
-    format!("{{\n{}\n}}\n", body.join(",\n"))
+/// `stats --json`: the figures, pretty-printed.
+pub fn stats_json(stats: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(stats).unwrap_or_default();
+    s.push('\n');
+    s
 }
 
-pub fn stats_text(cache: &CacheSet) -> String {
+/// `stats`: one figure a line; a window's figures on one line.
+pub fn stats_text(stats: &serde_json::Value) -> String {
     let mut out = String::new();
-    for (k, v) in figures(cache) {
-        let v = v.trim_matches('"');
-        if v.starts_with('{') {
-            // a window: its figures on one line
-            let inner = v
-                .trim_matches(|c| c == '{' || c == '}')
-                .replace('"', "")
-                .replace(": ", "=");
-            out.push_str(&format!("{k:<24} {inner}\n"));
-        } else {
-            out.push_str(&format!("{k:<24} {v}\n"));
-        }
+    let Some(map) = stats.as_object() else {
+        return out;
+    };
+    for (k, v) in map {
+        let shown = match v {
+            serde_json::Value::Object(w) => w
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            serde_json::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        out.push_str(&format!("{k:<24} {shown}\n"));
     }
     out
 }
@@ -228,6 +284,24 @@ pub fn stats_text(cache: &CacheSet) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_versioned_json_lines() {
+        let line = serde_json::to_string(&Request::new("stats")).unwrap();
+        assert_eq!(line, r#"{"v":1,"cmd":"stats"}"#);
+        let back: Request = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, Request::new("stats"));
+        let text = stats_text(&serde_json::json!({
+            "cache_hits": 3,
+            "state": "active",
+            "hour": {"cache_hits": 1, "cache_misses": 2},
+        }));
+        assert_eq!(
+            text,
+            "cache_hits               3\nstate                    active\n\
+             hour                     cache_hits=1, cache_misses=2\n"
+        );
+    }
 
     #[test]
     fn socket_names_are_unique_per_mount_point_and_short() {

@@ -2,7 +2,7 @@
 //!
 //! Model: every failure inside the library is one variant of [`Error`]; each variant knows its
 //! errno class ([`Error::errno`]), so the FUSE layer maps errors to errno in exactly one place.
-//! `anyhow` is used by the CLI only. Decoding errors carry what was being decoded and why, in
+//! The CLI prints these as they are. Decoding errors carry what was being decoded and why, in
 //! one line, because the CLI prints them as-is.
 //!
 //! Invariants: constructing or formatting an error never panics and never blocks.

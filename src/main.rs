@@ -138,10 +138,14 @@ fn mount(args: MountArgs) -> ExitCode {
 
 fn stats(mountpoint: &std::path::Path, json: bool) -> ExitCode {
     let mountpoint = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    let request = if json { "stats json" } else { "stats" };
-    match bcachefs_lite::control::request(&mountpoint, request) {
+    match bcachefs_lite::control::request(&mountpoint, "stats") {
         Ok(reply) => {
-            print!("{reply}");
+            let stats = &reply["stats"];
+            if json {
+                print!("{}", bcachefs_lite::control::stats_json(stats));
+            } else {
+                print!("{}", bcachefs_lite::control::stats_text(stats));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
