@@ -44,8 +44,9 @@
 //! # Locks and blocking
 //!
 //! One `Mutex<AllocState>` (bcache's `bucket_lock`) guards every bucket's state and every list.
-//! It is never held across I/O. Lock order: `step` (serialises allocator steps and owns the
-//! journal cursor) before `state`. May block: [`Cache::bucket_alloc`] and
+//! It is never held across I/O. Lock order: `step` (serialises allocator steps) → `journal`
+//! (the journal cursor: one append at a time, held by a gens checkpoint from its entry until
+//! its location is in `state`) → `state`. May block: [`Cache::bucket_alloc`] and
 //! [`Cache::alloc_sectors`] with `wait = true` sleep until the allocator refills a list; the
 //! allocator thread sleeps on its condvar; every other call only takes the state lock briefly.
 //!
@@ -201,8 +202,13 @@ pub(crate) struct Shared {
     pub bucket_wait: Condvar,
     /// GC sleeps here; the allocator wakes it when nothing can be invalidated.
     pub gc_wait: Condvar,
-    /// Serialises allocator steps; owns the journal cursor. Taken before `state`.
-    pub step: Mutex<JournalRing>,
+    /// Serialises allocator steps. Taken before `journal` and `state`.
+    pub step: Mutex<()>,
+    /// The journal cursor, shared by the allocator's gens checkpoint entries and the cache's
+    /// journal writer (one sequence). Held only for one append (and, by a gens checkpoint,
+    /// until its new location is in `state`), never across a discard or a gens write, so a
+    /// key flush never waits behind an allocator step. Taken before `state`.
+    pub journal: Mutex<JournalRing>,
     /// The cache set's one failure signal, shared with the journal and the request path.
     pub poison: crate::poison::Poison,
     pub shutdown: AtomicBool,
@@ -270,7 +276,8 @@ impl Cache {
             alloc_wait: Condvar::new(),
             bucket_wait: Condvar::new(),
             gc_wait: Condvar::new(),
-            step: Mutex::new(r.ring),
+            step: Mutex::new(()),
+            journal: Mutex::new(r.ring),
             poison: opts.poison.clone(),
             shutdown: AtomicBool::new(false),
         });
@@ -702,12 +709,11 @@ impl Cache {
         Ok(self.shared.sb.bucket_offset(ptr.bucket) + u64::from(ptr.offset) * SECTOR)
     }
 
-    /// Append one journal entry with `records` and fsync it. The journal ring has one cursor,
-    /// owned by the allocator's step lock, so key records and gens checkpoint entries share
-    /// one sequence. Returns the entry's seq and the bytes appended to the ring since open.
+    /// Append one journal entry with `records` and fsync it. The journal ring has one cursor
+    /// (its own lock), so key records and gens checkpoint entries share one sequence. Returns the entry's seq and the bytes appended to the ring since open.
     /// A failure poisons the cache.
     pub fn journal_append(&self, records: Vec<Record>) -> Result<(u64, u64)> {
-        let mut ring = self.shared.step.lock();
+        let mut ring = self.shared.journal.lock();
         if self.shared.poison.is_set() {
             return Err(Error::Poisoned);
         }
@@ -722,11 +728,11 @@ impl Cache {
 
     /// Like [`Cache::journal_append`], and the entry also repeats the location of the newest
     /// durable gens checkpoint (so the ring never wraps over the only record naming it). The
-    /// location is read under the step lock, which a gens checkpoint holds from its write to
-    /// its release of the previous one, so the entry can never name a checkpoint older than
-    /// the newest (whose buckets may already be reused).
+    /// location is read under the journal lock, which a gens checkpoint holds from its own
+    /// entry until its location is in `state` (before it releases the previous one), so this
+    /// entry names the checkpoint of the newest entry before it, never an older one.
     pub fn journal_append_with_gens(&self, mut records: Vec<Record>) -> Result<(u64, u64)> {
-        let mut ring = self.shared.step.lock();
+        let mut ring = self.shared.journal.lock();
         if self.shared.poison.is_set() {
             return Err(Error::Poisoned);
         }

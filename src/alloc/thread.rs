@@ -8,15 +8,18 @@
 //! Crash ordering of one checkpoint (the fsync points of DESIGN.md section 4):
 //! 1. take the checkpoint's buckets from the prio reserve and snapshot every gen and prio;
 //! 2. `pwrite` the parts, `fdatasync`;
-//! 3. append a journal entry naming the parts (`pwrite`, `fdatasync`);
-//! 4. mark the snapshot gens durable, free the previous checkpoint's buckets.
+//! 3. under the journal lock, append a journal entry naming the parts (`pwrite`, `fdatasync`);
+//! 4. still under it, mark the snapshot gens durable, record the new location, free the
+//!    previous checkpoint's buckets.
 //!
 //! A crash before 3 completes leaves the previous journal entry the newest valid one, naming the
 //! previous checkpoint, which has not been freed. Any I/O error poisons the cache; the batch
 //! stays on `free_inc` and is never handed out.
 //!
-//! Locks: `step` (the journal cursor) is held for the whole step; `state` is taken briefly and
-//! never across I/O. What may block: the I/O in steps 2 and 3 and the discards.
+//! Locks: `step` is held for the whole step; `journal` (the cursor) only for steps 3-4, so a key
+//! flush waits for one entry at most, never for discards or a gens write; `state` is taken
+//! briefly and never across I/O. Order: step → journal → state. What may block: the I/O in
+//! steps 2 and 3 and the discards.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -55,7 +58,7 @@ pub(crate) fn poison(sh: &Shared, what: &str) {
 
 /// One step of the allocator loop.
 pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
-    let mut journal = sh.step.lock();
+    let _step = sh.step.lock();
     if sh.poison.is_set() {
         return Err(Error::Poisoned);
     }
@@ -174,19 +177,26 @@ pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
         }
         sh.dev
             .fdatasync()
-            .map_err(|e| Error::io("fdatasync gens", e))?;
-        journal.append(
-            &*sh.dev,
-            &sh.sb,
-            vec![Record::GensCheckpoint {
-                seq,
-                buckets: new_buckets.clone(),
-            }],
-        )?;
-        Ok(())
+            .map_err(|e| Error::io("fdatasync gens", e))
     })();
     if let Err(e) = io {
         poison(sh, "gens checkpoint");
+        return Err(e);
+    }
+    // The journal lock is held from this entry until the new location is in `state`, so an
+    // entry that repeats "the current location" can never name the previous checkpoint after
+    // this one's entry (its buckets are released below).
+    let mut journal = sh.journal.lock();
+    let appended = journal.append(
+        &*sh.dev,
+        &sh.sb,
+        vec![Record::GensCheckpoint {
+            seq,
+            buckets: new_buckets.clone(),
+        }],
+    );
+    if let Err(e) = appended {
+        poison(sh, "gens checkpoint entry");
         return Err(e);
     }
 
@@ -207,6 +217,8 @@ pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
         st.buckets[b as usize].pins -= 1;
     }
     st.counters.checkpoints += 1;
+    drop(st);
+    drop(journal);
     Ok(StepOutcome::Progress)
 }
 

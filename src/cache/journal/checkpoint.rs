@@ -1,0 +1,159 @@
+//! Index checkpoints: writing the whole index into metadata-reserve buckets (steps 2-5 of the
+//! module header of `journal`) and reading one back at mount. Locks: the writer's io lock is
+//! held by the caller of `write_checkpoint`; `ckpt` briefly. May block on cache-file I/O.
+
+use std::sync::atomic::Ordering;
+
+use super::JournalWriter;
+use crate::alloc::{Cache, Reserve};
+use crate::cache::stats::bump;
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::journal::format::Record;
+
+/// Where the current index checkpoint lives.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointState {
+    pub seq: u64,
+    pub buckets: Vec<u32>,
+    /// Ring bytes appended (since open) when it was written.
+    pub at_ring_bytes: u64,
+}
+
+impl JournalWriter {
+    /// Writes an index checkpoint now (steps 1-5 of the module header).
+    /// A failure poisons the cache set.
+    pub fn checkpoint_now(&self) -> Result<()> {
+        self.flush()?;
+        let _io = self.io.lock();
+        self.write_checkpoint().inspect_err(|e| self.fail(e))
+    }
+
+    /// Steps 2-5 of an index checkpoint; the caller holds the io lock.
+    pub(super) fn write_checkpoint(&self) -> Result<()> {
+        let blob = self.index.encode_checkpoint();
+        let sb = self.alloc.superblock().clone();
+        let bucket_size = sb.bucket_size as usize;
+        let parts = blob.len().div_ceil(bucket_size).max(1);
+        let mut buckets = Vec::with_capacity(parts);
+        let release = |buckets: &[u32]| {
+            for &b in buckets {
+                let _ = self.alloc.unpin(b);
+                let _ = self.alloc.bucket_free(b);
+            }
+        };
+        for _ in 0..parts {
+            match self.alloc.bucket_alloc(Reserve::Metadata, true) {
+                Ok((b, _gen)) => buckets.push(b),
+                Err(e) => {
+                    release(&buckets);
+                    return Err(e);
+                }
+            }
+        }
+        let dev = self.alloc.device();
+        let write = || -> Result<()> {
+            for (i, &b) in buckets.iter().enumerate() {
+                let start = i * bucket_size;
+                let end = (start + bucket_size).min(blob.len());
+                let mut part = blob.get(start..end).unwrap_or(&[]).to_vec();
+                let block = sb.block_size as usize;
+                part.resize(part.len().div_ceil(block).max(1) * block, 0);
+                dev.pwrite(&part, sb.bucket_offset(b))
+                    .map_err(|e| Error::io("pwrite index checkpoint", e))?;
+            }
+            dev.fdatasync()
+                .map_err(|e| Error::io("fdatasync index checkpoint", e))
+        };
+        if let Err(e) = write() {
+            release(&buckets);
+            return Err(e);
+        }
+        let seq = self.ckpt.lock().seq + 1;
+        let mut records = vec![Record::IndexCheckpoint {
+            seq,
+            buckets: buckets.clone(),
+            len: blob.len() as u64,
+        }];
+        records.extend(self.identity.records());
+        let appended = self
+            .alloc
+            .journal_append_with_gens(records)
+            .map(|(seq, ring)| {
+                self.ring_bytes.store(ring, Ordering::Relaxed);
+                bump(&self.counters.journal_entries);
+                seq
+            });
+        if let Err(e) = appended {
+            release(&buckets);
+            return Err(e);
+        }
+        for &b in &buckets {
+            let _ = self.alloc.unpin(b);
+        }
+        let old = std::mem::replace(
+            &mut *self.ckpt.lock(),
+            CheckpointState {
+                seq,
+                buckets,
+                at_ring_bytes: self.ring_bytes.load(Ordering::Relaxed),
+            },
+        );
+        for b in old.buckets {
+            if let Err(e) = self.alloc.bucket_free(b) {
+                tracing::debug!(bucket = b, "old index checkpoint bucket not freed: {e}");
+            }
+        }
+        bump(&self.counters.index_checkpoints);
+        Ok(())
+    }
+}
+
+/// Reads the blob of an index checkpoint.
+pub(super) fn load_checkpoint(alloc: &Cache, buckets: &[u32], len: u64) -> Result<Index> {
+    let sb = alloc.superblock();
+    let bucket_size = u64::from(sb.bucket_size);
+    if len > bucket_size * buckets.len() as u64
+        || buckets.iter().any(|&b| u64::from(b) >= sb.nbuckets)
+    {
+        return Err(Error::corrupt(
+            "index checkpoint",
+            "length or bucket out of range",
+        ));
+    }
+    let mut distinct = buckets.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != buckets.len() || (len as usize) < crate::index::format::INDEX_HDR {
+        return Err(Error::corrupt(
+            "index checkpoint",
+            "repeated bucket or length below the header",
+        ));
+    }
+    // The blob's own header must claim the same length before we allocate for it: a
+    // crc-valid but crafted record cannot make us allocate more than the blob says it is.
+    let mut head = vec![0u8; sb.block_size as usize];
+    alloc
+        .device()
+        .pread(&mut head, sb.bucket_offset(buckets[0]))
+        .map_err(|e| Error::io("pread index checkpoint", e))?;
+    if head[..8] != crate::index::format::INDEX_MAGIC
+        || crate::device::format::le_u64(&head, 16) != len
+    {
+        return Err(Error::corrupt(
+            "index checkpoint",
+            "its header does not match the journal record",
+        ));
+    }
+    let mut blob = Vec::new();
+    blob.try_reserve_exact(len as usize)
+        .map_err(|_| Error::corrupt("index checkpoint", format!("{len} bytes do not fit")))?;
+    blob.resize(len as usize, 0);
+    for (i, chunk) in blob.chunks_mut(bucket_size as usize).enumerate() {
+        alloc
+            .device()
+            .pread(chunk, sb.bucket_offset(buckets[i]))
+            .map_err(|e| Error::io("pread index checkpoint", e))?;
+    }
+    Index::decode_checkpoint(sb.block_size, &blob)
+}

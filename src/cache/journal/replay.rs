@@ -1,0 +1,195 @@
+//! Replay at mount (recovery path steps 4-5 in docs/DESIGN.md): the slot table from every
+//! `FsSlot` record, the newest index checkpoint that loads, then every entry after it in seq
+//! order up to a torn tail; malformed keys are dropped alone. Runs before the cache set is
+//! shared: no locks of ours. May block on cache-file I/O.
+
+use std::sync::atomic::Ordering;
+
+use super::checkpoint::{load_checkpoint, CheckpointState};
+use crate::alloc::{BucketPtr, Cache};
+use crate::cache::identity::{FsKey, Identity};
+use crate::cache::stats::Counters;
+use crate::device::format::SECTOR;
+use crate::error::Result;
+use crate::index::{Extent, Index, Validator};
+use crate::journal::format::Record;
+
+/// What replay rebuilt.
+pub struct Replayed {
+    pub index: Index,
+    pub identity: Identity,
+    pub checkpoint: CheckpointState,
+}
+
+/// Rebuilds the index from the newest readable checkpoint and the journal after it
+/// (recovery path steps 3-5 in docs/DESIGN.md).
+pub fn replay(alloc: &Cache, counters: &Counters) -> Result<Replayed> {
+    let sb = alloc.superblock().clone();
+    let entries = crate::journal::scan(&**alloc.device(), &sb)?;
+    // Slots are never reassigned, so every FsSlot record in the ring counts, wherever it is
+    // (each index checkpoint entry repeats the whole table).
+    let identity = Identity::new();
+    for s in &entries {
+        for r in &s.entry.records {
+            if let Record::FsSlot {
+                slot,
+                fs_type,
+                fsid,
+                dev,
+                dev_keyed,
+            } = r
+            {
+                let key = FsKey {
+                    fs_type: *fs_type,
+                    fsid: *fsid,
+                    dev: *dev,
+                    dev_keyed: *dev_keyed,
+                };
+                identity.restore(*slot, key);
+            }
+        }
+    }
+    // newest checkpoint that loads
+    let mut start = None;
+    'find: for (pos, s) in entries.iter().enumerate().rev() {
+        for r in &s.entry.records {
+            if let Record::IndexCheckpoint { seq, buckets, len } = r {
+                match load_checkpoint(alloc, buckets, *len) {
+                    Ok(index) => {
+                        start = Some((
+                            pos,
+                            index,
+                            CheckpointState {
+                                seq: *seq,
+                                buckets: buckets.clone(),
+                                at_ring_bytes: 0,
+                            },
+                        ));
+                        break 'find;
+                    }
+                    Err(e) => tracing::warn!(seq, "skipping unreadable index checkpoint: {e}"),
+                }
+            }
+        }
+    }
+    let (first, index, ckpt) = match start {
+        Some((pos, index, ckpt)) => (pos + 1, index, ckpt),
+        None => (
+            entries.len(),
+            Index::new(sb.block_size),
+            CheckpointState::default(),
+        ),
+    };
+    let mut expect = entries.get(first.wrapping_sub(1)).map(|s| s.entry.seq + 1);
+    let mut applied = 0usize;
+    let mut refused = 0usize;
+    for s in entries.iter().skip(first) {
+        if expect.is_some_and(|e| s.entry.seq != e) {
+            tracing::info!(
+                seq = s.entry.seq,
+                "journal replay stops at a gap (torn tail)"
+            );
+            break;
+        }
+        expect = Some(s.entry.seq + 1);
+        for r in &s.entry.records {
+            if apply(&index, r, &sb) {
+                applied += 1;
+            } else {
+                refused += 1;
+            }
+        }
+    }
+    if refused > 0 {
+        tracing::warn!(refused, "journal replay ignored malformed keys");
+    }
+    // keys into buckets that were reused since are stale; keys of an unknown filesystem slot
+    // (a cache file from before slots, a torn tail) cannot be trusted to name the right file
+    let stale = index.retain(|file, e| {
+        identity.knows_slot_of(file) && alloc.bucket_gen(e.ptr.bucket).ok() == Some(e.ptr.gen)
+    });
+    counters
+        .stale_pointers
+        .fetch_add(stale.len() as u64, Ordering::Relaxed);
+    tracing::info!(
+        records = applied,
+        stale = stale.len(),
+        extents = index.stats().extents,
+        "journal replayed"
+    );
+    Ok(Replayed {
+        index,
+        identity,
+        checkpoint: ckpt,
+    })
+}
+
+/// Applies one replayed record; false when it was refused as malformed (a crc-valid entry
+/// may still hold a crafted or buggy key: it is dropped alone, never trusted, never a panic).
+fn apply(index: &Index, r: &Record, sb: &crate::device::format::Superblock) -> bool {
+    let block = u64::from(sb.block_size);
+    match r {
+        Record::KeyInsert {
+            file,
+            offset,
+            len,
+            bucket,
+            gen,
+            bucket_offset,
+            dirty,
+            crcs,
+        } => {
+            let bytes = u64::from(*len) * SECTOR;
+            let in_bucket = u64::from(*bucket_offset) * SECTOR + bytes;
+            let well_formed = bytes > 0
+                && offset % block == 0
+                && bytes % block == 0
+                && crcs.len() as u64 == bytes / block
+                && offset.checked_add(bytes).is_some()
+                && u64::from(*bucket) < sb.nbuckets
+                && in_bucket <= u64::from(sb.bucket_size);
+            if !well_formed {
+                tracing::warn!(file, offset, "ignoring a malformed key in the journal");
+                return false;
+            }
+            index.insert(
+                *file,
+                Extent {
+                    offset: *offset,
+                    len: bytes,
+                    ptr: BucketPtr {
+                        bucket: *bucket,
+                        gen: *gen,
+                        offset: *bucket_offset,
+                    },
+                    crcs: crcs.clone().into_boxed_slice(),
+                    dirty: *dirty,
+                },
+            );
+        }
+        Record::KeyDelete { file, offset, len } => {
+            if *offset == 0 && *len == u64::MAX {
+                index.remove_file(*file);
+            } else if *len == u64::MAX {
+                index.truncate(*file, *offset);
+            } else {
+                index.remove_range(*file, *offset, *len);
+            }
+        }
+        Record::SetValidator {
+            file,
+            size,
+            mtime_ns,
+            ctime_ns,
+        } => index.set_validator(
+            *file,
+            Validator {
+                size: *size,
+                mtime_ns: *mtime_ns,
+                ctime_ns: *ctime_ns,
+            },
+        ),
+        Record::GensCheckpoint { .. } | Record::IndexCheckpoint { .. } | Record::FsSlot { .. } => {}
+    }
+    true
+}
