@@ -412,12 +412,12 @@ impl PassthroughFs {
     }
 
     fn open_dir_stream(inode: &Inode) -> io::Result<DirStream> {
-        let fd = sys::open_at(
-            inode.raw_fd(),
-            &std::ffi::CString::from(c"."),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )?;
+        // Through /proc/self/fd/N, not openat(fd, "."): looking up "." inside the
+        // directory needs search (x) permission, but opendir needs only read (r), and
+        // this runs with the caller's credentials (pjdfstest open/06 on a 0477 dir).
+        let path = sys::proc_path(inode.raw_fd());
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        let fd = unsafe { OwnedFd::from_raw_fd(cvt(libc::open(path.as_ptr(), flags))?) };
         let raw = fd.as_raw_fd();
         let dir = unsafe { libc::fdopendir(raw) };
         if dir.is_null() {
