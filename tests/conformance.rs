@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::{sh, Mount};
@@ -44,6 +44,96 @@ fn mount(extra: &str) -> Mount {
         cache.display()
     );
     Mount::over(dir, backing, &opts, &[])
+}
+
+fn mode_of(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+/// pjdfstest chmod/12: a write by a user who does not own the file clears its set-user-ID
+/// and set-group-ID bits, as it does on a local filesystem, instead of failing.
+fn check_write_clears_setid(extra: &str) {
+    let m = mount(extra);
+    for setid in [0o4777, 0o2777, 0o6777] {
+        let f = m.m("setid");
+        fs::write(&f, b"").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(setid)).unwrap();
+        assert_eq!(mode_of(&f), setid);
+        // `1<>`: open O_RDWR without O_TRUNC or O_APPEND, then write one byte
+        let (code, _, err) = as_user(NOBODY, &format!("printf x 1<> {}", f.display()));
+        assert_eq!(code, 0, "non-owner write to a {setid:o} file: {err}");
+        assert_eq!(mode_of(&f), 0o777, "through the mount, was {setid:o}");
+        assert_eq!(
+            mode_of(&m.b("setid")),
+            0o777,
+            "in the backing, was {setid:o}"
+        );
+        assert_eq!(fs::read(&f).unwrap(), b"x");
+        fs::remove_file(&f).unwrap();
+    }
+    // The owner's write clears them too (Linux does it for any writer without CAP_FSETID).
+    let f = m.m("own");
+    let (code, _, err) = as_user(
+        NOBODY,
+        &format!("printf a > {0} && chmod 4755 {0}", f.display()),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(mode_of(&f), 0o4755);
+    let (code, _, err) = as_user(NOBODY, &format!("printf b 1<> {}", f.display()));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(mode_of(&f), 0o755);
+    // A write by root (CAP_FSETID) keeps them, as on a local filesystem.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .and_then(|mut h| std::io::Write::write_all(&mut h, b"c"))
+        .unwrap();
+    assert_eq!(mode_of(&f), 0o4755);
+    // And clearing them by chmod still needs ownership.
+    let (code, _, _) = as_user(OTHER, &format!("chmod 0755 {}", f.display()));
+    assert_ne!(code, 0, "a non-owner's chmod must fail");
+    assert_eq!(mode_of(&m.b("own")), 0o4755);
+}
+
+/// fallocate and copy_file_range into a set-id file by an unprivileged owner clear the
+/// bits as on a local filesystem (their requests carry no kill flag).
+#[test]
+fn unprivileged_fallocate_and_copy_file_range_clear_setid_bits() {
+    require_fuse!();
+    let m = mount(",default_permissions");
+    let (f, g) = (m.m("f"), m.m("g"));
+    let script = format!(
+        "printf a > {f} && printf a > {g} && chmod 4755 {f} {g} && fallocate -l 8192 {f} && \
+         python3 -c 'import os; a = os.open(\"{f}\", os.O_RDONLY); \
+         b = os.open(\"{g}\", os.O_WRONLY); os.copy_file_range(a, b, 1, 0, 1)'",
+        f = f.display(),
+        g = g.display()
+    );
+    let (code, _, err) = as_user(NOBODY, &script);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(mode_of(&m.b("f")), 0o755, "after fallocate");
+    assert_eq!(mode_of(&m.b("g")), 0o755, "after copy_file_range");
+    // root keeps them
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o4755)).unwrap();
+    let (code, _, err) = sh(
+        &format!("fallocate -l 16384 {}", f.display()),
+        Path::new("/"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(mode_of(&f), 0o4755);
+}
+
+#[test]
+fn non_owner_write_clears_setid_bits_with_default_permissions() {
+    require_fuse!();
+    check_write_clears_setid(",default_permissions");
+}
+
+#[test]
+fn non_owner_write_clears_setid_bits_with_backing_permissions() {
+    require_fuse!();
+    check_write_clears_setid("");
 }
 
 /// pjdfstest open/06 (directories): opening a directory for reading needs read

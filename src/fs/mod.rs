@@ -44,7 +44,7 @@ use parking_lot::Mutex;
 
 use crate::cache::CacheSet;
 use crate::options::MountOptions;
-use creds::CallerCreds;
+use creds::{CallerCreds, WithoutFsetid};
 use inode::{Inode, InodeTable};
 use sys::{cstr, cvt, cvt_size};
 
@@ -536,7 +536,12 @@ impl Filesystem for PassthroughFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_EXPORT_SUPPORT
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // The kernel stops clearing set-id bits with a SETATTR sent as the writer
+            // (which fails with EPERM for a non-owner: pjdfstest chmod/12) and flags the
+            // write instead; see `write`. Truncate, chown and O_TRUNC already run with
+            // the caller's credentials, so the backing clears the bits for those itself.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -841,7 +846,7 @@ impl Filesystem for PassthroughFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -852,7 +857,13 @@ impl Filesystem for PassthroughFs {
         };
         let fd = handle.file.as_raw_fd();
         self.precheck(&handle.inode, fd);
-        let written = sys::pwrite_full(fd, data, offset);
+        // The writer lacks CAP_FSETID: write without it too, so the backing clears the
+        // file's set-id bits as it would for that writer (HANDLE_KILLPRIV_V2).
+        let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let written = {
+            let _no_fsetid = kill_suidgid.then(WithoutFsetid::now);
+            sys::pwrite_full(fd, data, offset)
+        };
         let mut fill = None;
         if let Some(cache) = self.cache_for(&handle.inode) {
             let file = &handle.inode.file;
@@ -1185,7 +1196,7 @@ impl Filesystem for PassthroughFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1194,6 +1205,8 @@ impl Filesystem for PassthroughFs {
         reply: ReplyEmpty,
     ) {
         let result = self.file(fh).and_then(|h| {
+            // no kill flag here: an unprivileged caller's fallocate clears set-id bits
+            let _no_fsetid = WithoutFsetid::unless_root(req.uid());
             cvt(unsafe {
                 libc::fallocate(
                     h.file.as_raw_fd(),
@@ -1231,7 +1244,7 @@ impl Filesystem for PassthroughFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -1248,6 +1261,8 @@ impl Filesystem for PassthroughFs {
             let mut off_in = offset_in as libc::off64_t;
             let mut off_out = offset_out as libc::off64_t;
             let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+            // as in fallocate: an unprivileged caller's copy clears set-id bits
+            let _no_fsetid = WithoutFsetid::unless_root(req.uid());
             let copied = cvt_size(unsafe {
                 libc::copy_file_range(
                     src.file.as_raw_fd(),
