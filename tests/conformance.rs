@@ -2,7 +2,8 @@
 //!
 //! Mounted as root with `allow_other` (with and without `default_permissions`) and a
 //! cache; the callers are unprivileged users, as in pjdfstest. The full suite runs with
-//! `make pjdfstest` (tests/conformance/pjdfstest.sh).
+//! `make pjdfstest` (tests/conformance/pjdfstest.sh); the last test here runs it too when
+//! the runner is installed (`make test` installs it).
 
 mod common;
 
@@ -174,4 +175,47 @@ fn readable_directory_opens_without_search_permission_with_default_permissions()
 fn readable_directory_opens_without_search_permission_with_backing_permissions() {
     require_fuse!();
     check_readable_directory_opens_without_search("");
+}
+
+/// Where the pjdfstest runner (crate `pjdfstest`) is: $PJDFSTEST, PATH, ~/.cargo/bin.
+fn pjdfstest_runner() -> Option<std::path::PathBuf> {
+    let from_env = std::env::var_os("PJDFSTEST").map(std::path::PathBuf::from);
+    let in_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("pjdfstest"))
+            .find(|p| p.is_file())
+    });
+    let in_cargo = std::env::var_os("HOME")
+        .map(|h| Path::new(&h).join(".cargo/bin/pjdfstest"))
+        .filter(|p| p.is_file());
+    from_env.or(in_path).or(in_cargo)
+}
+
+/// The whole pjdfstest suite through a mount with a cache and on a plain directory:
+/// no case may fail on the mount that passes on the plain directory, except those in
+/// tests/conformance/known-failures.txt (none at present). About ten seconds.
+#[test]
+fn pjdfstest_suite_passes_through_the_mount() {
+    require_fuse!();
+    let Some(runner) = pjdfstest_runner() else {
+        eprintln!("skipped: pjdfstest not installed (make pjdfstest-install)");
+        return;
+    };
+    let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pjdfstest");
+    let out = std::process::Command::new("bash")
+        .arg("tests/conformance/pjdfstest.sh")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("BIN", common::BIN)
+        .env("PJDFSTEST", &runner)
+        .env("PJD_LOGS", &logs)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tests/conformance/pjdfstest.sh");
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pjdfstest: cases fail through the mount only (logs in {})",
+        logs.display()
+    );
 }
