@@ -219,3 +219,39 @@ fn pjdfstest_suite_passes_through_the_mount() {
         logs.display()
     );
 }
+
+/// pjdfstest open::etxtbsy (the Rust port; intermittent with the cache): open(O_RDONLY |
+/// O_TRUNC) of a program that is running fails with ETXTBSY *and leaves the file alone*.
+/// With FUSE_ATOMIC_O_TRUNC the daemon truncated the backing file inside OPEN, before the
+/// kernel's ETXTBSY check, so the running program lost its text (and, when it crashed
+/// fast enough, the open even succeeded).
+#[test]
+fn o_trunc_of_a_running_program_is_refused_and_truncates_nothing() {
+    require_fuse!();
+    let m = mount(",default_permissions");
+    let exe = m.m("exe");
+    fs::copy("/bin/sleep", &exe).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    let size = fs::metadata(&exe).unwrap().len();
+    let mut child = std::process::Command::new(&exe).arg("10").spawn().unwrap();
+    let c = common::cpath(&exe);
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_TRUNC) };
+    let err = common::err_of(fd as i64);
+    if fd >= 0 {
+        unsafe { libc::close(fd) };
+    }
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        err,
+        libc::ETXTBSY,
+        "open(O_RDONLY|O_TRUNC) of a running program"
+    );
+    assert_eq!(
+        fs::metadata(m.b("exe")).unwrap().len(),
+        size,
+        "truncated in the backing"
+    );
+    assert!(alive, "the running program died");
+}

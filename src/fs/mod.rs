@@ -534,12 +534,15 @@ impl Filesystem for PassthroughFs {
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            // Not FUSE_ATOMIC_O_TRUNC: with it the kernel sends O_TRUNC inside OPEN and
+            // checks ETXTBSY (and the rest of handle_truncate) only after the daemon has
+            // truncated, so open(O_RDONLY|O_TRUNC) of a running program emptied it while
+            // failing. Without it the kernel checks first, then sends a size-0 SETATTR.
             | InitFlags::FUSE_EXPORT_SUPPORT
             | InitFlags::FUSE_CACHE_SYMLINKS
             // The kernel stops clearing set-id bits with a SETATTR sent as the writer
             // (which fails with EPERM for a non-owner: pjdfstest chmod/12) and flags the
-            // write instead; see `write`. Truncate, chown and O_TRUNC already run with
+            // write instead; see `write`. Truncate (also O_TRUNC) and chown run with
             // the caller's credentials, so the backing clears the bits for those itself.
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let _ = config.add_capabilities(wanted & config.capabilities());
