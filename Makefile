@@ -1,6 +1,8 @@
 # bcachefs-lite — targets a newcomer can guess.
 #   make demo    build, mount a demo tree with a cache, show cold vs warm reads and stats
-#   make test    install what is missing (fuse3, git, ...), then run every test
+#   make test    install what is missing (fuse3, git, pjdfstest, ...), then run every test
+#   make pjdfstest  the POSIX suite (crate pjdfstest) through a mount with a cache and on a
+#                plain /tmp directory, side by side (root; tests/conformance/pjdfstest.sh)
 #   make lint    rustfmt check and clippy with -D warnings
 #   make bench   benchmarks against backing/ssd/bindfs/rclone (bench-quick: 2-3 min; see bench/README.md)
 #   make install / uninstall   PREFIX (default /usr/local) and DESTDIR honoured
@@ -31,7 +33,7 @@ BINARY     ?=
 DEBDIR     ?= $(TARGET_DIR)/debian
 
 .PHONY: all build release demo test test-only lint deps fmt clean \
-	install uninstall bin deb deb-deps bench bench-quick
+	install uninstall bin deb deb-deps bench bench-quick pjdfstest pjdfstest-install
 
 all: build
 
@@ -58,7 +60,18 @@ deps:
 demo: deps release
 	bash bench/demo.sh
 
-test: deps test-only
+test: deps pjdfstest-install test-only
+
+# The Rust port of pjdfstest, from crates.io, installed once into ~/.cargo/bin.
+PJDFSTEST ?= $(or $(shell command -v pjdfstest 2>/dev/null),$(HOME)/.cargo/bin/pjdfstest)
+
+pjdfstest-install:
+	@[ -x "$(PJDFSTEST)" ] || $(CARGO) install --locked pjdfstest
+
+# Runs as root; unmounts only its own mount, also on failure. Logs in $(TARGET_DIR)/pjdfstest.
+pjdfstest: deps pjdfstest-install build
+	BIN=$(TARGET_DIR)/debug/bcachefs-lite PJDFSTEST=$(PJDFSTEST) PJD_LOGS=$(TARGET_DIR)/pjdfstest \
+	    bash tests/conformance/pjdfstest.sh
 
 SHELL := /bin/bash
 

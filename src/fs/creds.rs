@@ -10,6 +10,10 @@
 //! signals), so it is never used. A [`CallerCreds`] guard restores the daemon's own
 //! credentials when dropped, also on early return.
 //!
+//! [`WithoutFsetid`] drops only CAP_FSETID from this thread's effective set (capset(2)
+//! with pid 0 is per thread too), for writes by callers that lack it, so the backing
+//! clears set-id bits the way it would for them.
+//!
 //! Locks: the supplementary-group cache has one mutex, held only to look up or insert.
 //! May block: reading `/proc/PID/status` on a cache miss.
 
@@ -143,6 +147,95 @@ impl Drop for CallerCreds {
     }
 }
 
+/// `struct __user_cap_header_struct` of capget(2)/capset(2).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 takes two (capabilities 0-31, 32-63).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const CAP_FSETID_BIT: u32 = 1 << 4; // CAP_FSETID
+
+/// This thread's capability sets (pid 0: the calling thread only).
+fn thread_caps() -> Option<[CapData; 2]> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    (ret == 0).then_some(data)
+}
+
+fn set_thread_caps(data: &[CapData; 2]) -> bool {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) == 0 }
+}
+
+/// While alive, the current thread acts without CAP_FSETID, so a write, truncate or
+/// fallocate on the backing clears the file's set-user-ID and set-group-ID bits
+/// exactly as the backing's kernel does for an unprivileged writer. Used when the
+/// FUSE kernel says the caller lacks CAP_FSETID (`FUSE_WRITE_KILL_SUIDGID`, with
+/// `FUSE_HANDLE_KILLPRIV_V2` negotiated), the way virtiofsd does it.
+///
+/// Like the fsuid switch, capset(2) with pid 0 changes only the calling thread; the
+/// capability stays in the permitted set and is raised again on drop.
+#[must_use = "CAP_FSETID is restored when the guard is dropped"]
+pub struct WithoutFsetid {
+    dropped: bool,
+}
+
+impl WithoutFsetid {
+    pub fn now() -> Self {
+        let dropped = match thread_caps() {
+            Some(mut caps) if caps[0].effective & CAP_FSETID_BIT != 0 => {
+                caps[0].effective &= !CAP_FSETID_BIT;
+                set_thread_caps(&caps)
+            }
+            _ => false, // not held: nothing to drop
+        };
+        WithoutFsetid { dropped }
+    }
+
+    /// Without CAP_FSETID when `uid` (a request's caller) is not root: for operations
+    /// whose FUSE request carries no kill flag (fallocate, copy_file_range), where the
+    /// kernel no longer sends a mode-clearing SETATTR once HANDLE_KILLPRIV_V2 is on.
+    pub fn unless_root(uid: u32) -> Option<Self> {
+        (uid != 0).then(Self::now)
+    }
+}
+
+impl Drop for WithoutFsetid {
+    fn drop(&mut self) {
+        if !self.dropped {
+            return;
+        }
+        let restored = thread_caps().is_some_and(|mut caps| {
+            caps[0].effective |= CAP_FSETID_BIT;
+            set_thread_caps(&caps)
+        });
+        if !restored {
+            tracing::error!(
+                "cannot restore CAP_FSETID: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +281,30 @@ mod tests {
         assert!(fsuid_of(me).ends_with("\t0"), "{}", fsuid_of(me));
         other.thread().unpark();
         other.join().unwrap();
+    }
+
+    #[test]
+    fn without_fsetid_drops_only_on_this_thread_and_restores() {
+        let has = |caps: Option<[CapData; 2]>| caps.unwrap()[0].effective & CAP_FSETID_BIT != 0;
+        if !has(thread_caps()) {
+            return; // not privileged: nothing to drop
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            rx.recv().unwrap();
+            let held = has(thread_caps());
+            back_tx.send(()).unwrap();
+            held
+        });
+        {
+            let _guard = WithoutFsetid::now();
+            assert!(!has(thread_caps()));
+            tx.send(()).unwrap();
+            back_rx.recv().unwrap();
+        }
+        assert!(other.join().unwrap(), "another thread kept CAP_FSETID");
+        assert!(has(thread_caps()), "restored on drop");
+        assert!(WithoutFsetid::unless_root(0).is_none());
     }
 }

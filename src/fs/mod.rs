@@ -44,7 +44,7 @@ use parking_lot::Mutex;
 
 use crate::cache::{CacheSet, Changed, FileState, Touch};
 use crate::options::MountOptions;
-use creds::CallerCreds;
+use creds::{CallerCreds, WithoutFsetid};
 use inode::{Inode, InodeTable};
 use sys::{cstr, cvt, cvt_size};
 
@@ -445,12 +445,12 @@ impl PassthroughFs {
     }
 
     fn open_dir_stream(inode: &Inode) -> io::Result<DirStream> {
-        let fd = sys::open_at(
-            inode.raw_fd(),
-            &std::ffi::CString::from(c"."),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )?;
+        // Through /proc/self/fd/N, not openat(fd, "."): looking up "." inside the
+        // directory needs search (x) permission, but opendir needs only read (r), and
+        // this runs with the caller's credentials (pjdfstest open/06 on a 0477 dir).
+        let path = sys::proc_path(inode.raw_fd());
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        let fd = unsafe { OwnedFd::from_raw_fd(cvt(libc::open(path.as_ptr(), flags))?) };
         let raw = fd.as_raw_fd();
         let dir = unsafe { libc::fdopendir(raw) };
         if dir.is_null() {
@@ -567,13 +567,21 @@ impl Filesystem for PassthroughFs {
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            // Not FUSE_ATOMIC_O_TRUNC: with it the kernel sends O_TRUNC inside OPEN and
+            // checks ETXTBSY (and the rest of handle_truncate) only after the daemon has
+            // truncated, so open(O_RDONLY|O_TRUNC) of a running program emptied it while
+            // failing. Without it the kernel checks first, then sends a size-0 SETATTR.
             | InitFlags::FUSE_EXPORT_SUPPORT
             | InitFlags::FUSE_CACHE_SYMLINKS
             // A read through a descriptor opened before an outside change: after the
             // attribute timeout the kernel asks getattr and drops its pages when mtime or
             // size moved (NFS's close-to-open plus attribute revalidation).
-            | InitFlags::FUSE_AUTO_INVAL_DATA;
+            | InitFlags::FUSE_AUTO_INVAL_DATA
+            // The kernel stops clearing set-id bits with a SETATTR sent as the writer
+            // (which fails with EPERM for a non-owner: pjdfstest chmod/12) and flags the
+            // write instead; see `write`. Truncate (also O_TRUNC) and chown run with
+            // the caller's credentials, so the backing clears the bits for those itself.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -887,7 +895,7 @@ impl Filesystem for PassthroughFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -901,7 +909,11 @@ impl Filesystem for PassthroughFs {
             offset,
             len: data.len() as u64,
         };
+        // The writer lacks CAP_FSETID: write without it too, so the backing clears the
+        // file's set-id bits as it would for that writer (HANDLE_KILLPRIV_V2).
+        let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let (written, changed) = self.change(&handle.inode, fd, touch, || {
+            let _no_fsetid = kill_suidgid.then(WithoutFsetid::now);
             sys::pwrite_full(fd, data, offset)
         });
         // writethrough: the backing has it; the cache gets the whole blocks, unless
@@ -1232,7 +1244,7 @@ impl Filesystem for PassthroughFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1254,6 +1266,8 @@ impl Filesystem for PassthroughFs {
                 }
             };
             self.change(&h.inode, fd, touch, || {
+                // no kill flag here: an unprivileged caller's fallocate clears set-id bits
+                let _no_fsetid = WithoutFsetid::unless_root(req.uid());
                 // SAFETY: fallocate on a descriptor we own; no memory is passed.
                 cvt(unsafe {
                     libc::fallocate(fd, mode, offset as libc::off_t, length as libc::off_t)
@@ -1289,7 +1303,7 @@ impl Filesystem for PassthroughFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -1311,6 +1325,7 @@ impl Filesystem for PassthroughFs {
             };
             let out_fd = dst.file.as_raw_fd();
             self.change(&dst.inode, out_fd, touch, || {
+                let _no_fsetid = WithoutFsetid::unless_root(req.uid());
                 // SAFETY: both descriptors are ours; the offsets are valid out pointers.
                 cvt_size(unsafe {
                     libc::copy_file_range(
