@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use bcachefs_lite::alloc::{Cache, KeyPos, OpenOptions, Reserve};
+use bcachefs_lite::alloc::{Allocator, KeyPos, OpenOptions, Reserve};
 use bcachefs_lite::device::format::{Geometry, Replacement};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -25,8 +25,8 @@ fn geometry(size: u64, discard: bool) -> Geometry {
 fn bench_alloc_sectors(c: &mut Criterion) {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("bench.cache");
-    Cache::format(&p, &geometry(16 << 30, true), false).unwrap();
-    let cache = Cache::open(&p).unwrap();
+    Allocator::format(&p, &geometry(16 << 30, true), false).unwrap();
+    let cache = Allocator::open(&p).unwrap();
     let r = cache.gc_begin();
     cache.gc_finish(r).unwrap();
     let mut g = c.benchmark_group("alloc");
@@ -54,8 +54,8 @@ fn bench_invalidate(c: &mut Criterion) {
     let p = d.path().join("bench100g.cache");
     // 102400 buckets of 1 MiB after the superblock and journal.
     let size = (102_400u64 << 20) + (9 << 20);
-    Cache::format(&p, &geometry(size, false), false).unwrap();
-    let cache = Cache::open_with(
+    Allocator::format(&p, &geometry(size, false), false).unwrap();
+    let cache = Allocator::open_with(
         &p,
         OpenOptions {
             start_allocator: false,

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::alloc::{read_newest_checkpoint, Cache};
+use crate::alloc::{read_newest_checkpoint, Allocator};
 use crate::device::format::{CacheMode, Geometry, Replacement, Superblock};
 use crate::device::FileDevice;
 use crate::error::{Error, Result};
@@ -44,7 +44,7 @@ pub fn format(path: &Path, a: &FormatArgs) -> Result<String> {
         discard: a.discard,
         backing: a.backing.clone(),
     };
-    let sb = Cache::format(path, &g, a.force)?;
+    let sb = Allocator::format(path, &g, a.force)?;
     Ok(format!(
         "formatted {}: {} buckets of {} bytes, {} byte blocks, {} byte journal, uuid {}\n",
         path.display(),

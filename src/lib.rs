@@ -9,7 +9,7 @@
 //! - `fs`        – the fuser adapter: inode table, handles, credentials, errno.
 //! - `cli_cache` – the `format` and `show-super` subcommands (library side of the CLI).
 //! - `alloc`     – buckets, gens, prios, free lists and reserves, the allocator thread, gens
-//!   checkpoints, discard, open buckets and write points (`Cache`).
+//!   checkpoints, discard, open buckets and write points (`Allocator`).
 //! - `index`     – the in-memory key index: per-file extents (file range -> bucket, gen, crcs).
 //! - `journal`   – the journal ring and its entry format (seq + crc32c).
 //! - `device`    – the cache file behind the `CacheDevice` seam (fault injection), superblock.
@@ -18,6 +18,7 @@
 //! - `control`   – the stats socket and its client.
 //! - `poison`    – the cache set's one failure signal.
 //! - `sys`       – raw syscalls below everything (fstat, pread/pwrite loops).
+//! - `key`       – vocabulary types below everything: file id, key position, bucket pointer.
 //! - `error`     – the core error type and its errno class.
 
 pub mod alloc;
@@ -28,11 +29,12 @@ pub mod error;
 pub mod fs;
 pub mod index;
 pub mod journal;
+pub mod key;
 pub mod options;
 pub mod poison;
 pub mod sys;
 
-pub use alloc::{BucketPtr, Cache, KeyPos, Reserve};
+pub use alloc::{Allocator, BucketPtr, KeyPos, Reserve};
 pub use error::{Error, Result};
 pub mod cache;
 pub mod control;

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use alloc_support::*;
-use bcachefs_lite::alloc::{read_newest_checkpoint, Cache, Reserve};
+use bcachefs_lite::alloc::{read_newest_checkpoint, Allocator, Reserve};
 use bcachefs_lite::device::format::{Replacement, Superblock};
 use bcachefs_lite::device::{FaultKind, FaultyDevice, FileDevice};
 
@@ -36,7 +36,7 @@ fn read_marker(path: &Path, sb: &Superblock, b: u32) -> Option<(u32, u8)> {
 }
 
 /// Report the keys of every bucket whose marker is at the bucket's current gen.
-fn gc_from_markers(c: &Cache, path: &Path) {
+fn gc_from_markers(c: &Allocator, path: &Path) {
     let sb = c.superblock().clone();
     let mut r = c.gc_begin();
     for b in 0..N as u32 {
@@ -51,7 +51,7 @@ fn gc_from_markers(c: &Cache, path: &Path) {
 
 /// Allocate what the lists give, write a marker under the bucket's gen, release; run the
 /// allocator. Errors (injected) are ignored: the point is what reaches the disk.
-fn scenario(c: &Cache, rounds: usize) {
+fn scenario(c: &Allocator, rounds: usize) {
     for _ in 0..rounds {
         while let Ok((b, g)) = c.bucket_alloc(Reserve::MovingGc, false) {
             let _ = c.write_data(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use alloc_support::*;
 use bcachefs_lite::alloc::{
-    Cache, KeyPos, Loc, Mark, Reserve, StepOutcome, BUCKET_GC_GEN_MAX, INITIAL_PRIO,
+    Allocator, KeyPos, Loc, Mark, Reserve, StepOutcome, BUCKET_GC_GEN_MAX, INITIAL_PRIO,
 };
 use bcachefs_lite::device::format::Replacement;
 use bcachefs_lite::Error;
@@ -15,7 +15,7 @@ use bcachefs_lite::Error;
 const N: u64 = 64;
 const BUCKET: u32 = 16 << 10;
 
-fn fresh(rep: Replacement) -> (tempfile::TempDir, std::path::PathBuf, Cache) {
+fn fresh(rep: Replacement) -> (tempfile::TempDir, std::path::PathBuf, Allocator) {
     let d = tempfile::tempdir().unwrap();
     let p = format(d.path(), N, BUCKET, rep, false);
     let c = open_manual(&p);
@@ -95,7 +95,7 @@ fn bucket_alloc_pops_none_first_and_only_metadata_may_dig_into_its_reserve() {
 
 /// Allocate every bucket the lists can give, run the allocator, repeat; returns what was
 /// handed out (still pinned).
-fn drain_all(c: &Cache) -> Vec<u32> {
+fn drain_all(c: &Allocator) -> Vec<u32> {
     let mut out = Vec::new();
     for _ in 0..200 {
         while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
@@ -343,7 +343,7 @@ fn prios_age_as_data_is_written_and_hits_reset_them() {
 fn waiting_bucket_alloc_is_woken_by_the_allocator_thread() {
     let d = tempfile::tempdir().unwrap();
     let p = format(d.path(), N, BUCKET, Replacement::Lru, false);
-    let c = Cache::open(&p).unwrap();
+    let c = Allocator::open(&p).unwrap();
     gc_empty(&c);
     let t = Instant::now();
     for _ in 0..500 {

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use alloc_support::*;
-use bcachefs_lite::alloc::{BucketPtr, Cache, KeyPos, Reserve, BUCKET_GC_GEN_MAX};
+use bcachefs_lite::alloc::{Allocator, BucketPtr, KeyPos, Reserve, BUCKET_GC_GEN_MAX};
 use bcachefs_lite::device::format::Replacement;
 use proptest::prelude::*;
 
@@ -105,11 +105,11 @@ struct Model {
     last_end: HashMap<u64, KeyPos>,
 }
 
-fn open(path: &Path) -> Cache {
+fn open(path: &Path) -> Allocator {
     open_manual(path)
 }
 
-fn gc(c: &Cache, m: &mut Model) {
+fn gc(c: &Allocator, m: &mut Model) {
     // GC drops stale keys from the index, then reports what is left.
     m.keys.retain(|k| c.bucket_gen(k.bucket).unwrap() == k.gen);
     let mut r = c.gc_begin();
@@ -123,7 +123,7 @@ fn gc(c: &Cache, m: &mut Model) {
 }
 
 /// Buckets whose gen must not change during the next operation, with their gens.
-fn protected(c: &Cache, m: &Model) -> Vec<(u32, u8)> {
+fn protected(c: &Allocator, m: &Model) -> Vec<(u32, u8)> {
     let mut v: Vec<(u32, u8)> = Vec::new();
     v.extend(m.pending.iter().map(|(p, _)| (p.bucket, p.gen)));
     v.extend(m.reads.iter().map(|&b| (b, c.bucket_gen(b).unwrap())));
@@ -141,11 +141,11 @@ fn protected(c: &Cache, m: &Model) -> Vec<(u32, u8)> {
 }
 
 /// A hand-out ends when the bucket's gen moves on (the 8-bit gen may come back after 256 bumps).
-fn prune_handed(c: &Cache, m: &mut Model) {
+fn prune_handed(c: &Allocator, m: &mut Model) {
     m.handed.retain(|&(b, g)| c.bucket_gen(b).unwrap() == g);
 }
 
-fn check_all(c: &Cache, m: &Model, path: &Path, ctx: &str) -> Result<(), TestCaseError> {
+fn check_all(c: &Allocator, m: &Model, path: &Path, ctx: &str) -> Result<(), TestCaseError> {
     c.check_invariants()
         .map_err(|e| TestCaseError::fail(format!("{ctx}: {e}")))?;
     let disk = disk_gens(path);

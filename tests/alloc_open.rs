@@ -6,10 +6,10 @@ mod alloc_support;
 use std::collections::HashSet;
 
 use alloc_support::*;
-use bcachefs_lite::alloc::{BucketPtr, Cache, KeyPos, Reserve};
+use bcachefs_lite::alloc::{Allocator, BucketPtr, KeyPos, Reserve};
 use bcachefs_lite::device::format::Replacement;
 
-fn ready(n: u64, bucket: u32) -> (tempfile::TempDir, Cache) {
+fn ready(n: u64, bucket: u32) -> (tempfile::TempDir, Allocator) {
     let d = tempfile::tempdir().unwrap();
     let p = format(d.path(), n, bucket, Replacement::Lru, false);
     let c = open_manual(&p);
@@ -18,7 +18,7 @@ fn ready(n: u64, bucket: u32) -> (tempfile::TempDir, Cache) {
     (d, c)
 }
 
-fn alloc(c: &Cache, file: u64, offset: u64, sectors: u32, wp: u64) -> (BucketPtr, u32) {
+fn alloc(c: &Allocator, file: u64, offset: u64, sectors: u32, wp: u64) -> (BucketPtr, u32) {
     loop {
         match c.alloc_sectors(KeyPos { file, offset }, sectors, wp, false) {
             Ok(r) => return r,

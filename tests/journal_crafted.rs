@@ -2,7 +2,7 @@
 //! and crc-valid but crafted records are dropped one by one, never a panic, never caching
 //! turned off, never an allocation sized by a length read off disk.
 
-use bcachefs_lite::alloc::{read_newest_checkpoint, Cache, OpenOptions};
+use bcachefs_lite::alloc::{read_newest_checkpoint, Allocator, OpenOptions};
 use bcachefs_lite::cache::{CacheConfig, CacheSet};
 use bcachefs_lite::device::format::Geometry;
 use bcachefs_lite::device::FileDevice;
@@ -28,8 +28,8 @@ fn recovery_uses_the_newest_gens_checkpoint_wherever_it_is_named() {
         discard: false, // the old checkpoint's bytes stay readable
         ..Geometry::default()
     };
-    Cache::format(&path, &g, false).unwrap();
-    let cache = Cache::open_with(&path, manual()).unwrap();
+    Allocator::format(&path, &g, false).unwrap();
+    let cache = Allocator::open_with(&path, manual()).unwrap();
     let (old_seq, old_buckets) = cache.gens_checkpoint_location();
     let r = cache.gc_begin();
     cache.gc_finish(r).unwrap();
@@ -102,7 +102,7 @@ fn crafted_but_crc_valid_records_are_dropped_alone() {
     let block = cache.alloc().superblock().block_size;
     cache.close();
     drop(cache);
-    let raw = Cache::open_with(&cfg.path, manual()).unwrap();
+    let raw = Allocator::open_with(&cfg.path, manual()).unwrap();
     // one block each, well formed but for the field under test
     let key = |file: u64, offset: u64, bucket: u32, bucket_offset: u32| Record::KeyInsert {
         file,

@@ -16,7 +16,7 @@
 //! Free lists, one per [`Reserve`] (metadata, prio, moving-gc, none), so that writing a gens
 //! checkpoint or an index checkpoint can always find a bucket even when data has taken every
 //! other one. `free_inc` feeds them through `push_free` (bcache `bch_allocator_push`: the prio
-//! reserve first, then metadata, moving-gc, none). [`Cache::bucket_alloc`] pops `free[None]`
+//! reserve first, then metadata, moving-gc, none). [`Allocator::bucket_alloc`] pops `free[None]`
 //! first and digs into the caller's own reserve only when that is empty (bcache
 //! `bch_bucket_alloc`); data allocations have no reserve of their own.
 //!
@@ -34,20 +34,20 @@
 //! # Invariants (numbers from DESIGN.md)
 //!
 //! * 2: a bucket leaves `free_inc` only after its gen is durable (`Bucket::disk_gen == gen`,
-//!   asserted in `push_free` and checked by [`Cache::check_invariants`]).
+//!   asserted in `push_free` and checked by [`Allocator::check_invariants`]).
 //! * 4: open, pinned, dirty and metadata buckets are never invalidated (`can_invalidate`).
 //! * 5: a bucket is on at most one list and is handed out only by popping a free list, which it
 //!   reaches only through invalidation, which requires that nobody holds it.
 //! * 6: a gen is bumped only while `gen - last_gc < 96`, `last_gc` being the oldest gen any key
-//!   still points at as reported by GC ([`Cache::gc_finish`]).
+//!   still points at as reported by GC ([`Allocator::gc_finish`]).
 //!
 //! # Locks and blocking
 //!
 //! One `Mutex<AllocState>` (bcache's `bucket_lock`) guards every bucket's state and every list.
 //! It is never held across I/O. Lock order: `step` (serialises allocator steps) → `journal`
 //! (the journal cursor: one append at a time, held by a gens checkpoint from its entry until
-//! its location is in `state`) → `state`. May block: [`Cache::bucket_alloc`] and
-//! [`Cache::alloc_sectors`] with `wait = true` sleep until the allocator refills a list; the
+//! its location is in `state`) → `state`. May block: [`Allocator::bucket_alloc`] and
+//! [`Allocator::alloc_sectors`] with `wait = true` sleep until the allocator refills a list; the
 //! allocator thread sleeps on its condvar; every other call only takes the state lock briefly.
 //!
 //! # Crash ordering
@@ -84,22 +84,7 @@ pub use thread::StepOutcome;
 /// The write point moving GC writes through (no process has this PID).
 pub const MOVING_GC_WRITE_POINT: u64 = u64::MAX;
 
-/// A position in the key space: a file and an offset in sectors. Sequential writes are detected
-/// by an allocation starting where the previous one ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyPos {
-    pub file: u64,
-    pub offset: u64,
-}
-
-/// A pointer into the cache file: valid while `gen` equals the bucket's gen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BucketPtr {
-    pub bucket: u32,
-    pub gen: u8,
-    /// Offset within the bucket, in sectors.
-    pub offset: u32,
-}
+pub use crate::key::{BucketPtr, KeyPos};
 
 /// A snapshot of one bucket's state, for tests, stats and fsck.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +118,7 @@ pub struct AllocStats {
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
     /// Start the background allocator thread. Tests and benchmarks that drive the allocator one
-    /// step at a time ([`Cache::allocator_step`]) turn it off.
+    /// step at a time ([`Allocator::allocator_step`]) turn it off.
     pub start_allocator: bool,
     /// The failure signal to share (a fresh one by default).
     pub poison: crate::poison::Poison,
@@ -149,8 +134,8 @@ impl Default for OpenOptions {
 }
 
 /// What GC found: per bucket, the oldest gen any key points at, and the sectors and dirtiness of
-/// keys at the bucket's current gen. Built with [`Cache::gc_begin`], filled by the index walk,
-/// handed to [`Cache::gc_finish`].
+/// keys at the bucket's current gen. Built with [`Allocator::gc_begin`], filled by the index walk,
+/// handed to [`Allocator::gc_finish`].
 #[derive(Debug, Clone)]
 pub struct GcReport {
     snap_gen: Vec<u8>,
@@ -186,7 +171,7 @@ impl GcReport {
         }
     }
 
-    /// True when `gen` is the bucket's gen as of [`Cache::gc_begin`] (the key is live).
+    /// True when `gen` is the bucket's gen as of [`Allocator::gc_begin`] (the key is live).
     pub fn is_live(&self, bucket: u32, gen: u8) -> bool {
         self.snap_gen.get(bucket as usize) == Some(&gen)
     }
@@ -216,14 +201,14 @@ pub(crate) struct Shared {
 
 /// An open cache file and its allocator. All methods take `&self` and may be called from many
 /// threads.
-pub struct Cache {
+pub struct Allocator {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Number of gens checkpoints newer than the loaded one that were skipped as invalid.
     skipped_checkpoints: usize,
 }
 
-impl Cache {
+impl Allocator {
     /// Create a new cache file at `path` (sparse, mode 0600) and return its superblock.
     /// Refuses an existing non-empty file unless `force`.
     pub fn format(path: &Path, geometry: &Geometry, force: bool) -> Result<Superblock> {
@@ -236,12 +221,12 @@ impl Cache {
     }
 
     /// Open the cache file at `path` and start the allocator thread.
-    pub fn open(path: &Path) -> Result<Cache> {
+    pub fn open(path: &Path) -> Result<Allocator> {
         Self::open_with(path, OpenOptions::default())
     }
 
     /// Open the cache file at `path` with options.
-    pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Cache> {
+    pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Allocator> {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -252,8 +237,8 @@ impl Cache {
 
     /// Open a cache on any device (tests pass a fault-injecting one). Loads the newest valid gens
     /// checkpoint; a torn or corrupt newer one is skipped. Allocation starts after the first
-    /// [`Cache::gc_finish`], once GC has said which buckets hold data.
-    pub fn open_device(dev: Arc<dyn CacheDevice>, opts: OpenOptions) -> Result<Cache> {
+    /// [`Allocator::gc_finish`], once GC has said which buckets hold data.
+    pub fn open_device(dev: Arc<dyn CacheDevice>, opts: OpenOptions) -> Result<Allocator> {
         let r = recovery::recover(&*dev)?;
         if r.newest.skipped > 0 {
             tracing::warn!(
@@ -281,7 +266,7 @@ impl Cache {
             poison: opts.poison.clone(),
             shutdown: AtomicBool::new(false),
         });
-        let cache = Cache {
+        let cache = Allocator {
             shared,
             thread: Mutex::new(None),
             skipped_checkpoints: r.newest.skipped,
@@ -335,10 +320,10 @@ impl Cache {
     }
 
     /// Take one bucket from a free list (bcache `bch_bucket_alloc`). The bucket comes back pinned
-    /// and marked metadata (for `Metadata`/`Prio`) or data; release the pin with [`Cache::unpin`]
+    /// and marked metadata (for `Metadata`/`Prio`) or data; release the pin with [`Allocator::unpin`]
     /// once its use is recorded. Without `wait`, fails at once with [`Error::NoFreeBucket`].
     /// With `wait`, sleeps until the allocator refills a list (on a cache opened without the
-    /// allocator thread, until another thread runs [`Cache::allocator_step`]).
+    /// allocator thread, until another thread runs [`Allocator::allocator_step`]).
     pub fn bucket_alloc(&self, reserve: Reserve, wait: bool) -> Result<(u32, u8)> {
         let sh = &*self.shared;
         let mut st = sh.state.lock();
@@ -362,7 +347,7 @@ impl Cache {
     /// Allocate up to `sectors` sectors for data at key position `key`, from the open bucket
     /// chosen for `write_point` (bcache `bch_alloc_sectors`). Returns the pointer and how many
     /// sectors were granted (fewer when the bucket has less room). The bucket stays pinned until
-    /// [`Cache::key_inserted`] (or [`Cache::unpin`]) is called for the returned pointer.
+    /// [`Allocator::key_inserted`] (or [`Allocator::unpin`]) is called for the returned pointer.
     pub fn alloc_sectors(
         &self,
         key: KeyPos,
@@ -373,7 +358,7 @@ impl Cache {
         self.alloc_sectors_from(Reserve::None, key, sectors, write_point, wait)
     }
 
-    /// [`Cache::alloc_sectors`] for moving GC: its own write point, and a new bucket may come
+    /// [`Allocator::alloc_sectors`] for moving GC: its own write point, and a new bucket may come
     /// from the moving-gc reserve when the general free list is empty (bcache's
     /// `RESERVE_MOVINGGC`), so compaction can go on when data has taken every other bucket.
     pub fn alloc_sectors_moving(&self, key: KeyPos, sectors: u32) -> Result<(BucketPtr, u32)> {
@@ -452,7 +437,7 @@ impl Cache {
         self.pin_at(bucket, gen, false)
     }
 
-    /// A cache hit: [`Cache::pin`] and [`Cache::touch`] under one lock acquisition (the warm
+    /// A cache hit: [`Allocator::pin`] and [`Allocator::touch`] under one lock acquisition (the warm
     /// read path takes the state lock twice per piece instead of three times).
     pub fn pin_for_read(&self, bucket: u32, gen: u8) -> Result<bool> {
         self.pin_at(bucket, gen, true)
@@ -575,9 +560,9 @@ impl Cache {
 
     /// Finish a GC pass (bcache `bch_btree_gc_finish`): set every bucket's `last_gc`, mark and
     /// sectors from the report, make allocation possible after open, and wake the allocator.
-    /// Buckets invalidated since [`Cache::gc_begin`] keep their new state; open or pinned buckets
+    /// Buckets invalidated since [`Allocator::gc_begin`] keep their new state; open or pinned buckets
     /// keep at least their in-memory sectors; metadata marks set in memory stay until
-    /// [`Cache::bucket_free`].
+    /// [`Allocator::bucket_free`].
     pub fn gc_finish(&self, report: GcReport) -> Result<()> {
         let sh = &*self.shared;
         let mut st = sh.state.lock();
@@ -726,7 +711,7 @@ impl Cache {
         }
     }
 
-    /// Like [`Cache::journal_append`], and the entry also repeats the location of the newest
+    /// Like [`Allocator::journal_append`], and the entry also repeats the location of the newest
     /// durable gens checkpoint (so the ring never wraps over the only record naming it). The
     /// location is read under the journal lock, which a gens checkpoint holds from its own
     /// entry until its location is in `state` (before it releases the previous one), so this
@@ -870,7 +855,7 @@ impl Cache {
     }
 }
 
-impl Drop for Cache {
+impl Drop for Allocator {
     fn drop(&mut self) {
         self.close();
     }

@@ -29,7 +29,7 @@ use parking_lot::RwLock;
 
 use super::journal::JournalWriter;
 use super::stats::{add, bump, Counters, Windows};
-use crate::alloc::{Cache, KeyPos, Mark};
+use crate::alloc::{Allocator, KeyPos, Mark};
 use crate::device::format::SECTOR;
 use crate::index::{Extent, Index};
 use crate::journal::format::Record;
@@ -43,7 +43,7 @@ const PERIOD: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_secs(60);
 const MIN_GAP: Duration = Duration::from_millis(200);
 
-pub fn run(alloc: &Cache, index: &Index, journal: &JournalWriter, counters: &Counters) {
+pub fn run(alloc: &Allocator, index: &Index, journal: &JournalWriter, counters: &Counters) {
     let mut report = alloc.gc_begin();
     let stale = index.retain(|_, e| report.is_live(e.ptr.bucket, e.ptr.gen));
     add(&counters.gc_stale_keys_dropped, stale.len() as u64);
@@ -62,7 +62,7 @@ pub fn run(alloc: &Cache, index: &Index, journal: &JournalWriter, counters: &Cou
 
 /// Compacts sparse data buckets (see the module header). Returns bytes moved.
 pub fn moving(
-    alloc: &Cache,
+    alloc: &Allocator,
     index: &Index,
     journal: &JournalWriter,
     counters: &Counters,
@@ -161,7 +161,7 @@ pub fn moving(
 }
 
 pub fn thread(
-    alloc: &Cache,
+    alloc: &Allocator,
     index: &Index,
     journal: &JournalWriter,
     counters: &Counters,

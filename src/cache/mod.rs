@@ -4,7 +4,7 @@
 //!
 //! # Model
 //!
-//! A [`CacheSet`] joins the allocator ([`Cache`]), the key index ([`Index`]), the file
+//! A [`CacheSet`] joins the allocator ([`Allocator`]), the key index ([`Index`]), the file
 //! identity table ([`identity::Identity`]) and a journal writer. A key maps a
 //! block-aligned range of a backing file (by [`FileId`]) to a pointer `(bucket, gen,
 //! sector)` plus one crc32c per block. Every holder of a file (each FUSE inode object,
@@ -87,7 +87,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use crate::alloc::{BucketPtr, Cache, KeyPos};
+use crate::alloc::{Allocator, BucketPtr, KeyPos};
 use crate::device::format::{Replacement, SECTOR};
 use crate::error::{Error, Result};
 use crate::index::{Extent, FileId, Index, Validator};
@@ -236,7 +236,7 @@ pub struct ReadResult {
 }
 
 pub struct CacheSet {
-    alloc: Arc<Cache>,
+    alloc: Arc<Allocator>,
     index: Arc<Index>,
     identity: Arc<Identity>,
     journal: Arc<JournalWriter>,
@@ -290,7 +290,7 @@ impl CacheSet {
         if lock.is_none() {
             lock = Some(lock_cache_file(&cfg.path)?);
         }
-        let alloc = Arc::new(Cache::open(&cfg.path)?);
+        let alloc = Arc::new(Allocator::open(&cfg.path)?);
         let counters = Arc::new(Counters::default());
         let replayed = journal::replay(&alloc, &counters)?;
         let index = Arc::new(replayed.index);
@@ -362,7 +362,7 @@ impl CacheSet {
         &self.path
     }
 
-    pub fn alloc(&self) -> &Cache {
+    pub fn alloc(&self) -> &Allocator {
         &self.alloc
     }
 

@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 
 use super::CacheConfig;
-use crate::alloc::Cache;
+use crate::alloc::Allocator;
 use crate::device::format::Geometry;
 use crate::device::{CacheDevice, FileDevice};
 use crate::error::{Error, Result};
@@ -69,7 +69,7 @@ pub(super) fn prepare_cache_file(cfg: &CacheConfig, backing_id: &str) -> Result<
         .map(|m| m.len() > 0)
         .unwrap_or(false);
     if !exists {
-        Cache::format(&cfg.path, &geometry()?, true)?;
+        Allocator::format(&cfg.path, &geometry()?, true)?;
         return Ok(());
     }
     let file = std::fs::OpenOptions::new()
@@ -94,7 +94,7 @@ pub(super) fn prepare_cache_file(cfg: &CacheConfig, backing_id: &str) -> Result<
                 })
             })?;
             g.backing = backing_id.to_string();
-            Cache::format(&cfg.path, &g, true)?;
+            Allocator::format(&cfg.path, &g, true)?;
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -113,7 +113,7 @@ pub(super) fn prepare_cache_file(cfg: &CacheConfig, backing_id: &str) -> Result<
         });
         g.backing = backing_id.to_string();
         drop(dev);
-        Cache::format(&cfg.path, &g, true)?;
+        Allocator::format(&cfg.path, &g, true)?;
         return Ok(());
     }
     let mut changed = false;

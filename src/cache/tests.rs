@@ -210,7 +210,7 @@ fn a_failed_journal_write_stops_caching_everywhere() {
         bucket_size: 256 << 10,
         ..Geometry::default()
     };
-    Cache::format(&path, &g, false).unwrap();
+    Allocator::format(&path, &g, false).unwrap();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -221,7 +221,7 @@ fn a_failed_journal_write_stops_caching_everywhere() {
         start_allocator: false,
         ..Default::default()
     };
-    let alloc = Arc::new(Cache::open_device(dev.clone(), manual).unwrap());
+    let alloc = Arc::new(Allocator::open_device(dev.clone(), manual).unwrap());
     let jw = journal::JournalWriter::new(
         alloc.clone(),
         Arc::new(Index::new(alloc.superblock().block_size)),
@@ -258,7 +258,7 @@ fn a_failed_index_checkpoint_stops_caching_everywhere() {
         bucket_size: 256 << 10,
         ..Geometry::default()
     };
-    Cache::format(&path, &g, false).unwrap();
+    Allocator::format(&path, &g, false).unwrap();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -269,7 +269,7 @@ fn a_failed_index_checkpoint_stops_caching_everywhere() {
         start_allocator: false,
         ..Default::default()
     };
-    let alloc = Arc::new(Cache::open_device(dev.clone(), manual).unwrap());
+    let alloc = Arc::new(Allocator::open_device(dev.clone(), manual).unwrap());
     let r = alloc.gc_begin();
     alloc.gc_finish(r).unwrap();
     alloc.allocator_run_until_idle(100).unwrap();

@@ -39,9 +39,9 @@ use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 
 use super::{valid_block_size, Extent, FileExtents, Index, Validator};
-use crate::alloc::BucketPtr;
 use crate::device::format::SECTOR;
 use crate::error::{Error, Result};
+use crate::key::BucketPtr;
 
 /// Magic of an index checkpoint.
 pub const INDEX_MAGIC: [u8; 8] = *b"bcfsindx";

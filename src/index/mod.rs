@@ -51,11 +51,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::Mutex;
 
-use crate::alloc::BucketPtr;
 use crate::device::format::SECTOR;
+use crate::key::BucketPtr;
 
-/// Stable identity of a backing file (see DESIGN.md, "file id").
-pub type FileId = u64;
+pub use crate::key::FileId;
 
 /// Number of shards of the index map (a power of two).
 pub const SHARDS: usize = 64;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bcachefs_lite::alloc::{Cache, OpenOptions};
+use bcachefs_lite::alloc::{Allocator, OpenOptions};
 use bcachefs_lite::device::format::{Geometry, Replacement};
 use bcachefs_lite::device::{CacheDevice, FileDevice};
 
@@ -29,13 +29,13 @@ pub fn geometry(nbuckets: u64, bucket: u32, replacement: Replacement, discard: b
 /// Format a cache file in `dir`.
 pub fn format(dir: &Path, nbuckets: u64, bucket: u32, rep: Replacement, discard: bool) -> PathBuf {
     let p = dir.join("test.cache");
-    Cache::format(&p, &geometry(nbuckets, bucket, rep, discard), false).unwrap();
+    Allocator::format(&p, &geometry(nbuckets, bucket, rep, discard), false).unwrap();
     p
 }
 
 /// Open without the allocator thread (tests drive `allocator_step`).
-pub fn open_manual(path: &Path) -> Cache {
-    Cache::open_with(
+pub fn open_manual(path: &Path) -> Allocator {
+    Allocator::open_with(
         path,
         OpenOptions {
             start_allocator: false,
@@ -46,8 +46,8 @@ pub fn open_manual(path: &Path) -> Cache {
 }
 
 /// Open on an explicit device without the allocator thread.
-pub fn open_dev(dev: Arc<dyn CacheDevice>) -> bcachefs_lite::Result<Cache> {
-    Cache::open_device(
+pub fn open_dev(dev: Arc<dyn CacheDevice>) -> bcachefs_lite::Result<Allocator> {
+    Allocator::open_device(
         dev,
         OpenOptions {
             start_allocator: false,
@@ -68,7 +68,7 @@ pub fn file_dev(path: &Path) -> FileDevice {
 }
 
 /// Report an empty index to GC (everything not metadata is empty).
-pub fn gc_empty(c: &Cache) {
+pub fn gc_empty(c: &Allocator) {
     let r = c.gc_begin();
     c.gc_finish(r).unwrap();
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use super::JournalWriter;
-use crate::alloc::{Cache, Reserve};
+use crate::alloc::{Allocator, Reserve};
 use crate::cache::stats::bump;
 use crate::error::{Error, Result};
 use crate::index::Index;
@@ -110,7 +110,7 @@ impl JournalWriter {
 }
 
 /// Reads the blob of an index checkpoint.
-pub(super) fn load_checkpoint(alloc: &Cache, buckets: &[u32], len: u64) -> Result<Index> {
+pub(super) fn load_checkpoint(alloc: &Allocator, buckets: &[u32], len: u64) -> Result<Index> {
     let sb = alloc.superblock();
     let bucket_size = u64::from(sb.bucket_size);
     if len > bucket_size * buckets.len() as u64

@@ -37,7 +37,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::identity::Identity;
 use super::stats::{bump, Counters};
-use crate::alloc::Cache;
+use crate::alloc::Allocator;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::journal::format::Record;
@@ -60,7 +60,7 @@ struct Queue {
 }
 
 pub struct JournalWriter {
-    pub(super) alloc: Arc<Cache>,
+    pub(super) alloc: Arc<Allocator>,
     pub(super) index: Arc<Index>,
     pub(super) identity: Arc<Identity>,
     pub(super) counters: Arc<Counters>,
@@ -81,7 +81,7 @@ fn record_size(r: &Record) -> usize {
 
 impl JournalWriter {
     pub fn new(
-        alloc: Arc<Cache>,
+        alloc: Arc<Allocator>,
         index: Arc<Index>,
         identity: Arc<Identity>,
         counters: Arc<Counters>,
@@ -248,7 +248,7 @@ mod tests {
             bucket_size: 256 << 10,
             ..Geometry::default()
         };
-        Cache::format(&path, &g, false).unwrap();
+        Allocator::format(&path, &g, false).unwrap();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -263,7 +263,7 @@ mod tests {
             start_allocator: false,
             ..Default::default()
         };
-        let alloc = Arc::new(Cache::open_device(dev.clone(), manual).unwrap());
+        let alloc = Arc::new(Allocator::open_device(dev.clone(), manual).unwrap());
         let index = Arc::new(Index::new(alloc.superblock().block_size));
         let counters = Arc::new(Counters::default());
         let jw = JournalWriter::new(

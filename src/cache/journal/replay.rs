@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use super::checkpoint::{load_checkpoint, CheckpointState};
-use crate::alloc::{BucketPtr, Cache};
+use crate::alloc::{Allocator, BucketPtr};
 use crate::cache::identity::{FsKey, Identity};
 use crate::cache::stats::Counters;
 use crate::device::format::SECTOR;
@@ -23,7 +23,7 @@ pub struct Replayed {
 
 /// Rebuilds the index from the newest readable checkpoint and the journal after it
 /// (recovery path steps 3-5 in docs/DESIGN.md).
-pub fn replay(alloc: &Cache, counters: &Counters) -> Result<Replayed> {
+pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     let sb = alloc.superblock().clone();
     let entries = crate::journal::scan(&**alloc.device(), &sb)?;
     // Slots are never reassigned, so every FsSlot record in the ring counts, wherever it is
