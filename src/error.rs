@@ -39,10 +39,14 @@ pub enum Error {
     Poisoned,
     /// The cache is shutting down.
     Shutdown,
-    /// A caller passed an argument outside the allowed range (a bucket index, a sector count).
+    /// A caller inside the program passed an argument outside the allowed range (a bucket
+    /// index, a sector count): a bug in the caller, never something a user can cause.
     InvalidArgument(String),
     /// The resource is held by someone else (a cache file another mount has locked).
     Busy(String),
+    /// The user's configuration cannot work (a missing size for a new cache file, a cache
+    /// file bound to another tree); the message says what to change.
+    Config(String),
 }
 
 impl Error {
@@ -74,6 +78,7 @@ impl Error {
             Error::NoFreeBucket => libc::ENOSPC,
             Error::Shutdown => libc::ESHUTDOWN,
             Error::Busy(_) => libc::EBUSY,
+            Error::Config(_) => libc::EINVAL,
         }
     }
 
@@ -115,7 +120,20 @@ impl fmt::Display for Error {
             }
             Error::Shutdown => write!(f, "cache is shutting down"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
-            Error::Busy(m) => write!(f, "{m}"),
+            Error::Busy(m) | Error::Config(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// A call whose failure can only be a bug in this program (an unpin of a bucket we pinned):
+/// asserts in debug builds, logs once per call site's message in release builds, and goes on.
+/// Failures that stopping the cache explains (poisoned, shutting down) are expected.
+pub fn expect_ok<T>(r: Result<T>, what: &'static str) {
+    match r {
+        Ok(_) | Err(Error::Poisoned) | Err(Error::Shutdown) => {}
+        Err(e) => {
+            debug_assert!(false, "bug: {what}: {e}");
+            tracing::error!("bug: {what}: {e}");
         }
     }
 }

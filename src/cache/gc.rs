@@ -31,6 +31,7 @@ use super::journal::JournalWriter;
 use super::stats::{add, bump, Counters, Windows};
 use crate::alloc::{Allocator, KeyPos, Mark};
 use crate::device::format::SECTOR;
+use crate::error::expect_ok;
 use crate::index::{Extent, Index};
 use crate::journal::format::Record;
 
@@ -100,7 +101,7 @@ pub fn moving(
         }
         let mut data = vec![0u8; old.len as usize];
         let read = alloc.read_data(old.ptr, &mut data);
-        let _ = alloc.unpin(old.ptr.bucket);
+        expect_ok(alloc.unpin(old.ptr.bucket), "unpin a moved extent's bucket");
         if read.is_err() {
             continue;
         }
@@ -126,7 +127,10 @@ pub fn moving(
             let src = old.slice(piece.offset, piece.offset + len);
             let bytes = &data[done as usize..(done + len) as usize];
             if alloc.write_data(ptr, bytes).is_err() {
-                let _ = alloc.key_inserted(ptr);
+                expect_ok(
+                    alloc.key_inserted(ptr),
+                    "release a moved extent's allocation",
+                );
                 return moved;
             }
             let new = Extent {
@@ -152,7 +156,10 @@ pub fn moving(
                     moved += len;
                 }
             }
-            let _ = alloc.key_inserted(ptr);
+            expect_ok(
+                alloc.key_inserted(ptr),
+                "release a moved extent's allocation",
+            );
             done += len;
         }
     }

@@ -89,7 +89,7 @@ use parking_lot::Mutex;
 
 use crate::alloc::{Allocator, BucketPtr, KeyPos};
 use crate::device::format::{Replacement, SECTOR};
-use crate::error::{Error, Result};
+use crate::error::{expect_ok, Error, Result};
 use crate::index::{Extent, FileId, Index, Validator};
 use crate::journal::format::Record;
 use identity::Identity;
@@ -760,7 +760,7 @@ impl CacheSet {
             }
         }
         let read = self.alloc.read_data(ptr, out);
-        let _ = self.alloc.unpin(ptr.bucket);
+        expect_ok(self.alloc.unpin(ptr.bucket), "unpin after a cache read");
         if let Err(e) = read {
             self.fail("read", &e);
             return false;
@@ -812,12 +812,12 @@ impl CacheSet {
                 let len = granted as usize * SECTOR as usize;
                 let piece = &data[done..done + len];
                 if let Err(e) = self.alloc.write_data(ptr, piece) {
-                    let _ = self.alloc.key_inserted(ptr);
+                    expect_ok(self.alloc.key_inserted(ptr), "release a fill's allocation");
                     self.fail("write", &e);
                     return;
                 }
                 let inserted = self.insert_if_current(file, fill.write_seq, at, ptr, piece);
-                let _ = self.alloc.key_inserted(ptr);
+                expect_ok(self.alloc.key_inserted(ptr), "release a fill's allocation");
                 if !inserted {
                     bump(&self.counters.cache_miss_collisions);
                     return;

@@ -43,7 +43,7 @@ pub(super) fn lock_cache_file(path: &Path) -> Result<std::fs::File> {
 pub(super) fn prepare_cache_file(cfg: &CacheConfig, backing_id: &str) -> Result<()> {
     let geometry = || -> Result<Geometry> {
         let size = cfg.size.ok_or_else(|| {
-            Error::InvalidArgument(format!(
+            Error::Config(format!(
                 "cache file {} does not exist; give cache_size=SIZE to create it",
                 cfg.path.display()
             ))
@@ -101,7 +101,7 @@ pub(super) fn prepare_cache_file(cfg: &CacheConfig, backing_id: &str) -> Result<
     };
     if !sb.backing.is_empty() && sb.backing != backing_id {
         if !cfg.reformat {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Config(format!(
                 "cache file {} serves {}, not {backing_id}; mount with -o reformat to reuse it for this tree (its cached data is dropped)",
                 cfg.path.display(),
                 sb.backing

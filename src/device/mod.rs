@@ -15,9 +15,9 @@
 //! shared cursor). Lock order: none held across calls except the fault plan's own small mutex.
 //! What may block: every method does synchronous I/O.
 
-pub mod format;
 #[cfg(any(test, feature = "fault-injection"))]
 mod faulty;
+pub mod format;
 #[cfg(any(test, feature = "fault-injection"))]
 pub use faulty::{FaultKind, FaultyDevice};
 
@@ -99,7 +99,6 @@ impl CacheDevice for FileDevice {
         Ok(self.file.metadata()?.len())
     }
 }
-
 
 impl<D: CacheDevice> CacheDevice for std::sync::Arc<D> {
     fn pread(&self, buf: &mut [u8], off: u64) -> io::Result<()> {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use super::JournalWriter;
 use crate::alloc::{Allocator, Reserve};
 use crate::cache::stats::bump;
-use crate::error::{Error, Result};
+use crate::error::{expect_ok, Error, Result};
 use crate::index::Index;
 use crate::journal::format::Record;
 
@@ -38,8 +38,11 @@ impl JournalWriter {
         let mut buckets = Vec::with_capacity(parts);
         let release = |buckets: &[u32]| {
             for &b in buckets {
-                let _ = self.alloc.unpin(b);
-                let _ = self.alloc.bucket_free(b);
+                expect_ok(self.alloc.unpin(b), "unpin a checkpoint bucket");
+                expect_ok(
+                    self.alloc.bucket_free(b),
+                    "free an unused checkpoint bucket",
+                );
             }
         };
         for _ in 0..parts {
@@ -89,7 +92,7 @@ impl JournalWriter {
             return Err(e);
         }
         for &b in &buckets {
-            let _ = self.alloc.unpin(b);
+            expect_ok(self.alloc.unpin(b), "unpin a checkpoint bucket");
         }
         let old = std::mem::replace(
             &mut *self.ckpt.lock(),
