@@ -54,7 +54,7 @@ fn gc_from_markers(c: &Allocator, path: &Path) {
 fn scenario(c: &Allocator, rounds: usize) {
     for _ in 0..rounds {
         while let Ok((b, g)) = c.bucket_alloc(Reserve::MovingGc, false) {
-            let _ = c.write_data(
+            let _ = c.data().write(
                 bcachefs_lite::BucketPtr {
                     bucket: b,
                     gen: g,
@@ -64,7 +64,7 @@ fn scenario(c: &Allocator, rounds: usize) {
             );
             let _ = c.unpin(b);
         }
-        let _ = c.sync();
+        let _ = c.data().sync();
         if c.allocator_run_until_idle(100).is_err() {
             return;
         }

@@ -34,12 +34,12 @@ fn run(discard: bool) -> (u64, u64, u64) {
             1,
             false,
         ) {
-            c.write_data(ptr, &data[..n as usize * 512]).unwrap();
+            c.data().write(ptr, &data[..n as usize * 512]).unwrap();
             c.key_inserted(ptr).unwrap();
             written += 1;
         }
     }
-    c.sync().unwrap();
+    c.data().sync().unwrap();
     let before = std::fs::metadata(&p).unwrap().blocks();
     // GC finds no keys: every data bucket is free; the allocator cycles them all.
     gc_empty(&c);

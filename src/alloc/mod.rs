@@ -56,6 +56,7 @@
 //! gens durable, buckets released → discard. A failed write or fsync poisons the cache: nothing
 //! more is allocated, and the invalidated batch never reaches a free list.
 
+mod data;
 pub mod format;
 pub mod open;
 mod recovery;
@@ -70,11 +71,12 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::device::format::{Geometry, Superblock, SECTOR};
+use crate::device::format::{Geometry, Superblock};
 use crate::device::CacheDevice;
 use crate::error::{Error, Result};
 use crate::journal::format::Record;
 use crate::journal::JournalRing;
+pub use data::CacheData;
 pub use open::MAX_OPEN_BUCKETS;
 pub use recovery::{read_newest_checkpoint, read_superblock, NewestCheckpoint};
 use state::AllocState;
@@ -203,6 +205,7 @@ pub(crate) struct Shared {
 /// threads.
 pub struct Allocator {
     shared: Arc<Shared>,
+    data: CacheData,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Number of gens checkpoints newer than the loaded one that were skipped as invalid.
     skipped_checkpoints: usize,
@@ -267,6 +270,7 @@ impl Allocator {
             shutdown: AtomicBool::new(false),
         });
         let cache = Allocator {
+            data: CacheData::new(shared.dev.clone(), shared.sb.clone(), shared.poison.clone()),
             shared,
             thread: Mutex::new(None),
             skipped_checkpoints: r.newest.skipped,
@@ -656,47 +660,15 @@ impl Allocator {
         Ok(last)
     }
 
-    /// Write `data` at `ptr` (length a multiple of the sector size, within the bucket).
-    pub fn write_data(&self, ptr: BucketPtr, data: &[u8]) -> Result<()> {
-        let off = self.data_offset(ptr, data.len())?;
-        self.shared
-            .dev
-            .pwrite(data, off)
-            .map_err(|e| Error::io("pwrite data", e))
-    }
-
-    /// Read `buf.len()` bytes at `ptr`. The caller checks the gen before trusting them.
-    pub fn read_data(&self, ptr: BucketPtr, buf: &mut [u8]) -> Result<()> {
-        let off = self.data_offset(ptr, buf.len())?;
-        self.shared
-            .dev
-            .pread(buf, off)
-            .map_err(|e| Error::io("pread data", e))
-    }
-
-    /// Make completed data writes durable. A failure poisons the cache.
-    pub fn sync(&self) -> Result<()> {
-        self.shared.dev.fdatasync().map_err(|e| {
-            thread::poison(&self.shared, "fdatasync data");
-            Error::io("fdatasync", e)
-        })
-    }
-
-    fn data_offset(&self, ptr: BucketPtr, len: usize) -> Result<u64> {
-        self.check_bucket(ptr.bucket)?;
-        let end = u64::from(ptr.offset) * SECTOR + len as u64;
-        if end > u64::from(self.shared.sb.bucket_size) {
-            return Err(Error::InvalidArgument(format!(
-                "I/O past the end of bucket {}",
-                ptr.bucket
-            )));
-        }
-        Ok(self.shared.sb.bucket_offset(ptr.bucket) + u64::from(ptr.offset) * SECTOR)
+    /// Data I/O on the cache file: writing fills, reading hits, syncing before keys.
+    pub fn data(&self) -> &CacheData {
+        &self.data
     }
 
     /// Append one journal entry with `records` and fsync it. The journal ring has one cursor
-    /// (its own lock), so key records and gens checkpoint entries share one sequence. Returns the entry's seq and the bytes appended to the ring since open.
-    /// A failure poisons the cache.
+    /// (its own lock), so key records and gens checkpoint entries share one sequence. Returns
+    /// the entry's seq and the bytes appended to the ring since open. A failure poisons the
+    /// cache.
     pub fn journal_append(&self, records: Vec<Record>) -> Result<(u64, u64)> {
         let mut ring = self.shared.journal.lock();
         if self.shared.poison.is_set() {

@@ -100,7 +100,7 @@ pub fn moving(
             _ => continue,
         }
         let mut data = vec![0u8; old.len as usize];
-        let read = alloc.read_data(old.ptr, &mut data);
+        let read = alloc.data().read(old.ptr, &mut data);
         expect_ok(alloc.unpin(old.ptr.bucket), "unpin a moved extent's bucket");
         if read.is_err() {
             continue;
@@ -126,7 +126,7 @@ pub fn moving(
             let len = u64::from(granted) * SECTOR;
             let src = old.slice(piece.offset, piece.offset + len);
             let bytes = &data[done as usize..(done + len) as usize];
-            if alloc.write_data(ptr, bytes).is_err() {
+            if alloc.data().write(ptr, bytes).is_err() {
                 expect_ok(
                     alloc.key_inserted(ptr),
                     "release a moved extent's allocation",

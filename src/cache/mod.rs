@@ -759,7 +759,7 @@ impl CacheSet {
                 return false;
             }
         }
-        let read = self.alloc.read_data(ptr, out);
+        let read = self.alloc.data().read(ptr, out);
         expect_ok(self.alloc.unpin(ptr.bucket), "unpin after a cache read");
         if let Err(e) = read {
             self.fail("read", &e);
@@ -811,7 +811,7 @@ impl CacheSet {
                 };
                 let len = granted as usize * SECTOR as usize;
                 let piece = &data[done..done + len];
-                if let Err(e) = self.alloc.write_data(ptr, piece) {
+                if let Err(e) = self.alloc.data().write(ptr, piece) {
                     expect_ok(self.alloc.key_inserted(ptr), "release a fill's allocation");
                     self.fail("write", &e);
                     return;

@@ -162,7 +162,7 @@ impl JournalWriter {
             return Err(Error::Poisoned);
         }
         // Invariant 3: the data keys point at is durable before the keys are.
-        self.alloc.sync()?;
+        self.alloc.data().sync()?;
         // Entries are kept below a quarter of the ring, and a checkpoint is written as soon
         // as half the ring has been used since the last one, so even one large batch never
         // wraps over the entries replay needs (the newest checkpoint's and the gens one).
@@ -280,7 +280,7 @@ mod tests {
             .alloc_sectors(KeyPos { file: 1, offset: 0 }, 8, 1, false)
             .unwrap();
         let data = vec![7u8; granted as usize * 512];
-        alloc.write_data(ptr, &data).unwrap();
+        alloc.data().write(ptr, &data).unwrap();
         let data_off = alloc.superblock().bucket_offset(ptr.bucket) + u64::from(ptr.offset) * 512;
         jw.queue(Record::KeyInsert {
             file: 1,
