@@ -44,7 +44,9 @@
 //! - `BCL_FSX_SKIP=op,op` leave out operations by name (see [`OPS`], the outside change
 //!   kinds `ext_same`, `ext_grow`, `ext_shrink`, `ext_rename`, `ext_touch`, and the
 //!   fallocate modes `fa_alloc`, `fa_keep`, `fa_punch`, `fa_zero`),
-//! - `BCL_FSX_CHECK_EVERY` ops between full comparisons (default 100).
+//! - `BCL_FSX_CHECK_EVERY` ops between full comparisons (default 100),
+//! - `BCL_FSX_REVALIDATE=1` (narrowing only): after an outside change, stat every open
+//!   descriptor and every name through the mount, so what still fails survives a getattr.
 //!
 //! On the first mismatch the last 60 ops are printed, the whole log is written under
 //! the target directory, and the command line that replays the run is printed.
@@ -381,6 +383,8 @@ struct Handle {
     flags: i32,
     mfd: i32,
     rfd: i32,
+    /// The reference inode number, so the log shows which handles share a file.
+    ino: u64,
 }
 
 impl Handle {
@@ -391,7 +395,13 @@ impl Handle {
         self.flags & libc::O_DIRECT != 0
     }
     fn label(&self) -> String {
-        format!("h{}({} {})", self.id, self.name, flags_name(self.flags))
+        format!(
+            "h{}({}#{} {})",
+            self.id,
+            self.name,
+            self.ino,
+            flags_name(self.flags)
+        )
     }
 }
 
@@ -408,6 +418,8 @@ struct Fsx {
     log: Vec<String>,
     skip: HashSet<String>,
     check_every: u64,
+    /// BCL_FSX_REVALIDATE=1: stat every descriptor and name after an outside change.
+    revalidate: bool,
     ext_changes: u64,
 }
 
@@ -593,6 +605,7 @@ impl Fsx {
             "BCL_FSX_MMAP",
             "BCL_FSX_SKIP",
             "BCL_FSX_CHECK_EVERY",
+            "BCL_FSX_REVALIDATE",
         ] {
             if let Ok(v) = std::env::var(k) {
                 replay.push_str(&format!(" {k}={v}"));
@@ -686,6 +699,7 @@ impl Fsx {
                 flags,
                 mfd: mfd as i32,
                 rfd: rfd as i32,
+                ino: fstat(rfd as i32).map(|s| s.st_ino).unwrap_or(0),
             });
             return Ok(format!("{line} h{id}"));
         }
@@ -1302,7 +1316,15 @@ impl Fsx {
             return Ok(line);
         }
         let (Ok(before), Ok(after), Ok(rs)) = (mst.0, mst.1, rst) else {
-            return Err(format!("stat after utimens {line} failed"));
+            // utimensat with both times UTIME_OMIT succeeds without looking the path up
+            if mst.1.err() == rst.err() {
+                return Ok(format!("{line}; stat {}", stat_key(&rst)));
+            }
+            return Err(format!(
+                "stat after utimens {line}: mount {} reference {}",
+                stat_key(&mst.1),
+                stat_key(&rst)
+            ));
         };
         let fields = [
             (
@@ -1418,9 +1440,9 @@ impl Fsx {
             return Ok("no file".into());
         };
         let kind = *self.rng.pick(&kinds);
-        let size = stat(&self.rpath(name))
-            .map(|s| s.st_size as u64)
-            .unwrap_or(0);
+        let st = stat(&self.rpath(name));
+        let size = st.map(|s| s.st_size as u64).unwrap_or(0);
+        let ino = st.map(|s| s.st_ino).unwrap_or(0);
         let seed = self.rng.next();
         // the change must not share a timestamp tick with the mount's last change
         std::thread::sleep(Duration::from_millis(20));
@@ -1508,7 +1530,21 @@ impl Fsx {
         };
         self.ext_changes += 1;
         std::thread::sleep(SETTLE);
-        Ok(format!("{kind} {name} {what} (then slept {SETTLE:?})"))
+        if self.revalidate {
+            // narrowing aid: what a program polling for changes would do; leaves only
+            // the bugs that survive a fresh getattr (the daemon's page invalidation is
+            // asynchronous, hence the pause)
+            for h in &self.handles {
+                let _ = fstat(h.mfd);
+            }
+            for n in NAMES {
+                let _ = stat(&self.mpath(n));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(format!(
+            "{kind} {name}#{ino} {what} (then slept {SETTLE:?})"
+        ))
     }
 
     // ---- full comparison -----------------------------------------------------
@@ -1689,6 +1725,10 @@ fn run_config(name: &str) {
         skip,
         check_every: env_u64("BCL_FSX_CHECK_EVERY", 100).max(1),
         ext_changes: 0,
+        revalidate: !matches!(
+            std::env::var("BCL_FSX_REVALIDATE").as_deref(),
+            Err(_) | Ok("") | Ok("0")
+        ),
     };
     fsx.run();
 }
