@@ -561,6 +561,35 @@ impl Fsx {
         let ops = self.ops;
         let ext = self.ext_changes;
         let log = self.write_log();
+        if self
+            .mount
+            .backing
+            .parent()
+            .unwrap()
+            .join("ssd.cache")
+            .exists()
+        {
+            let out = std::process::Command::new(common::BIN)
+                .args(["stats", "--json"])
+                .arg(&self.mount.mnt)
+                .output()
+                .unwrap();
+            let json = String::from_utf8_lossy(&out.stdout);
+            let figure = |k: &str| {
+                let at = json.find(&format!("\"{k}\": ")).map(|i| i + k.len() + 4);
+                at.map(|i| json[i..].chars().take_while(char::is_ascii_digit).collect())
+                    .unwrap_or_else(|| "?".to_string())
+            };
+            eprintln!(
+                "fsx {}: cache hits {} misses {} buckets_total {} buckets_invalidated {} stale_pointers {}",
+                self.config,
+                figure("cache_hits"),
+                figure("cache_misses"),
+                figure("buckets_total"),
+                figure("buckets_invalidated"),
+                figure("stale_pointers")
+            );
+        }
         eprintln!(
             "fsx {}: {ops} ops ({ext} outside changes) passed in {:.1}s; log {}",
             self.config,
