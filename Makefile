@@ -3,6 +3,7 @@
 #   make test    install what is missing (fuse3, git, pjdfstest, ...), then run every test
 #   make pjdfstest  the POSIX suite (crate pjdfstest) through a mount with a cache and on a
 #                plain /tmp directory, side by side (root; tests/conformance/pjdfstest.sh)
+#   make fsx     long differential random-op runs of tests/fsx.rs (BCL_FSX_OPS per config, BCL_FSX_SEEDS)
 #   make lint    rustfmt check and clippy with -D warnings
 #   make bench   benchmarks against backing/ssd/bindfs/rclone (bench-quick: 2-3 min; see bench/README.md)
 #   make install / uninstall   PREFIX (default /usr/local) and DESTDIR honoured
@@ -32,7 +33,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BINARY     ?=
 DEBDIR     ?= $(TARGET_DIR)/debian
 
-.PHONY: all build release demo test test-only lint deps fmt clean \
+.PHONY: all build release demo test test-only fsx lint deps fmt clean \
 	install uninstall bin deb deb-deps bench bench-quick pjdfstest pjdfstest-install
 
 all: build
@@ -78,6 +79,17 @@ SHELL := /bin/bash
 test-only:
 	mkdir -p $(TARGET_DIR)
 	$(CARGO) test --no-fail-fast 2>&1 | tee $(TARGET_DIR)/test.log; exit $${PIPESTATUS[0]}
+
+# tests/fsx.rs for longer: every configuration, each seed in turn (make test runs it short).
+# Other BCL_FSX_* knobs (CONFIG, EXTERNAL, MMAP, SKIP, ...) pass through from the environment.
+BCL_FSX_OPS   ?= 20000
+BCL_FSX_SEEDS ?= 0xf5c02024 0x1f2e3d4c 0x7a11c0de
+
+fsx: deps
+	@fail=0; for s in $(BCL_FSX_SEEDS); do \
+	    echo "== fsx: seed $$s, $(BCL_FSX_OPS) ops per configuration"; \
+	    BCL_FSX_SEED=$$s BCL_FSX_OPS=$(BCL_FSX_OPS) $(CARGO) test --test fsx -- --nocapture || fail=1; \
+	done; exit $$fail
 
 lint:
 	$(CARGO) fmt --all -- --check
