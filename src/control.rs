@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::cache::stats::{get, HitSnapshot};
 use crate::cache::CacheSet;
+use crate::fs::inode::FdCache;
 
 pub const RUN_DIR: &str = "/run/bcachefs-lite";
 
@@ -44,8 +45,13 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
     Path::new(RUN_DIR).join(format!("{name}.sock"))
 }
 
-/// Serves the control socket for `cache` until the process exits. Returns the path.
-pub fn serve(mountpoint: &Path, cache: Arc<CacheSet>) -> io::Result<PathBuf> {
+/// Serves the control socket for `cache` (and the inode table's descriptor figures,
+/// `inodes`) until the process exits. Returns the path.
+pub fn serve(
+    mountpoint: &Path,
+    cache: Arc<CacheSet>,
+    inodes: Option<Arc<FdCache>>,
+) -> io::Result<PathBuf> {
     std::fs::create_dir_all(RUN_DIR)?;
     std::fs::set_permissions(RUN_DIR, std::fs::Permissions::from_mode(0o700))?;
     let path = socket_path(mountpoint);
@@ -56,7 +62,7 @@ pub fn serve(mountpoint: &Path, cache: Arc<CacheSet>) -> io::Result<PathBuf> {
         .name("bcl-control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &cache) {
+                if let Err(e) = answer(stream, &cache, inodes.as_deref()) {
                     tracing::debug!("control request: {e}");
                 }
             }
@@ -64,13 +70,13 @@ pub fn serve(mountpoint: &Path, cache: Arc<CacheSet>) -> io::Result<PathBuf> {
     Ok(path)
 }
 
-fn answer(stream: UnixStream, cache: &CacheSet) -> io::Result<()> {
+fn answer(stream: UnixStream, cache: &CacheSet, inodes: Option<&FdCache>) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(&stream).take(256).read_line(&mut line)?;
     let reply = match line.trim() {
-        "stats json" => stats_json(cache),
-        "stats" => stats_text(cache),
+        "stats json" => stats_json(cache, inodes),
+        "stats" => stats_text(cache, inodes),
         "gc" => format!("ok: moving gc compacted {} bytes\n", cache.gc_now()),
         other => format!("error: unknown request '{other}'\n"),
     };
@@ -98,7 +104,7 @@ pub fn request(mountpoint: &Path, request: &str) -> io::Result<String> {
 }
 
 /// Every figure `stats` shows, in order, as (name, value).
-fn figures(cache: &CacheSet) -> Vec<(String, String)> {
+fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, String)> {
     let c = &cache.counters;
     let total = c.hit_snapshot();
     let mut f: Vec<(String, String)> = Vec::new();
@@ -178,6 +184,9 @@ fn figures(cache: &CacheSet) -> Vec<(String, String)> {
     put("hour", window(w.over(total, Duration::from_secs(3600))));
     put("day", window(w.over(total, Duration::from_secs(86400))));
     put("total", window(total));
+    if let Some(inodes) = inodes {
+        f.extend(inodes.figures());
+    }
     f
 }
 
@@ -194,17 +203,17 @@ fn json_escape(s: &str) -> String {
     out
 }
 
-pub fn stats_json(cache: &CacheSet) -> String {
-    let body: Vec<String> = figures(cache)
+pub fn stats_json(cache: &CacheSet, inodes: Option<&FdCache>) -> String {
+    let body: Vec<String> = figures(cache, inodes)
         .into_iter()
         .map(|(k, v)| format!("  \"{k}\": {v}"))
         .collect();
     format!("{{\n{}\n}}\n", body.join(",\n"))
 }
 
-pub fn stats_text(cache: &CacheSet) -> String {
+pub fn stats_text(cache: &CacheSet, inodes: Option<&FdCache>) -> String {
     let mut out = String::new();
-    for (k, v) in figures(cache) {
+    for (k, v) in figures(cache, inodes) {
         let v = v.trim_matches('"');
         if v.starts_with('{') {
             // a window: its figures on one line

@@ -1,7 +1,8 @@
 //! The FUSE layer: a passthrough of the backing directory through fuser.
 //!
-//! Model: [`inode::InodeTable`] maps FUSE node ids to `O_PATH` descriptors of
-//! backing inodes; open files and directories are handles in sharded maps; every
+//! Model: [`inode::InodeTable`] maps FUSE node ids to backing inodes, reached through
+//! `O_PATH` descriptors (`self.inodes.fd(&inode)`, a bounded cache reopened by file
+//! handle; see its header); open files and directories are handles in sharded maps; every
 //! operation is the corresponding `*at` syscall on those descriptors, so the
 //! backing decides data, attributes and errors. Requests that create files or
 //! depend on permissions run with the caller's credentials ([`creds`]).
@@ -54,8 +55,10 @@ pub const MAX_IO: u32 = 1 << 20;
 /// An open regular file (or anything opened with open(2) that is not a directory).
 struct FileHandleState {
     file: OwnedFd,
-    /// Keeps the inode (and its `O_PATH` descriptor) alive while the file is open.
+    /// Keeps the inode alive while the file is open.
     inode: Arc<Inode>,
+    /// Keeps its `O_PATH` descriptor open (getattr/setattr after an unlink in the backing).
+    _pin: inode::Pin,
     /// Reads through this handle go through the cache (a regular file, cache active).
     cached: bool,
 }
@@ -77,6 +80,7 @@ impl Drop for DirStream {
 struct DirHandleState {
     stream: Mutex<DirStream>,
     inode: Arc<Inode>,
+    _pin: inode::Pin,
 }
 
 /// One entry read from a directory stream.
@@ -159,6 +163,11 @@ impl PassthroughFs {
         self.cache.as_ref()
     }
 
+    /// Inode and descriptor figures for `stats` (shared; lives as long as the mount).
+    pub fn fd_cache(&self) -> Arc<inode::FdCache> {
+        self.inodes.fd_cache()
+    }
+
     /// The inodes whose kernel pages must be dropped arrive on the returned channel;
     /// hand it to [`spawn_invalidator`] once the session exists.
     pub fn invalidation_channel(&self) -> std::sync::mpsc::Receiver<u64> {
@@ -221,9 +230,10 @@ impl PassthroughFs {
     /// Looks `name` up in `parent`, counting one kernel lookup on success.
     fn do_lookup(&self, parent: &Inode, name: &OsStr) -> io::Result<FileAttr> {
         let c = cstr(name)?;
-        let fd = sys::open_path_at(parent.raw_fd(), &c)?;
+        let pfd = self.inodes.fd(parent)?;
+        let fd = sys::open_path_at(pfd.as_raw_fd(), &c).map_err(|e| self.inodes.limit_error(e))?;
         let st = sys::fstat_path(fd.as_raw_fd())?;
-        let inode = self.inodes.lookup_insert(fd, &st);
+        let inode = self.inodes.lookup_insert(fd, &st)?;
         self.revalidate(&inode, &st);
         Ok(sys::attr_from_stat(&st, inode.id))
     }
@@ -253,7 +263,8 @@ impl PassthroughFs {
     ) {
         let result = self.inode(parent).and_then(|p| {
             as_caller(req, || {
-                make(p.raw_fd(), &cstr(name)?)?;
+                let pfd = self.inodes.fd(&p)?;
+                make(pfd.as_raw_fd(), &cstr(name)?)?;
                 self.do_lookup(&p, name)
             })
         });
@@ -261,7 +272,8 @@ impl PassthroughFs {
     }
 
     fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
-        let st = sys::fstat_path(inode.raw_fd())?;
+        let fd = self.inodes.fd(inode)?;
+        let st = sys::fstat_path(fd.as_raw_fd())?;
         Ok(sys::attr_from_stat(&st, inode.id))
     }
 
@@ -305,6 +317,7 @@ impl PassthroughFs {
             fh,
             Arc::new(FileHandleState {
                 file,
+                _pin: self.inodes.pin(&inode),
                 inode,
                 cached,
             }),
@@ -342,13 +355,14 @@ impl PassthroughFs {
             Some(fh) => self.file(fh).ok(),
             None => None,
         };
-        let path = sys::proc_path(inode.raw_fd());
-        self.precheck(inode, inode.raw_fd());
-        let result = Self::apply_setattr(inode, &handle, &path, change);
+        let ifd = self.inodes.fd(inode)?;
+        let path = sys::proc_path(ifd.as_raw_fd());
+        self.precheck(inode, ifd.as_raw_fd());
+        let result = Self::apply_setattr(inode, ifd.as_raw_fd(), &handle, &path, change);
         if let (Some(size), Some(cache)) = (size, self.cache_for(inode)) {
             cache.note_truncate(&inode.file, size);
         }
-        self.record_change(inode, inode.raw_fd());
+        self.record_change(inode, ifd.as_raw_fd());
         result?;
         match &handle {
             Some(h) => Ok(sys::attr_from_stat(&sys::fstat(&h.file)?, inode.id)),
@@ -358,6 +372,7 @@ impl PassthroughFs {
 
     fn apply_setattr(
         inode: &Inode,
+        ifd: RawFd,
         handle: &Option<Arc<FileHandleState>>,
         path: &std::ffi::CString,
         change: AttrChange,
@@ -383,7 +398,7 @@ impl PassthroughFs {
             let u = uid.unwrap_or(u32::MAX);
             let g = gid.unwrap_or(u32::MAX);
             let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
-            cvt(unsafe { libc::fchownat(inode.raw_fd(), c"".as_ptr(), u, g, flags) })?;
+            cvt(unsafe { libc::fchownat(ifd, c"".as_ptr(), u, g, flags) })?;
         }
         if let Some(size) = size {
             let size =
@@ -399,9 +414,7 @@ impl PassthroughFs {
                 Some(h) => cvt(unsafe { libc::futimens(h.file.as_raw_fd(), times.as_ptr()) })?,
                 None if inode.is_symlink() => {
                     let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
-                    cvt(unsafe {
-                        libc::utimensat(inode.raw_fd(), c"".as_ptr(), times.as_ptr(), flags)
-                    })?
+                    cvt(unsafe { libc::utimensat(ifd, c"".as_ptr(), times.as_ptr(), flags) })?
                 }
                 None => cvt(unsafe {
                     libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0)
@@ -411,9 +424,9 @@ impl PassthroughFs {
         Ok(())
     }
 
-    fn open_dir_stream(inode: &Inode) -> io::Result<DirStream> {
+    fn open_dir_stream(inode_fd: RawFd) -> io::Result<DirStream> {
         let fd = sys::open_at(
-            inode.raw_fd(),
+            inode_fd,
             &std::ffi::CString::from(c"."),
             libc::O_RDONLY | libc::O_DIRECTORY,
             0,
@@ -506,12 +519,15 @@ impl PassthroughFs {
         }
     }
 
-    fn xattr_target(inode: &Inode) -> io::Result<std::ffi::CString> {
+    /// The magic link to `inode`, valid while the returned descriptor guard lives.
+    fn xattr_target(&self, inode: &Inode) -> io::Result<(inode::InodeFd, std::ffi::CString)> {
         if inode.is_symlink() {
             // No way to reach a symlink's own xattrs through an O_PATH descriptor.
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
-        Ok(sys::proc_path(inode.raw_fd()))
+        let fd = self.inodes.fd(inode)?;
+        let path = sys::proc_path(fd.as_raw_fd());
+        Ok((fd, path))
     }
 }
 
@@ -548,8 +564,9 @@ impl Filesystem for PassthroughFs {
         self.reply_entry(result, reply);
     }
 
-    // batch_forget: fuser's default hands each node to `forget` (its ForgetOne type
-    // is not public, so it cannot be overridden).
+    // batch_forget: fuser 0.18's default hands each node, with its own count, to
+    // `forget`, which is exact; it cannot be overridden (the `ForgetOne` type in its
+    // signature lives in a private module and cannot be named).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.inodes.forget(ino.0, nlookup);
     }
@@ -559,7 +576,7 @@ impl Filesystem for PassthroughFs {
             // An open handle answers from its descriptor (right even after rename/unlink).
             let st = match fh.and_then(|fh| self.file(fh).ok()) {
                 Some(h) => sys::fstat(&h.file)?,
-                None => sys::fstat_path(inode.raw_fd())?,
+                None => sys::fstat_path(self.inodes.fd(&inode)?.as_raw_fd())?,
             };
             self.revalidate(&inode, &st);
             Ok(sys::attr_from_stat(&st, inode.id))
@@ -610,9 +627,10 @@ impl Filesystem for PassthroughFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = self.inode(ino).and_then(|inode| {
             let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+            let fd = self.inodes.fd(&inode)?;
             let n = cvt_size(unsafe {
                 libc::readlinkat(
-                    inode.raw_fd(),
+                    fd.as_raw_fd(),
                     c"".as_ptr(),
                     buf.as_mut_ptr().cast(),
                     buf.len(),
@@ -660,7 +678,8 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(parent).and_then(|p| {
             as_caller(req, || {
                 let c = cstr(name)?;
-                cvt(unsafe { libc::unlinkat(p.raw_fd(), c.as_ptr(), 0) })
+                let pfd = self.inodes.fd(&p)?;
+                cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), c.as_ptr(), 0) })
             })
         });
         reply_empty(result, reply);
@@ -670,7 +689,8 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(parent).and_then(|p| {
             as_caller(req, || {
                 let c = cstr(name)?;
-                cvt(unsafe { libc::unlinkat(p.raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+                let pfd = self.inodes.fd(&p)?;
+                cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
             })
         });
         reply_empty(result, reply);
@@ -708,11 +728,12 @@ impl Filesystem for PassthroughFs {
             as_caller(req, || {
                 let old = cstr(name)?;
                 let new = cstr(newname)?;
+                let (pfd, npfd) = (self.inodes.fd(&p)?, self.inodes.fd(&np)?);
                 cvt(unsafe {
                     libc::renameat2(
-                        p.raw_fd(),
+                        pfd.as_raw_fd(),
                         old.as_ptr(),
-                        np.raw_fd(),
+                        npfd.as_raw_fd(),
                         new.as_ptr(),
                         flags.bits(),
                     )
@@ -734,11 +755,12 @@ impl Filesystem for PassthroughFs {
             let np = self.inode(newparent)?;
             as_caller(req, || {
                 let new = cstr(newname)?;
+                let (ifd, npfd) = (self.inodes.fd(&inode)?, self.inodes.fd(&np)?);
                 let direct = unsafe {
                     libc::linkat(
-                        inode.raw_fd(),
+                        ifd.as_raw_fd(),
                         c"".as_ptr(),
-                        np.raw_fd(),
+                        npfd.as_raw_fd(),
                         new.as_ptr(),
                         libc::AT_EMPTY_PATH,
                     )
@@ -746,12 +768,12 @@ impl Filesystem for PassthroughFs {
                 if direct == -1 && !inode.is_symlink() {
                     // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, which an unprivileged
                     // caller's credentials lack; the magic link needs none.
-                    let path = sys::proc_path(inode.raw_fd());
+                    let path = sys::proc_path(ifd.as_raw_fd());
                     cvt(unsafe {
                         libc::linkat(
                             libc::AT_FDCWD,
                             path.as_ptr(),
-                            np.raw_fd(),
+                            npfd.as_raw_fd(),
                             new.as_ptr(),
                             libc::AT_SYMLINK_FOLLOW,
                         )
@@ -767,11 +789,13 @@ impl Filesystem for PassthroughFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let result = self.inode(ino).and_then(|inode| {
-            let path = sys::proc_path(inode.raw_fd());
+            let ifd = self.inodes.fd(&inode)?;
+            let path = sys::proc_path(ifd.as_raw_fd());
             let fd = as_caller(req, || {
                 let flags = Self::backing_open_flags(flags.0);
                 cvt(unsafe { libc::open(path.as_ptr(), flags) })
-            })?;
+            })
+            .map_err(|e| self.inodes.limit_error(e))?;
             let file = unsafe { OwnedFd::from_raw_fd(fd) };
             let fopen = self.open_validate(&inode, file.as_raw_fd(), flags.0);
             Ok((self.add_file_handle(file, inode), fopen))
@@ -929,12 +953,15 @@ impl Filesystem for PassthroughFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let result = self.inode(ino).and_then(|inode| {
-            let stream = as_caller(req, || Self::open_dir_stream(&inode))?;
+            let ifd = self.inodes.fd(&inode)?;
+            let stream = as_caller(req, || Self::open_dir_stream(ifd.as_raw_fd()))
+                .map_err(|e| self.inodes.limit_error(e))?;
             let fh = self.new_handle();
             self.dirs.insert(
                 fh,
                 Arc::new(DirHandleState {
                     stream: Mutex::new(stream),
+                    _pin: self.inodes.pin(&inode),
                     inode,
                 }),
             );
@@ -980,6 +1007,8 @@ impl Filesystem for PassthroughFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let mut added = 0usize;
+        let mut failed: Option<io::Error> = None;
         let result = self.dir(fh).and_then(|h| {
             Self::read_dir(&h, offset, |e| {
                 let name = OsStr::from_bytes(&e.name);
@@ -995,7 +1024,13 @@ impl Filesystem for PassthroughFs {
                     match self.do_lookup(&h.inode, name) {
                         Ok(attr) => attr,
                         // Gone since the directory was read: skip it, as ls would.
-                        Err(_) => return true,
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return true,
+                        // Anything else (EMFILE...) must reach the caller, not shorten the
+                        // listing silently: stop here; this entry is retried next call.
+                        Err(e) => {
+                            failed = Some(e);
+                            return false;
+                        }
                     }
                 };
                 let full = reply.add(
@@ -1009,9 +1044,14 @@ impl Filesystem for PassthroughFs {
                 if full && !dot {
                     self.inodes.forget(attr.ino.0, 1);
                 }
+                added += usize::from(!full);
                 !full
             })
         });
+        let result = match (result, failed) {
+            (Ok(()), Some(e)) if added == 0 => Err(e),
+            (result, _) => result,
+        };
         match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -1055,7 +1095,8 @@ impl Filesystem for PassthroughFs {
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let result = self.inode(ino).and_then(|inode| {
             let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-            cvt(unsafe { libc::fstatvfs(inode.raw_fd(), &mut st) })?;
+            let fd = self.inodes.fd(&inode)?;
+            cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
             Ok(st)
         });
         match result {
@@ -1084,7 +1125,7 @@ impl Filesystem for PassthroughFs {
         reply: ReplyEmpty,
     ) {
         let result = self.inode(ino).and_then(|inode| {
-            let path = Self::xattr_target(&inode)?;
+            let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
             as_caller(req, || {
                 cvt(unsafe {
@@ -1103,7 +1144,7 @@ impl Filesystem for PassthroughFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let result = self.inode(ino).and_then(|inode| {
-            let path = Self::xattr_target(&inode)?;
+            let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
             as_caller(req, || {
                 Self::sized_call(|buf, len| unsafe {
@@ -1119,7 +1160,8 @@ impl Filesystem for PassthroughFs {
             if inode.is_symlink() {
                 return Ok(Vec::new());
             }
-            let path = sys::proc_path(inode.raw_fd());
+            let fd = self.inodes.fd(&inode)?;
+            let path = sys::proc_path(fd.as_raw_fd());
             as_caller(req, || {
                 Self::sized_call(|buf, len| unsafe {
                     libc::listxattr(path.as_ptr(), buf.cast(), len)
@@ -1131,7 +1173,7 @@ impl Filesystem for PassthroughFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = self.inode(ino).and_then(|inode| {
-            let path = Self::xattr_target(&inode)?;
+            let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
             as_caller(req, || {
                 cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) })
@@ -1142,7 +1184,8 @@ impl Filesystem for PassthroughFs {
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let result = self.inode(ino).and_then(|inode| {
-            let path = sys::proc_path(inode.raw_fd());
+            let fd = self.inodes.fd(&inode)?;
+            let path = sys::proc_path(fd.as_raw_fd());
             // AT_EACCESS: check with the fsuid/fsgid we switched to, not the real ids.
             as_caller(req, || {
                 cvt(unsafe {
@@ -1168,7 +1211,9 @@ impl Filesystem for PassthroughFs {
                 let c = cstr(name)?;
                 let open_flags =
                     Self::backing_open_flags(flags) | libc::O_CREAT | (flags & libc::O_EXCL);
-                let file = sys::open_at(p.raw_fd(), &c, open_flags | libc::O_NOFOLLOW, mode)?;
+                let pfd = self.inodes.fd(&p)?;
+                let file = sys::open_at(pfd.as_raw_fd(), &c, open_flags | libc::O_NOFOLLOW, mode)
+                    .map_err(|e| self.inodes.limit_error(e))?;
                 let attr = self.do_lookup(&p, name)?;
                 let inode = self.inode(attr.ino)?;
                 let fopen = self.open_validate(&inode, file.as_raw_fd(), flags);
