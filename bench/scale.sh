@@ -70,7 +70,7 @@ walk() { # walk DIR -> seconds; checks the entry count
         echo "walk of $1 saw $n entries, expected $ENTRIES" >&2
         exit 1
     fi
-    echo "$t1 - $t0" | bc
+    printf '%.2f\n' "$(echo "$t1 - $t0" | bc)"
 }
 ENTRIES=$(find "$TREE" | wc -l)
 

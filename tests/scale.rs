@@ -298,3 +298,13 @@ fn forgotten_inodes_keep_nothing_and_memory_per_inode_is_small() {
     }
     assert!(open_fds(m.pid()) < 100, "{} descriptors", open_fds(m.pid()));
 }
+
+#[test]
+fn systemd_unit_sets_a_high_descriptor_limit() {
+    let unit = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/systemd/bcachefs-lite@.service"
+    ))
+    .unwrap();
+    assert!(unit.lines().any(|l| l == "LimitNOFILE=1048576"), "{unit}");
+}
