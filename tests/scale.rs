@@ -17,11 +17,19 @@ use common::{pattern, sh, sh_ok, Daemon, Mount, BIN};
 
 /// One figure from `stats --json`, as its JSON text (quotes stripped).
 fn figure(mnt: &Path, key: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["stats", "--json"])
-        .arg(mnt)
-        .output()
-        .unwrap();
+    // The daemon opens its control socket just after the mount appears: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = Command::new(BIN)
+            .args(["stats", "--json"])
+            .arg(mnt)
+            .output()
+            .unwrap();
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         out.status.success(),
         "stats failed: {}",
