@@ -37,10 +37,11 @@
 //!   descriptors are cached (plus those held by requests in flight).
 //!
 //! Locks, in order: table maps (`RwLock`) -> LRU queue (`Mutex`) -> one inode's slot
-//! (`Mutex`) ; the mount map (`Mutex`) is taken alone. No syscall runs under the maps
-//! or the queue, except `close` of nothing (evicted descriptors are dropped after the
-//! queue is unlocked). What may block: `fd()` on a miss and `lookup_insert` (handle,
-//! first sight of a mount) make syscalls on the backing, outside every lock.
+//! (`Mutex`); the mount map (`Mutex`) is taken alone. No syscall runs under any of them:
+//! evicted descriptors, and forgotten inodes, are closed after the locks are released.
+//! What may block: `fd()` on a miss (`open_by_handle_at`) and `lookup_insert`
+//! (`name_to_handle_at`, and a probe the first time a mount is seen) make syscalls on
+//! the backing, outside every lock.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

@@ -16,8 +16,8 @@
 //!   any input (a panic would take the user's home directory down).
 //!
 //! Threads and locks: fuser runs N worker threads, each handler takes `&self`.
-//! Lock order: inode table -> handle maps (DashMap shards) -> one directory
-//! stream's mutex. No lock is held across a syscall on a regular file's data.
+//! Lock order: inode table (its own order: maps -> descriptor LRU -> inode slot) ->
+//! handle maps (DashMap shards) -> one directory stream's mutex. No lock is held across a syscall on a regular file's data.
 //! What may block: every handler blocks on the backing filesystem; nothing blocks
 //! on another request.
 
