@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::cache::stats::{get, HitSnapshot};
 use crate::cache::CacheSet;
+use crate::fs::inode::FdCache;
 
 pub const RUN_DIR: &str = "/run/bcachefs-lite";
 
@@ -47,8 +48,13 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
     Path::new(RUN_DIR).join(format!("{name}.sock"))
 }
 
-/// Serves the control socket for `cache` until the process exits. Returns the path.
-pub fn serve(mountpoint: &Path, cache: Arc<CacheSet>) -> io::Result<PathBuf> {
+/// Serves the control socket for `cache` (and the inode table's descriptor figures,
+/// `inodes`) until the process exits. Returns the path.
+pub fn serve(
+    mountpoint: &Path,
+    cache: Arc<CacheSet>,
+    inodes: Option<Arc<FdCache>>,
+) -> io::Result<PathBuf> {
     std::fs::create_dir_all(RUN_DIR)?;
     std::fs::set_permissions(RUN_DIR, std::fs::Permissions::from_mode(0o700))?;
     let path = socket_path(mountpoint);
@@ -59,7 +65,7 @@ pub fn serve(mountpoint: &Path, cache: Arc<CacheSet>) -> io::Result<PathBuf> {
         .name("bcl-control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &cache) {
+                if let Err(e) = answer(stream, &cache, inodes.as_deref()) {
                     tracing::debug!("control request: {e}");
                 }
             }
@@ -99,7 +105,7 @@ fn reply_err(msg: String) -> serde_json::Value {
 }
 
 /// Answers one request line (the server side of the protocol, apart from the socket).
-pub fn handle(line: &str, cache: &CacheSet) -> serde_json::Value {
+pub fn handle(line: &str, cache: &CacheSet, inodes: Option<&FdCache>) -> serde_json::Value {
     let req: Request = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => return reply_err(format!("bad request: {e}")),
@@ -112,18 +118,18 @@ pub fn handle(line: &str, cache: &CacheSet) -> serde_json::Value {
     }
     let mut m = serde_json::Map::new();
     match req.cmd.as_str() {
-        "stats" => m.insert("stats".into(), stats_value(cache)),
+        "stats" => m.insert("stats".into(), stats_value(cache, inodes)),
         "gc" => m.insert("moved_bytes".into(), cache.gc_now().into()),
         other => return reply_err(format!("unknown command '{other}'")),
     };
     reply_ok(m)
 }
 
-fn answer(stream: UnixStream, cache: &CacheSet) -> io::Result<()> {
+fn answer(stream: UnixStream, cache: &CacheSet, inodes: Option<&FdCache>) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(&stream).take(4096).read_line(&mut line)?;
-    let mut reply = handle(&line, cache).to_string();
+    let mut reply = handle(&line, cache, inodes).to_string();
     reply.push('\n');
     (&stream).write_all(reply.as_bytes())
 }
@@ -164,7 +170,7 @@ pub fn request(mountpoint: &Path, cmd: &str) -> io::Result<serde_json::Value> {
 }
 
 /// Every figure `stats` shows, in order, as (name, value).
-fn figures(cache: &CacheSet) -> Vec<(String, serde_json::Value)> {
+fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_json::Value)> {
     let c = &cache.counters;
     let total = c.hit_snapshot();
     let mut f: Vec<(String, serde_json::Value)> = Vec::new();
@@ -245,12 +251,15 @@ fn figures(cache: &CacheSet) -> Vec<(String, serde_json::Value)> {
     put("hour", window(w.over(total, Duration::from_secs(3600))));
     put("day", window(w.over(total, Duration::from_secs(86400))));
     put("total", window(total));
+    if let Some(inodes) = inodes {
+        f.extend(inodes.figures());
+    }
     f
 }
 
 /// Every figure as one JSON object, in display order.
-pub fn stats_value(cache: &CacheSet) -> serde_json::Value {
-    serde_json::Value::Object(figures(cache).into_iter().collect())
+pub fn stats_value(cache: &CacheSet, inodes: Option<&FdCache>) -> serde_json::Value {
+    serde_json::Value::Object(figures(cache, inodes).into_iter().collect())
 }
 
 /// `stats --json`: the figures, pretty-printed.

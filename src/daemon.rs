@@ -296,6 +296,15 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     }));
     // Modes come from the caller, already masked by the kernel.
     unsafe { libc::umask(0) };
+    // Descriptors: the soft limit up to the hard one (passthrough_hp does the same); the
+    // inode table sizes its descriptor cache from the result.
+    match crate::fs::sys::raise_nofile_limit() {
+        Ok((old, new)) if new > old => {
+            tracing::info!("RLIMIT_NOFILE soft limit raised from {old} to {new}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise RLIMIT_NOFILE to the hard limit: {e}"),
+    }
     let mut fs = match PassthroughFs::new(&req.backing, &req.options) {
         Ok(fs) => fs,
         Err(e) => {
@@ -309,6 +318,7 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     }
     let invalidations = fs.invalidation_channel();
     let watcher = fs.open_file_watcher();
+    let fd_cache = fs.fd_cache();
     let sigset = block_signals();
     let config = fuse_config(req);
     let (mut session, mounted_by_us) = match mount_session(fs, req, &config) {
@@ -331,13 +341,15 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
         w.spawn();
     }
     let socket = match &cache {
-        Some(cache) => match crate::control::serve(&req.mountpoint, cache.clone()) {
-            Ok(path) => Some(path),
-            Err(e) => {
-                tracing::warn!("no control socket (stats unavailable): {e}");
-                None
+        Some(cache) => {
+            match crate::control::serve(&req.mountpoint, cache.clone(), Some(fd_cache)) {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    tracing::warn!("no control socket (stats unavailable): {e}");
+                    None
+                }
             }
-        },
+        }
         None => None,
     };
     let mut unmounter = (!mounted_by_us).then(|| session.unmount_callable());

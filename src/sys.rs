@@ -77,3 +77,30 @@ pub fn pwrite_full(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
     }
     Ok(done)
 }
+
+/// Appends all of `buf` at the file's end, atomically per call as `O_APPEND` would
+/// (`pwritev2` with `RWF_APPEND`), on a descriptor opened without `O_APPEND`.
+pub fn append_full(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &buf[done..];
+        let iov = libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        // SAFETY: one iovec over `rest`, valid readable memory; offset -1 with RWF_APPEND
+        // writes at the end of the file.
+        let n = unsafe { libc::pwritev2(fd, &iov, 1, -1, libc::RWF_APPEND) };
+        match cvt_size(n) {
+            Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if done > 0 => {
+                tracing::debug!("short append after {done} bytes: {e}");
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}

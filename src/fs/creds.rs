@@ -111,6 +111,25 @@ fn set_thread_fsgid(gid: u32) {
     unsafe { libc::syscall(libc::SYS_setfsgid, gid) };
 }
 
+/// Runs `f` with the daemon's own fs ids, whatever this thread is switched to, and
+/// switches back afterwards. Moving the fsuid back to 0 gives back the capabilities
+/// a switch to the caller's fsuid dropped (`CAP_DAC_READ_SEARCH`, which
+/// `open_by_handle_at` needs): reopening an inode by handle is the daemon's business,
+/// not a permission check of the caller's.
+pub fn as_daemon<T>(f: impl FnOnce() -> T) -> T {
+    let own = own_identity();
+    if own.uid != 0 {
+        return f();
+    }
+    // SAFETY (both): setfsuid/setfsgid take a plain id and return the previous one.
+    let prev_uid = unsafe { libc::syscall(libc::SYS_setfsuid, own.uid) } as u32;
+    let prev_gid = unsafe { libc::syscall(libc::SYS_setfsgid, own.gid) } as u32;
+    let result = f();
+    set_thread_fsgid(prev_gid);
+    set_thread_fsuid(prev_uid);
+    result
+}
+
 /// While alive, the current thread acts with the caller's credentials.
 #[must_use = "credentials are restored when the guard is dropped"]
 pub struct CallerCreds {

@@ -1,7 +1,8 @@
 //! The FUSE layer: a passthrough of the backing directory through fuser.
 //!
-//! Model: [`inode::InodeTable`] maps FUSE node ids to `O_PATH` descriptors of
-//! backing inodes; open files and directories are handles in sharded maps; every
+//! Model: [`inode::InodeTable`] maps FUSE node ids to backing inodes, reached through
+//! `O_PATH` descriptors (`self.inodes.fd(&inode)`, a bounded cache reopened by file
+//! handle; see its header); open files and directories are handles in sharded maps; every
 //! operation is the corresponding `*at` syscall on those descriptors, so the
 //! backing decides data, attributes and errors. Requests that create files or
 //! depend on permissions run with the caller's credentials ([`creds`]).
@@ -15,8 +16,8 @@
 //!   any input (a panic would take the user's home directory down).
 //!
 //! Threads and locks: fuser runs N worker threads, each handler takes `&self`.
-//! Lock order: inode table -> handle maps (DashMap shards) -> one directory
-//! stream's mutex. No lock is held across a syscall on a regular file's data.
+//! Lock order: inode table (its own order: maps -> descriptor LRU -> inode slot) ->
+//! handle maps (DashMap shards) -> one directory stream's mutex. No lock is held across a syscall on a regular file's data.
 //! What may block: every handler blocks on the backing filesystem; nothing blocks
 //! on another request.
 
@@ -54,10 +55,14 @@ pub const MAX_IO: u32 = 1 << 20;
 /// An open regular file (or anything opened with open(2) that is not a directory).
 struct FileHandleState {
     file: OwnedFd,
-    /// Keeps the inode (and its `O_PATH` descriptor) alive while the file is open.
+    /// Keeps the inode alive while the file is open.
     inode: Arc<Inode>,
+    /// Keeps its `O_PATH` descriptor open (getattr/setattr after an unlink in the backing).
+    _pin: inode::Pin,
     /// Reads through this handle go through the cache (a regular file, cache active).
     cached: bool,
+    /// Opened with O_APPEND (the backing descriptor is not: see `backing_open_flags`).
+    append: bool,
     /// What the backing said at open or at the last watch (uncached files only: cached
     /// ones are compared with the cache's validator).
     seen: Mutex<(i64, i64, i64, i64, i64)>,
@@ -91,6 +96,7 @@ impl Drop for DirStream {
 struct DirHandleState {
     stream: Mutex<DirStream>,
     inode: Arc<Inode>,
+    _pin: inode::Pin,
 }
 
 /// One entry read from a directory stream.
@@ -173,6 +179,11 @@ impl PassthroughFs {
         self.cache.as_ref()
     }
 
+    /// Inode and descriptor figures for `stats` (shared; lives as long as the mount).
+    pub fn fd_cache(&self) -> Arc<inode::FdCache> {
+        self.inodes.fd_cache()
+    }
+
     /// The inodes whose kernel pages must be dropped arrive on the returned channel;
     /// hand it to [`spawn_invalidator`] once the session exists.
     pub fn invalidation_channel(&self) -> std::sync::mpsc::Receiver<u64> {
@@ -248,7 +259,8 @@ impl PassthroughFs {
     /// Looks `name` up in `parent`, counting one kernel lookup on success.
     fn do_lookup(&self, parent: &Inode, name: &OsStr) -> io::Result<FileAttr> {
         let c = cstr(name)?;
-        let fd = sys::open_path_at(parent.raw_fd(), &c)?;
+        let pfd = self.inodes.fd(parent)?;
+        let fd = sys::open_path_at(pfd.as_raw_fd(), &c).map_err(|e| self.inodes.limit_error(e))?;
         let st = sys::fstat_path(fd.as_raw_fd())?;
         let file = match &self.cache {
             Some(cache) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
@@ -256,7 +268,7 @@ impl PassthroughFs {
             }
             _ => None,
         };
-        let inode = self.inodes.lookup_insert(fd, &st, file);
+        let inode = self.inodes.lookup_insert(fd, &st, file)?;
         self.revalidate(&inode, &st);
         Ok(sys::attr_from_stat(&st, inode.id))
     }
@@ -284,7 +296,8 @@ impl PassthroughFs {
     ) {
         let result = self.inode(parent).and_then(|p| {
             as_caller(req, || {
-                make(p.raw_fd(), &cstr(name)?)?;
+                let pfd = self.inodes.fd(&p)?;
+                make(pfd.as_raw_fd(), &cstr(name)?)?;
                 self.do_lookup(&p, name)
             })
         });
@@ -292,7 +305,8 @@ impl PassthroughFs {
     }
 
     fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
-        let st = sys::fstat_path(inode.raw_fd())?;
+        let fd = self.inodes.fd(inode)?;
+        let st = sys::fstat_path(fd.as_raw_fd())?;
         Ok(sys::attr_from_stat(&st, inode.id))
     }
 
@@ -329,7 +343,7 @@ impl PassthroughFs {
         }
     }
 
-    fn add_file_handle(&self, file: OwnedFd, inode: Arc<Inode>) -> u64 {
+    fn add_file_handle(&self, file: OwnedFd, inode: Arc<Inode>, flags: i32) -> u64 {
         let fh = self.new_handle();
         let cached = self.cache_for(&inode).is_some();
         let seen = sys::fstat(&file)
@@ -339,8 +353,10 @@ impl PassthroughFs {
             fh,
             Arc::new(FileHandleState {
                 file,
+                _pin: self.inodes.pin(&inode),
                 inode,
                 cached,
+                append: flags & libc::O_APPEND != 0,
                 seen: Mutex::new(seen),
             }),
         );
@@ -374,13 +390,14 @@ impl PassthroughFs {
             Some(fh) => self.file(fh).ok(),
             None => None,
         };
-        let path = sys::proc_path(inode.raw_fd());
+        let ifd = self.inodes.fd(inode)?;
+        let path = sys::proc_path(ifd.as_raw_fd());
         let touch = size.map_or(Touch::Attributes, Touch::From);
         let fd = handle
             .as_ref()
-            .map_or(inode.raw_fd(), |h| h.file.as_raw_fd());
+            .map_or(ifd.as_raw_fd(), |h| h.file.as_raw_fd());
         let (result, _) = self.change(inode, fd, touch, || {
-            Self::apply_setattr(inode, &handle, &path, change)
+            Self::apply_setattr(inode, ifd.as_raw_fd(), &handle, &path, change)
         });
         result?;
         match &handle {
@@ -391,6 +408,7 @@ impl PassthroughFs {
 
     fn apply_setattr(
         inode: &Inode,
+        ifd: RawFd,
         handle: &Option<Arc<FileHandleState>>,
         path: &std::ffi::CString,
         change: AttrChange,
@@ -416,7 +434,7 @@ impl PassthroughFs {
             let u = uid.unwrap_or(u32::MAX);
             let g = gid.unwrap_or(u32::MAX);
             let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
-            cvt(unsafe { libc::fchownat(inode.raw_fd(), c"".as_ptr(), u, g, flags) })?;
+            cvt(unsafe { libc::fchownat(ifd, c"".as_ptr(), u, g, flags) })?;
         }
         if let Some(size) = size {
             let size =
@@ -432,9 +450,7 @@ impl PassthroughFs {
                 Some(h) => cvt(unsafe { libc::futimens(h.file.as_raw_fd(), times.as_ptr()) })?,
                 None if inode.is_symlink() => {
                     let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
-                    cvt(unsafe {
-                        libc::utimensat(inode.raw_fd(), c"".as_ptr(), times.as_ptr(), flags)
-                    })?
+                    cvt(unsafe { libc::utimensat(ifd, c"".as_ptr(), times.as_ptr(), flags) })?
                 }
                 None => cvt(unsafe {
                     libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0)
@@ -444,12 +460,13 @@ impl PassthroughFs {
         Ok(())
     }
 
-    fn open_dir_stream(inode: &Inode) -> io::Result<DirStream> {
+    fn open_dir_stream(inode_fd: RawFd) -> io::Result<DirStream> {
         // Through /proc/self/fd/N, not openat(fd, "."): looking up "." inside the
         // directory needs search (x) permission, but opendir needs only read (r), and
         // this runs with the caller's credentials (pjdfstest open/06 on a 0477 dir).
-        let path = sys::proc_path(inode.raw_fd());
+        let path = sys::proc_path(inode_fd);
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        // SAFETY: path is a NUL-terminated string we own; open returns a new descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(cvt(libc::open(path.as_ptr(), flags))?) };
         let raw = fd.as_raw_fd();
         let dir = unsafe { libc::fdopendir(raw) };
@@ -539,12 +556,15 @@ impl PassthroughFs {
         }
     }
 
-    fn xattr_target(inode: &Inode) -> io::Result<std::ffi::CString> {
+    /// The magic link to `inode`, valid while the returned descriptor guard lives.
+    fn xattr_target(&self, inode: &Inode) -> io::Result<(inode::InodeFd, std::ffi::CString)> {
         if inode.is_symlink() {
             // No way to reach a symlink's own xattrs through an O_PATH descriptor.
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
-        Ok(sys::proc_path(inode.raw_fd()))
+        let fd = self.inodes.fd(inode)?;
+        let path = sys::proc_path(fd.as_raw_fd());
+        Ok((fd, path))
     }
 }
 
@@ -593,8 +613,9 @@ impl Filesystem for PassthroughFs {
         self.reply_entry(result, reply);
     }
 
-    // batch_forget: fuser's default hands each node to `forget` (its ForgetOne type
-    // is not public, so it cannot be overridden).
+    // batch_forget: fuser 0.18's default hands each node, with its own count, to
+    // `forget`, which is exact; it cannot be overridden (the `ForgetOne` type in its
+    // signature lives in a private module and cannot be named).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.inodes.forget(ino.0, nlookup);
     }
@@ -604,7 +625,7 @@ impl Filesystem for PassthroughFs {
             // An open handle answers from its descriptor (right even after rename/unlink).
             let st = match fh.and_then(|fh| self.file(fh).ok()) {
                 Some(h) => sys::fstat(&h.file)?,
-                None => sys::fstat_path(inode.raw_fd())?,
+                None => sys::fstat_path(self.inodes.fd(&inode)?.as_raw_fd())?,
             };
             self.revalidate(&inode, &st);
             Ok(sys::attr_from_stat(&st, inode.id))
@@ -655,9 +676,10 @@ impl Filesystem for PassthroughFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = self.inode(ino).and_then(|inode| {
             let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+            let fd = self.inodes.fd(&inode)?;
             let n = cvt_size(unsafe {
                 libc::readlinkat(
-                    inode.raw_fd(),
+                    fd.as_raw_fd(),
                     c"".as_ptr(),
                     buf.as_mut_ptr().cast(),
                     buf.len(),
@@ -705,7 +727,8 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(parent).and_then(|p| {
             as_caller(req, || {
                 let c = cstr(name)?;
-                cvt(unsafe { libc::unlinkat(p.raw_fd(), c.as_ptr(), 0) })
+                let pfd = self.inodes.fd(&p)?;
+                cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), c.as_ptr(), 0) })
             })
         });
         reply_empty(result, reply);
@@ -715,7 +738,8 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(parent).and_then(|p| {
             as_caller(req, || {
                 let c = cstr(name)?;
-                cvt(unsafe { libc::unlinkat(p.raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+                let pfd = self.inodes.fd(&p)?;
+                cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
             })
         });
         reply_empty(result, reply);
@@ -753,11 +777,12 @@ impl Filesystem for PassthroughFs {
             as_caller(req, || {
                 let old = cstr(name)?;
                 let new = cstr(newname)?;
+                let (pfd, npfd) = (self.inodes.fd(&p)?, self.inodes.fd(&np)?);
                 cvt(unsafe {
                     libc::renameat2(
-                        p.raw_fd(),
+                        pfd.as_raw_fd(),
                         old.as_ptr(),
-                        np.raw_fd(),
+                        npfd.as_raw_fd(),
                         new.as_ptr(),
                         flags.bits(),
                     )
@@ -779,11 +804,12 @@ impl Filesystem for PassthroughFs {
             let np = self.inode(newparent)?;
             as_caller(req, || {
                 let new = cstr(newname)?;
+                let (ifd, npfd) = (self.inodes.fd(&inode)?, self.inodes.fd(&np)?);
                 let direct = unsafe {
                     libc::linkat(
-                        inode.raw_fd(),
+                        ifd.as_raw_fd(),
                         c"".as_ptr(),
-                        np.raw_fd(),
+                        npfd.as_raw_fd(),
                         new.as_ptr(),
                         libc::AT_EMPTY_PATH,
                     )
@@ -791,12 +817,12 @@ impl Filesystem for PassthroughFs {
                 if direct == -1 && !inode.is_symlink() {
                     // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, which an unprivileged
                     // caller's credentials lack; the magic link needs none.
-                    let path = sys::proc_path(inode.raw_fd());
+                    let path = sys::proc_path(ifd.as_raw_fd());
                     cvt(unsafe {
                         libc::linkat(
                             libc::AT_FDCWD,
                             path.as_ptr(),
-                            np.raw_fd(),
+                            npfd.as_raw_fd(),
                             new.as_ptr(),
                             libc::AT_SYMLINK_FOLLOW,
                         )
@@ -812,17 +838,19 @@ impl Filesystem for PassthroughFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let result = self.inode(ino).and_then(|inode| {
-            let path = sys::proc_path(inode.raw_fd());
+            let ifd = self.inodes.fd(&inode)?;
+            let path = sys::proc_path(ifd.as_raw_fd());
             let open = || {
                 as_caller(req, || {
                     let flags = Self::backing_open_flags(flags.0);
                     // SAFETY: path is a NUL-terminated /proc/self/fd/N string we own.
                     cvt(unsafe { libc::open(path.as_ptr(), flags) })
                 })
+                .map_err(|e| self.inodes.limit_error(e))
             };
             // O_TRUNC changes the file's size: the open itself is a change.
             let fd = if flags.0 & libc::O_TRUNC != 0 {
-                self.change(&inode, inode.raw_fd(), Touch::From(0), open)
+                self.change(&inode, ifd.as_raw_fd(), Touch::From(0), open)
                     .0?
             } else {
                 open()?
@@ -830,7 +858,7 @@ impl Filesystem for PassthroughFs {
             // SAFETY: open just returned this descriptor; nothing else owns it.
             let file = unsafe { OwnedFd::from_raw_fd(fd) };
             let fopen = self.open_validate(&inode, file.as_raw_fd(), flags.0);
-            Ok((self.add_file_handle(file, inode), fopen))
+            Ok((self.add_file_handle(file, inode, flags.0), fopen))
         });
         match result {
             Ok((fh, fopen)) => reply.opened(FileHandle(fh), fopen),
@@ -905,21 +933,37 @@ impl Filesystem for PassthroughFs {
             Err(e) => return reply.error(errno(e)),
         };
         let fd = handle.file.as_raw_fd();
-        let touch = Touch::Range {
-            offset,
-            len: data.len() as u64,
+        // An O_APPEND write(2) (not page-cache writeback, which carries FUSE_WRITE_CACHE):
+        // the kernel computed `offset` from the size it has cached, which misses a growth
+        // made outside the mount since (it refreshes the size before an append only with
+        // its own writeback cache). Append where the backing's file ends, atomically, as
+        // O_APPEND on a local file would; the offset the kernel gave is only a lower bound.
+        let appending = handle.append && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        let touch = if appending {
+            let end = sys::fstat(&handle.file).map_or(0, |st| st.st_size as u64);
+            Touch::From(offset.min(end))
+        } else {
+            Touch::Range {
+                offset,
+                len: data.len() as u64,
+            }
         };
         // The writer lacks CAP_FSETID: write without it too, so the backing clears the
         // file's set-id bits as it would for that writer (HANDLE_KILLPRIV_V2).
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let (written, changed) = self.change(&handle.inode, fd, touch, || {
             let _no_fsetid = kill_suidgid.then(WithoutFsetid::now);
-            sys::pwrite_full(fd, data, offset)
+            if appending {
+                crate::sys::append_full(fd, data)
+            } else {
+                sys::pwrite_full(fd, data, offset)
+            }
         });
         // writethrough: the backing has it; the cache gets the whole blocks, unless
-        // another change overlapped this one (then nobody knows which bytes won)
+        // another change overlapped this one (then nobody knows which bytes won) or it was
+        // an append (which landed where the backing's end was, not at `offset`)
         let fill = match (&written, changed.fill_ticket, self.cache_for(&handle.inode)) {
-            (Ok(n), Some(ticket), Some((cache, file))) if *n == data.len() => cache
+            (Ok(n), Some(ticket), Some((cache, file))) if *n == data.len() && !appending => cache
                 .write_fill(file, ticket, offset, data, req.pid())
                 .map(|f| (cache, file, f)),
             _ => None,
@@ -988,12 +1032,15 @@ impl Filesystem for PassthroughFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let result = self.inode(ino).and_then(|inode| {
-            let stream = as_caller(req, || Self::open_dir_stream(&inode))?;
+            let ifd = self.inodes.fd(&inode)?;
+            let stream = as_caller(req, || Self::open_dir_stream(ifd.as_raw_fd()))
+                .map_err(|e| self.inodes.limit_error(e))?;
             let fh = self.new_handle();
             self.dirs.insert(
                 fh,
                 Arc::new(DirHandleState {
                     stream: Mutex::new(stream),
+                    _pin: self.inodes.pin(&inode),
                     inode,
                 }),
             );
@@ -1039,6 +1086,8 @@ impl Filesystem for PassthroughFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let mut added = 0usize;
+        let mut failed: Option<io::Error> = None;
         let result = self.dir(fh).and_then(|h| {
             Self::read_dir(&h, offset, |e| {
                 let name = OsStr::from_bytes(&e.name);
@@ -1054,7 +1103,13 @@ impl Filesystem for PassthroughFs {
                     match self.do_lookup(&h.inode, name) {
                         Ok(attr) => attr,
                         // Gone since the directory was read: skip it, as ls would.
-                        Err(_) => return true,
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return true,
+                        // Anything else (EMFILE...) must reach the caller, not shorten the
+                        // listing silently: stop here; this entry is retried next call.
+                        Err(e) => {
+                            failed = Some(e);
+                            return false;
+                        }
                     }
                 };
                 let full = reply.add(
@@ -1068,9 +1123,14 @@ impl Filesystem for PassthroughFs {
                 if full && !dot {
                     self.inodes.forget(attr.ino.0, 1);
                 }
+                added += usize::from(!full);
                 !full
             })
         });
+        let result = match (result, failed) {
+            (Ok(()), Some(e)) if added == 0 => Err(e),
+            (result, _) => result,
+        };
         match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -1114,7 +1174,8 @@ impl Filesystem for PassthroughFs {
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let result = self.inode(ino).and_then(|inode| {
             let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-            cvt(unsafe { libc::fstatvfs(inode.raw_fd(), &mut st) })?;
+            let fd = self.inodes.fd(&inode)?;
+            cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
             Ok(st)
         });
         match result {
@@ -1143,7 +1204,7 @@ impl Filesystem for PassthroughFs {
         reply: ReplyEmpty,
     ) {
         let result = self.inode(ino).and_then(|inode| {
-            let path = Self::xattr_target(&inode)?;
+            let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
             as_caller(req, || {
                 cvt(unsafe {
@@ -1162,7 +1223,7 @@ impl Filesystem for PassthroughFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let result = self.inode(ino).and_then(|inode| {
-            let path = Self::xattr_target(&inode)?;
+            let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
             as_caller(req, || {
                 Self::sized_call(|buf, len| unsafe {
@@ -1178,7 +1239,8 @@ impl Filesystem for PassthroughFs {
             if inode.is_symlink() {
                 return Ok(Vec::new());
             }
-            let path = sys::proc_path(inode.raw_fd());
+            let fd = self.inodes.fd(&inode)?;
+            let path = sys::proc_path(fd.as_raw_fd());
             as_caller(req, || {
                 Self::sized_call(|buf, len| unsafe {
                     libc::listxattr(path.as_ptr(), buf.cast(), len)
@@ -1190,7 +1252,7 @@ impl Filesystem for PassthroughFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = self.inode(ino).and_then(|inode| {
-            let path = Self::xattr_target(&inode)?;
+            let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
             as_caller(req, || {
                 cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) })
@@ -1201,7 +1263,8 @@ impl Filesystem for PassthroughFs {
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let result = self.inode(ino).and_then(|inode| {
-            let path = sys::proc_path(inode.raw_fd());
+            let fd = self.inodes.fd(&inode)?;
+            let path = sys::proc_path(fd.as_raw_fd());
             // AT_EACCESS: check with the fsuid/fsgid we switched to, not the real ids.
             as_caller(req, || {
                 cvt(unsafe {
@@ -1227,11 +1290,13 @@ impl Filesystem for PassthroughFs {
                 let c = cstr(name)?;
                 let open_flags =
                     Self::backing_open_flags(flags) | libc::O_CREAT | (flags & libc::O_EXCL);
-                let file = sys::open_at(p.raw_fd(), &c, open_flags | libc::O_NOFOLLOW, mode)?;
+                let pfd = self.inodes.fd(&p)?;
+                let file = sys::open_at(pfd.as_raw_fd(), &c, open_flags | libc::O_NOFOLLOW, mode)
+                    .map_err(|e| self.inodes.limit_error(e))?;
                 let attr = self.do_lookup(&p, name)?;
                 let inode = self.inode(attr.ino)?;
                 let fopen = self.open_validate(&inode, file.as_raw_fd(), flags);
-                Ok((attr, self.add_file_handle(file, inode), fopen))
+                Ok((attr, self.add_file_handle(file, inode, flags), fopen))
             })
         });
         match result {

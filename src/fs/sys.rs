@@ -135,3 +135,105 @@ pub fn timespec(t: Option<fuser::TimeOrNow>) -> libc::timespec {
         },
     }
 }
+
+/// A backing file handle from `name_to_handle_at`: reaches an inode again without a
+/// path or a descriptor (as NFS servers do), until the inode is deleted (`ESTALE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingHandle {
+    pub handle_type: i32,
+    pub bytes: Box<[u8]>,
+}
+
+const MAX_HANDLE: usize = libc::MAX_HANDLE_SZ as usize;
+
+/// `struct file_handle` followed by room for the largest handle, suitably aligned.
+#[repr(C, align(8))]
+struct HandleBuf([u8; 8 + MAX_HANDLE]);
+
+impl HandleBuf {
+    fn header(&mut self) -> *mut libc::file_handle {
+        self.0.as_mut_ptr().cast()
+    }
+}
+
+/// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`: the handle of what `fd` (any descriptor,
+/// `O_PATH` included) refers to, and the id of the mount it is on.
+pub fn name_to_handle(fd: RawFd) -> io::Result<(BackingHandle, i32)> {
+    let mut buf = HandleBuf([0; 8 + MAX_HANDLE]);
+    let fh = buf.header();
+    // SAFETY: `fh` points at the start of `buf`, which is 8-aligned and large enough
+    // for the header; nothing else references `buf`.
+    unsafe { (*fh).handle_bytes = MAX_HANDLE as libc::c_uint };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `fd` is a descriptor (checked by the kernel), the empty path is a valid C
+    // string, `fh` has `handle_bytes` bytes of room after its header, `mount_id` is a
+    // valid out-pointer; the kernel writes no more than that.
+    cvt(unsafe {
+        libc::name_to_handle_at(fd, c"".as_ptr(), fh, &mut mount_id, libc::AT_EMPTY_PATH)
+    })?;
+    // SAFETY: the kernel filled in the header on success.
+    let (len, handle_type) = unsafe { ((*fh).handle_bytes as usize, (*fh).handle_type) };
+    let len = len.min(MAX_HANDLE);
+    Ok((
+        BackingHandle {
+            handle_type,
+            bytes: buf.0[8..8 + len].into(),
+        },
+        mount_id,
+    ))
+}
+
+/// `open_by_handle_at`: reopens the inode `handle` names on the filesystem `mount_fd`
+/// is on. Needs `CAP_DAC_READ_SEARCH`; `ESTALE` once the inode is gone.
+pub fn open_by_handle(mount_fd: RawFd, handle: &BackingHandle, flags: i32) -> io::Result<OwnedFd> {
+    let mut buf = HandleBuf([0; 8 + MAX_HANDLE]);
+    let len = handle.bytes.len().min(MAX_HANDLE);
+    buf.0[8..8 + len].copy_from_slice(&handle.bytes[..len]);
+    let fh = buf.header();
+    // SAFETY: as in `name_to_handle`: `fh` is the aligned header at the start of `buf`.
+    unsafe {
+        (*fh).handle_bytes = len as libc::c_uint;
+        (*fh).handle_type = handle.handle_type;
+    }
+    // SAFETY: `fh` is a valid file_handle with `len` bytes of handle after it; the
+    // kernel only reads it. The returned descriptor is new and owned by us.
+    let fd = cvt(unsafe { libc::open_by_handle_at(mount_fd, fh, flags | libc::O_CLOEXEC) })?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of this process.
+pub fn nofile_limit() -> (u64, u64) {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return (1024, 1024);
+    }
+    (rl.rlim_cur, rl.rlim_max)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (as libfuse's passthrough_hp
+/// does); returns (old soft, new soft).
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let (soft, hard) = nofile_limit();
+    if soft >= hard {
+        return Ok((soft, soft));
+    }
+    let rl = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: `rl` is a valid, initialised rlimit.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) })?;
+    Ok((soft, hard))
+}
+
+/// How many descriptors this process has open (entries of /proc/self/fd).
+pub fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count().saturating_sub(1)) // the read_dir's own descriptor
+        .unwrap_or(0)
+}

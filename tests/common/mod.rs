@@ -47,6 +47,14 @@ pub fn umount_lazy(path: &Path) {
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
 }
 
+/// How to start the daemon of a [`Mount::spawn`].
+#[derive(Default)]
+pub struct Daemon {
+    /// RLIMIT_NOFILE (soft, hard) to start it with.
+    pub nofile: Option<(u64, u64)>,
+    pub env: Vec<(String, String)>,
+}
+
 pub struct Mount {
     pub dir: tempfile::TempDir,
     pub backing: PathBuf,
@@ -68,6 +76,17 @@ impl Mount {
 
     /// Mounts an existing `backing` (inside `dir`) with extra CLI arguments.
     pub fn over(dir: tempfile::TempDir, backing: PathBuf, options: &str, extra: &[&str]) -> Mount {
+        Mount::spawn(dir, backing, options, extra, &Daemon::default())
+    }
+
+    /// As [`Mount::over`], with the daemon's descriptor limit and environment set.
+    pub fn spawn(
+        dir: tempfile::TempDir,
+        backing: PathBuf,
+        options: &str,
+        extra: &[&str],
+        daemon: &Daemon,
+    ) -> Mount {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
         let mut cmd = Command::new(BIN);
@@ -76,6 +95,25 @@ impl Mount {
             cmd.arg("-o").arg(options);
         }
         cmd.args(extra).stdin(Stdio::null());
+        for (k, v) in &daemon.env {
+            cmd.env(k, v);
+        }
+        if let Some((soft, hard)) = daemon.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd.spawn().expect("spawn bcachefs-lite");
         let mut m = Mount {
             dir,
