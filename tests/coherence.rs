@@ -450,3 +450,34 @@ fn overlapping_concurrent_writes_leave_the_cache_equal_to_the_backing() {
         );
     }
 }
+
+#[test]
+fn an_append_after_an_outside_growth_lands_at_the_real_end() {
+    require_fuse!();
+    let (dir, backing, cache) = setup();
+    fs::write(backing.join("log"), b"first\n").unwrap();
+    let m = mount_cached(dir, &backing, &cache);
+    let log = fs::OpenOptions::new()
+        .append(true)
+        .open(m.m("log"))
+        .unwrap();
+    use std::io::Write;
+    (&log).write_all(b"mount 1\n").unwrap();
+    // another machine appends to the shared file
+    let mut outside = fs::OpenOptions::new()
+        .append(true)
+        .open(m.b("log"))
+        .unwrap();
+    outside
+        .write_all(b"outside, a longer line than ours\n")
+        .unwrap();
+    drop(outside);
+    one_attr_timeout();
+    // no stat first: the kernel's idea of the size is stale
+    (&log).write_all(b"mount 2\n").unwrap();
+    assert_eq!(
+        fs::read_to_string(m.b("log")).unwrap(),
+        "first\nmount 1\noutside, a longer line than ours\nmount 2\n",
+        "an O_APPEND write through the mount overwrote the outside append"
+    );
+}

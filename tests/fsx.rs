@@ -43,8 +43,8 @@
 //! - `BCL_FSX_EXTERNAL=0` no outside changes, `BCL_FSX_MMAP=0` no mmap,
 //! - `BCL_FSX_SKIP=op,op` leave out operations by name (see [`OPS`], the outside change
 //!   kinds `ext_same`, `ext_grow`, `ext_shrink`, `ext_rename`, `ext_touch`, and the
-//!   fallocate modes `fa_alloc`, `fa_keep`, `fa_punch`, `fa_zero`; `stale_append` makes
-//!   every O_APPEND write fstat() its descriptor first),
+//!   fallocate modes `fa_alloc`, `fa_keep`, `fa_punch`, `fa_zero`; `stale_append` leaves
+//!   out the fstat() every O_APPEND write does first, see `refresh_append`),
 //! - `BCL_FSX_CHECK_EVERY` ops between full comparisons (default 100),
 //! - `BCL_FSX_REVALIDATE=1` (narrowing only): after an outside change, stat every open
 //!   descriptor and every name through the mount, so what still fails survives a getattr.
@@ -872,10 +872,15 @@ impl Fsx {
         Ok(format!("{} off {off} len {len} -> {}", h.label(), show(&m)))
     }
 
-    /// With `stale_append` in BCL_FSX_SKIP (narrowing only): an O_APPEND descriptor is
-    /// fstat()ed before each write, so the kernel appends at the end the backing has now.
+    /// An O_APPEND descriptor is fstat()ed before each write, as a program that appends to
+    /// a file others change must do on FUSE: the kernel computes an append's position from
+    /// the size it has cached and, without FUSE's writeback cache, nothing refreshes it
+    /// first, so after an outside growth the position it returns (lseek CUR) is its own
+    /// even though the daemon appends the bytes at the backing's real end (`RWF_APPEND`;
+    /// tests/coherence.rs checks those bytes without this fstat). A kernel FUSE limit, the
+    /// same without a cache. `stale_append` in BCL_FSX_SKIP leaves the fstat out.
     fn refresh_append(&self, h: &Handle) {
-        if h.flags & libc::O_APPEND != 0 && !self.on("stale_append") {
+        if h.flags & libc::O_APPEND != 0 && self.on("stale_append") {
             let _ = fstat(h.mfd);
         }
     }
@@ -1093,6 +1098,12 @@ impl Fsx {
             .min((MAX_SIZE + 8192).saturating_sub(off_out))
             .max(1);
         let (ha, hb) = (&self.handles[a], &self.handles[b]);
+        // The VFS checks copy_file_range against the sizes the kernel has cached before FUSE
+        // sees the call (generic_copy_file_checks), so after an outside growth it copies 0
+        // bytes until something refreshes them: a kernel FUSE limit, the same without a cache.
+        // cp and friends fstat first; so does this.
+        let _ = fstat(ha.mfd);
+        let _ = fstat(hb.mfd);
         let copy = |fin: i32, fout: i32| {
             let (mut oi, mut oo) = (off_in as i64, off_out as i64);
             // SAFETY: copy_file_range with explicit offsets on our descriptors.
