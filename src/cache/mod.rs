@@ -209,6 +209,16 @@ pub enum Touch {
     Attributes,
 }
 
+/// What [`CacheSet::revalidate_detail`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revalidated {
+    Unchanged,
+    /// Changed outside the mount: the file's extents were dropped.
+    Changed {
+        size_or_mtime_moved: bool,
+    },
+}
+
 /// What [`CacheSet::change`] found and allows.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Changed {
@@ -490,10 +500,27 @@ impl CacheSet {
     /// drops the kernel's pages of open descriptors). Files never opened through the cache
     /// are left alone.
     pub fn revalidate(&self, file: &FileState, st: &libc::stat) -> bool {
+        self.revalidate_detail(file, st) != Revalidated::Unchanged
+    }
+
+    /// [`CacheSet::revalidate`], saying whether the size or mtime moved (then attributes
+    /// in a reply make the kernel drop its pages itself, `FUSE_AUTO_INVAL_DATA`) or only
+    /// the ctime (a rewrite that kept the mtime: only an `inval_inode` drops them).
+    pub fn revalidate_detail(&self, file: &FileState, st: &libc::stat) -> Revalidated {
         file.checked_ns.store(self.now_ns(), Ordering::Relaxed);
+        let now = validator_of(st);
         match self.index.validator(file.id) {
-            Some(v) if v != validator_of(st) => !self.check_validator(file, st),
-            _ => false,
+            Some(v) if v != now => {
+                let moved = v.size != now.size || v.mtime_ns != now.mtime_ns;
+                if self.check_validator(file, st) {
+                    Revalidated::Unchanged
+                } else {
+                    Revalidated::Changed {
+                        size_or_mtime_moved: moved,
+                    }
+                }
+            }
+            _ => Revalidated::Unchanged,
         }
     }
 

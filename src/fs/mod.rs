@@ -43,7 +43,7 @@ use fuser::{
 };
 use parking_lot::Mutex;
 
-use crate::cache::{CacheSet, Changed, FileState, Touch};
+use crate::cache::{CacheSet, Changed, FileState, Revalidated, Touch};
 use crate::options::MountOptions;
 use creds::{CallerCreds, WithoutFsetid};
 use inode::{Inode, InodeTable};
@@ -273,12 +273,20 @@ impl PassthroughFs {
         Ok(sys::attr_from_stat(&st, inode.id))
     }
 
-    /// Fresh attributes of a regular file reached us (getattr after the TTL, or a
-    /// lookup): a backing changed underneath drops what is cached for it, in the cache
-    /// and in the kernel's page cache.
+    /// Fresh attributes of a regular file reached us, to be sent in this request's reply
+    /// (getattr after the TTL, a lookup, readdirplus): a backing changed underneath drops
+    /// what is cached for it, and the kernel's pages. When the size or mtime moved, the
+    /// reply itself makes the kernel drop them (`FUSE_AUTO_INVAL_DATA`); an `inval_inode`
+    /// then would race the reply, and the kernel discards the attributes of a reply that
+    /// an invalidation overtook (its attr_version moved), so an lseek(SEEK_END) or an
+    /// append could go on with the old size. Only a change that kept size and mtime (a
+    /// rewrite with `touch -r`) needs the notification, and its reply carries no new size.
     fn revalidate(&self, inode: &Inode, st: &libc::stat) {
         if let Some((cache, file)) = self.cache_for(inode) {
-            if cache.revalidate(file, st) {
+            let r = cache.revalidate_detail(file, st);
+            if r == (Revalidated::Changed {
+                size_or_mtime_moved: false,
+            }) {
                 self.invalidate_pages(inode);
             }
         }
