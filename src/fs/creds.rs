@@ -276,12 +276,14 @@ mod tests {
     fn reads_groups_of_a_live_process() {
         let me = std::process::id();
         let groups = caller_groups(me);
+        // SAFETY: size 0 only asks for the count; the null list is never written.
         let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) } as usize;
         assert_eq!(groups.len(), n);
     }
 
     #[test]
     fn switch_changes_only_this_thread_and_restores() {
+        // SAFETY: geteuid takes no arguments and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return;
         }
@@ -296,10 +298,12 @@ mod tests {
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let other = std::thread::spawn(move || {
+            // SAFETY: gettid takes no arguments and cannot fail.
             tx.send(unsafe { libc::gettid() }).unwrap();
             std::thread::park();
         });
         let other_tid = rx.recv().unwrap();
+        // SAFETY: gettid takes no arguments and cannot fail.
         let me = unsafe { libc::gettid() };
         {
             let _guard = CallerCreds::switch(4242, 4343, 0).unwrap();

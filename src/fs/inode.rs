@@ -727,6 +727,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
+        // SAFETY: geteuid takes no arguments and cannot fail.
         unsafe { libc::geteuid() == 0 }
     }
 
