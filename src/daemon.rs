@@ -168,6 +168,8 @@ fn fuse_config(req: &MountRequest) -> Config {
 }
 
 fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain old data, initialised by sigemptyset before any other use;
+    // every pointer passed is to the local `set` (or null for the unwanted old mask).
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -200,7 +202,9 @@ fn init_logging(log_file: Option<&Path>) -> io::Result<()> {
 }
 
 fn stderr_is_socket() -> bool {
+    // SAFETY: stat is plain old data (integers only); all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, exclusively borrowed out pointer; a closed fd 2 is EBADF.
     unsafe { libc::fstat(2, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK }
 }
 
@@ -215,6 +219,8 @@ fn detach_stdio(keep_stderr: bool) {
         return;
     };
     let fd = null.as_raw_fd();
+    // SAFETY: dup2 takes no pointers; `fd` is open (owned by `null`, alive until the end of
+    // this function) and 0-2 are the standard descriptors, which we mean to replace.
     unsafe {
         libc::dup2(fd, 0);
         libc::dup2(fd, 1);
@@ -233,14 +239,18 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
         return serve(&req, None);
     }
     let mut fds = [0; 2];
+    // SAFETY: `fds` is room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(MountError::failed(format!(
             "pipe: {}",
             io::Error::last_os_error()
         )));
     }
+    // SAFETY: pipe2 just returned these two new descriptors; nothing else owns them.
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the process has one thread here (nothing spawns one before `run`; logging
+    // and the workers start after the fork), so the child may run ordinary Rust code.
     match unsafe { libc::fork() } {
         -1 => Err(MountError::failed(format!(
             "fork: {}",
@@ -248,6 +258,8 @@ pub fn run(req: MountRequest) -> Result<(), MountError> {
         ))),
         0 => {
             drop(read_end);
+            // SAFETY: setsid takes no arguments; in a fresh child it cannot fail (EPERM
+            // is for a process group leader, which a forked child is not).
             unsafe { libc::setsid() };
             let mut status = std::fs::File::from(write_end);
             if let Err(e) = init_logging(req.log_file.as_deref()) {
@@ -295,6 +307,7 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
         tracing::error!("bug: {info}; the request it was serving gets no reply");
     }));
     // Modes come from the caller, already masked by the kernel.
+    // SAFETY: umask takes a plain mode and cannot fail.
     unsafe { libc::umask(0) };
     // Descriptors: the soft limit up to the hard one (passthrough_hp does the same); the
     // inode table sizes its descriptor cache from the result.
@@ -357,6 +370,8 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
         .name("signals".into())
         .spawn(move || loop {
             let mut sig = 0;
+            // SAFETY: `sigset` is an initialised set (from `block_signals`) and `sig` a
+            // valid out pointer, both owned by this closure.
             if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
                 tracing::info!(signal = sig, "unmounting on signal");
                 let result = match unmounter.as_mut() {
@@ -442,6 +457,7 @@ fn mount_session(
     req: &MountRequest,
     config: &Config,
 ) -> io::Result<(fuser::Session<PassthroughFs>, bool)> {
+    // SAFETY: geteuid takes no arguments and cannot fail.
     Ok(if unsafe { libc::geteuid() } == 0 {
         let dev = mount_fuse_device(req)?;
         match fuser::Session::from_fd(fs, dev, config.acl, config.clone()) {
@@ -474,7 +490,9 @@ fn mount_fuse_device(req: &MountRequest) -> io::Result<OwnedFd> {
         "fd={},rootmode={:o},user_id={},group_id={}",
         dev.as_raw_fd(),
         std::os::unix::fs::PermissionsExt::mode(&root_mode) & libc::S_IFMT,
+        // SAFETY: getuid takes no arguments and cannot fail.
         unsafe { libc::getuid() },
+        // SAFETY: getgid takes no arguments and cannot fail.
         unsafe { libc::getgid() }
     );
     if o.allow_other {
@@ -510,6 +528,7 @@ fn mount_fuse_device(req: &MountRequest) -> io::Result<OwnedFd> {
     let target = c(&req.mountpoint.to_string_lossy())?;
     let fstype = c("fuse.bcachefs-lite")?;
     let data = c(&data)?;
+    // SAFETY: all four strings are NUL-terminated CStrings that live until after the call.
     let ret = unsafe {
         libc::mount(
             source.as_ptr(),
@@ -529,6 +548,7 @@ fn mount_fuse_device(req: &MountRequest) -> io::Result<OwnedFd> {
 fn unmount_detach(mountpoint: &Path) -> io::Result<()> {
     let target = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `target` is a NUL-terminated CString that outlives the call.
     if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::{pattern, Mount, BIN};
 
 fn drop_caches() {
+    // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
     fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
 }
@@ -169,6 +170,8 @@ fn changes_in_the_backing_are_seen_at_the_next_open_and_never_mixed() {
             tv_nsec: 0,
         },
     ];
+    // SAFETY: the path CString lives to the end of the statement; `t` holds the two timespecs
+    // utimensat reads.
     unsafe { libc::utimensat(libc::AT_FDCWD, common::cpath(&f).as_ptr(), t.as_ptr(), 0) };
     std::thread::sleep(Duration::from_millis(1100)); // past the attribute TTL
     assert!(read_all(&m.m("f")) == v2, "same-size rewrite not seen");

@@ -146,6 +146,7 @@ fn foreground_unmounts_cleanly_on_sigterm_and_sigint() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let mount = Mount::new("");
         let pid = mount.pid() as i32;
+        // SAFETY: kill takes plain integers; `pid` is the daemon this test spawned.
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
         let deadline = Instant::now() + Duration::from_secs(10);
         while is_mounted(&mount.mnt) {
@@ -156,6 +157,7 @@ fn foreground_unmounts_cleanly_on_sigterm_and_sigint() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut status = 0;
+        // SAFETY: `status` is a valid out pointer; `pid` is our own (unreaped) child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,

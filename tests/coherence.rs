@@ -42,6 +42,7 @@ fn one_attr_timeout() {
 fn drop_pages(path: &Path) {
     let f = fs::File::open(path).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: posix_fadvise takes plain integers; `f` keeps `fd` open.
     unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
@@ -55,9 +56,13 @@ fn pread_direct(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
     // SAFETY: layout is non-zero sized; freed below.
     let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!p.is_null());
+    // SAFETY: `p` is a non-null, zeroed allocation of `len` bytes, used only through `buf` until it
+    // is freed.
     let buf = unsafe { std::slice::from_raw_parts_mut(p, len) };
     let n = f.read_at(buf, offset).unwrap();
     let out = buf[..n].to_vec();
+    // SAFETY: `p` was allocated above with `layout`; `buf` is not used after this.
     unsafe { std::alloc::dealloc(p, layout) };
     out
 }
@@ -118,6 +123,7 @@ fn fallocate_in_every_mode_is_seen_through_the_cache() {
     assert_eq!(direct.pread(0, 64 << 10), data, "warm");
     let rw_fd = std::os::fd::AsRawFd::as_raw_fd(&rw);
     let falloc = |mode: i32, offset: i64, len: i64| {
+        // SAFETY: fallocate takes plain integers; `rw` keeps `rw_fd` open while the closure lives.
         let r = unsafe { libc::fallocate(rw_fd, mode, offset, len) };
         assert_eq!(
             r,
@@ -163,6 +169,7 @@ fn fallocate_in_every_mode_is_seen_through_the_cache() {
     let gdirect = Direct::open(&g, 16384);
     assert_eq!(gdirect.pread(0, 4096), data[..4096]);
     assert_eq!(gdirect.pread(0, 4096), data[..4096]);
+    // SAFETY: fallocate takes plain integers; `grw` keeps the descriptor open.
     let r = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&grw), 0, 0, 16384) };
     assert_eq!(r, 0);
     let mut grown = data[..4096].to_vec();
@@ -219,6 +226,8 @@ fn a_change_through_the_mount_never_hides_an_earlier_outside_change() {
                     },
                 ];
                 assert_eq!(
+                    // SAFETY: `c` is a NUL-terminated CString; `times` holds the two timespecs
+                    // utimensat reads.
                     unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
                     0
                 );
@@ -291,6 +300,8 @@ fn a_descriptor_opened_before_an_outside_change_reads_the_new_bytes() {
         )
     };
     assert_ne!(map, libc::MAP_FAILED);
+    // SAFETY: `map` is a live mapping of `old.len()` readable bytes (unmapped at the end of this
+    // test, after the last use of `view`); the file is that long.
     let view = unsafe { std::slice::from_raw_parts(map as *const u8, old.len()) };
     assert_eq!(view, &old[..]);
 
@@ -309,7 +320,11 @@ fn a_descriptor_opened_before_an_outside_change_reads_the_new_bytes() {
     );
 
     let layout = std::alloc::Layout::from_size_align(old.len(), 4096).unwrap();
+    // SAFETY: the layout is `old.len()` bytes, not zero; freed below with the same layout.
     let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!p.is_null());
+    // SAFETY: `p` is a non-null, zeroed allocation of `old.len()` bytes, used only through `abuf`
+    // until it is freed.
     let abuf = unsafe { std::slice::from_raw_parts_mut(p, old.len()) };
     let n = direct.read_at(abuf, 0).unwrap();
     assert_eq!(
@@ -317,6 +332,7 @@ fn a_descriptor_opened_before_an_outside_change_reads_the_new_bytes() {
         &new[..],
         "O_DIRECT read through an old descriptor"
     );
+    // SAFETY: `p` was allocated above with `layout`; `abuf` is not used after this.
     unsafe { std::alloc::dealloc(p, layout) };
 
     assert_eq!(
@@ -324,6 +340,7 @@ fn a_descriptor_opened_before_an_outside_change_reads_the_new_bytes() {
         &new[..],
         "mmap of a descriptor opened before the change"
     );
+    // SAFETY: `map` is the mapping of `old.len()` bytes made above; `view` is not used after this.
     unsafe { libc::munmap(map, old.len()) };
 }
 
@@ -334,6 +351,7 @@ impl Drop for Submounts {
     fn drop(&mut self) {
         for p in self.0.iter().rev() {
             let c = cpath(p);
+            // SAFETY: `c` is a NUL-terminated CString that outlives the call.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
@@ -349,6 +367,8 @@ fn files_on_filesystems_mounted_inside_the_backing_never_share_cached_bytes() {
         let d = backing.join(format!("d{i:02}"));
         fs::create_dir(&d).unwrap();
         let c = cpath(&d);
+        // SAFETY: all four strings are NUL-terminated C strings (literals or `c`, which outlives
+        // the call).
         let r = unsafe {
             libc::mount(
                 c"tmpfs".as_ptr(),
@@ -427,7 +447,11 @@ fn overlapping_concurrent_writes_leave_the_cache_equal_to_the_backing() {
                         .open(&path)
                         .unwrap();
                     let layout = std::alloc::Layout::from_size_align(16 << 10, 4096).unwrap();
-                    let p = unsafe { std::alloc::alloc(layout) };
+                    // SAFETY: the layout is 16 KiB, not zero; freed below with the same layout.
+                    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+                    assert!(!p.is_null());
+                    // SAFETY: `p` is a non-null, zeroed allocation of 16 KiB, used only through
+                    // `buf` until it is freed.
                     let buf = unsafe { std::slice::from_raw_parts_mut(p, 16 << 10) };
                     for k in 0..64u64 {
                         buf.copy_from_slice(&pattern(16 << 10, round * 1000 + t * 100 + k));
@@ -435,6 +459,7 @@ fn overlapping_concurrent_writes_leave_the_cache_equal_to_the_backing() {
                         let off = ((k + t) % 2) * (8 << 10);
                         f.write_all_at(buf, off).unwrap();
                     }
+                    // SAFETY: `p` was allocated above with `layout`; `buf` is not used after this.
                     unsafe { std::alloc::dealloc(p, layout) };
                 })
             })

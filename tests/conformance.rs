@@ -235,9 +235,11 @@ fn o_trunc_of_a_running_program_is_refused_and_truncates_nothing() {
     let size = fs::metadata(&exe).unwrap().len();
     let mut child = std::process::Command::new(&exe).arg("10").spawn().unwrap();
     let c = common::cpath(&exe);
+    // SAFETY: `c` is a NUL-terminated CString that outlives the call; no O_CREAT, so no mode.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_TRUNC) };
     let err = common::err_of(fd as i64);
     if fd >= 0 {
+        // SAFETY: `fd` was just opened here and is closed once.
         unsafe { libc::close(fd) };
     }
     let alive = child.try_wait().unwrap().is_none();

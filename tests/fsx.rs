@@ -301,12 +301,14 @@ fn flags_name(f: i32) -> String {
 fn fstat(fd: i32) -> Result<libc::stat, i32> {
     // SAFETY: st is plain data written by the kernel.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out pointer.
     res(unsafe { libc::fstat(fd, &mut st) } as i64).map(|_| st)
 }
 
 fn stat(p: &CString) -> Result<libc::stat, i32> {
     // SAFETY: as above.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is a NUL-terminated CString and `st` a valid out pointer.
     res(unsafe { libc::stat(p.as_ptr(), &mut st) } as i64).map(|_| st)
 }
 
@@ -348,6 +350,7 @@ fn ref_content(rfd: i32) -> Result<Vec<u8>, String> {
     let fd = res(unsafe { libc::open(p.as_ptr(), libc::O_RDONLY) } as i64)
         .map_err(|e| format!("TESTER: reopening reference fd {rfd}: {}", errno_name(e)))?;
     let d = read_all(fd as i32, MAX_SIZE * 2);
+    // SAFETY: `fd` was opened just above and is closed once, here.
     unsafe { libc::close(fd as i32) };
     d.map_err(|e| format!("TESTER: reading reference fd {rfd}: {}", errno_name(e)))
 }
@@ -683,6 +686,7 @@ impl Fsx {
         let h = self.handles.remove(idx);
         // SAFETY: both descriptors are ours and closed exactly once.
         let m = res(unsafe { libc::close(h.mfd) } as i64);
+        // SAFETY: as above: the reference's descriptor, closed once.
         let r = res(unsafe { libc::close(h.rfd) } as i64);
         Self::same("close", &m, &r)?;
         Ok(format!("{} -> {}", h.label(), show(&m)))
@@ -718,6 +722,7 @@ impl Fsx {
         }
         // SAFETY: plain open(2) calls on valid C strings.
         let m = res(unsafe { libc::open(self.mpath(name).as_ptr(), flags, 0o644) } as i64);
+        // SAFETY: as above, on the reference's path.
         let rr = res(unsafe { libc::open(self.rpath(name).as_ptr(), flags, 0o644) } as i64);
         let line = format!("{pre}{name} {} -> {}", flags_name(flags), show(&m));
         if let (Ok(mfd), Ok(rfd)) = (m, rr) {
@@ -753,6 +758,7 @@ impl Fsx {
     fn align_position(&self, h: &Handle) -> Result<String, String> {
         // SAFETY: lseek on our descriptors.
         let rpos = unsafe { libc::lseek(h.rfd, 0, libc::SEEK_CUR) };
+        // SAFETY: as above, on the mount's descriptor.
         let mpos = unsafe { libc::lseek(h.mfd, 0, libc::SEEK_CUR) };
         Self::same("position (lseek CUR)", &res(mpos), &res(rpos))?;
         if !h.direct() || rpos % ALIGN as i64 == 0 {
@@ -761,6 +767,7 @@ impl Fsx {
         let to = rpos & !(ALIGN as i64 - 1);
         // SAFETY: as above.
         let m = res(unsafe { libc::lseek(h.mfd, to, libc::SEEK_SET) });
+        // SAFETY: as above, on the reference's descriptor.
         let r = res(unsafe { libc::lseek(h.rfd, to, libc::SEEK_SET) });
         Self::same("aligning lseek", &m, &r)?;
         Ok(format!("(pos {rpos} -> {to}) "))
@@ -797,6 +804,7 @@ impl Fsx {
         let (mut mb, mut rb) = (ABuf::new(len as usize), ABuf::new(len as usize));
         // SAFETY: buffers valid for len bytes.
         let m = res(unsafe { libc::read(h.mfd, mb.ptr.cast(), mb.len) } as i64);
+        // SAFETY: as above: `rb` is valid for `rb.len` bytes.
         let r = res(unsafe { libc::read(h.rfd, rb.ptr.cast(), rb.len) } as i64);
         let what = format!("read {} len {len}", h.label());
         Self::compare_read(&what, m, &mb, r, &rb)?;
@@ -834,6 +842,7 @@ impl Fsx {
         let pos = if h.flags & libc::O_APPEND != 0 {
             self.ref_size_fd(h.rfd)
         } else {
+            // SAFETY: lseek takes plain integers; `h` holds `rfd` open.
             unsafe { libc::lseek(h.rfd, 0, libc::SEEK_CUR) as u64 }
         };
         len = len.min((MAX_SIZE + 8192).saturating_sub(pos)).max(1);
@@ -841,6 +850,7 @@ impl Fsx {
         let data = ABuf::filled(len as usize, seed);
         // SAFETY: data valid for len bytes.
         let m = res(unsafe { libc::write(h.mfd, data.ptr.cast(), data.len) } as i64);
+        // SAFETY: as above, on the reference's descriptor.
         let r = res(unsafe { libc::write(h.rfd, data.ptr.cast(), data.len) } as i64);
         Self::same(&format!("write {} len {len}", h.label()), &m, &r)?;
         Ok(format!(
@@ -867,6 +877,7 @@ impl Fsx {
         let data = ABuf::filled(len as usize, seed);
         // SAFETY: data valid for len bytes.
         let m = res(unsafe { libc::pwrite(h.mfd, data.ptr.cast(), data.len, off as i64) } as i64);
+        // SAFETY: as above, on the reference's descriptor.
         let r = res(unsafe { libc::pwrite(h.rfd, data.ptr.cast(), data.len, off as i64) } as i64);
         Self::same(&format!("pwrite {} off {off} len {len}", h.label()), &m, &r)?;
         Ok(format!("{} off {off} len {len} -> {}", h.label(), show(&m)))
@@ -998,6 +1009,8 @@ impl Fsx {
             m.copy_from_slice(data.as_ref());
             r.copy_from_slice(data.as_ref());
             let sync = |s: &mut [u8]| {
+                // SAFETY: `s` starts `off - pg` bytes into its mapping (see `with_maps`), so this
+                // is the mapping's start.
                 let start = unsafe { s.as_mut_ptr().sub((off - pg) as usize) };
                 // SAFETY: the start of the mapping and its length.
                 res(
@@ -1022,6 +1035,7 @@ impl Fsx {
         let size = self.gen_size();
         // SAFETY: truncate(2) on valid paths.
         let m = res(unsafe { libc::truncate(self.mpath(name).as_ptr(), size as i64) } as i64);
+        // SAFETY: as above, on the reference's path.
         let r = res(unsafe { libc::truncate(self.rpath(name).as_ptr(), size as i64) } as i64);
         Self::same(&format!("truncate {name} {size}"), &m, &r)?;
         Ok(format!("{name} {size} -> {}", show(&m)))
@@ -1035,6 +1049,7 @@ impl Fsx {
         let h = &self.handles[i];
         // SAFETY: ftruncate on our descriptors.
         let m = res(unsafe { libc::ftruncate(h.mfd, size as i64) } as i64);
+        // SAFETY: as above, on the reference's descriptor.
         let r = res(unsafe { libc::ftruncate(h.rfd, size as i64) } as i64);
         Self::same(&format!("ftruncate {} {size}", h.label()), &m, &r)?;
         Ok(format!("{} {size} -> {}", h.label(), show(&m)))
@@ -1069,6 +1084,7 @@ impl Fsx {
         let h = &self.handles[i];
         // SAFETY: fallocate on our descriptors.
         let m = res(unsafe { libc::fallocate(h.mfd, mode, off as i64, len as i64) } as i64);
+        // SAFETY: as above, on the reference's descriptor.
         let r = res(unsafe { libc::fallocate(h.rfd, mode, off as i64, len as i64) } as i64);
         Self::same(
             &format!("fallocate {} {mname} off {off} len {len}", h.label()),
@@ -1157,6 +1173,7 @@ impl Fsx {
         let h = &self.handles[i];
         // SAFETY: lseek on our descriptors.
         let m = res(unsafe { libc::lseek(h.mfd, off, whence) });
+        // SAFETY: as above, on the reference's descriptor.
         let rr = res(unsafe { libc::lseek(h.rfd, off, whence) });
         let line = format!(
             "{} {wname} {off} -> mount {} reference {}",
@@ -1237,6 +1254,7 @@ impl Fsx {
         }
         // SAFETY: lseek on our descriptors.
         let rpos = unsafe { libc::lseek(h.rfd, 0, libc::SEEK_CUR) };
+        // SAFETY: lseek on the mount's descriptor, which `h` holds open.
         let set = res(unsafe { libc::lseek(h.mfd, rpos, libc::SEEK_SET) });
         Self::same("lseek SET to the reference's position", &set, &res(rpos))?;
         Ok(line)
@@ -1264,6 +1282,7 @@ impl Fsx {
         let (a, b) = (self.pick_name(), self.pick_name());
         // SAFETY: rename(2) on valid paths.
         let m = res(unsafe { libc::rename(self.mpath(a).as_ptr(), self.mpath(b).as_ptr()) } as i64);
+        // SAFETY: as above, on the reference's paths.
         let r = res(unsafe { libc::rename(self.rpath(a).as_ptr(), self.rpath(b).as_ptr()) } as i64);
         Self::same(&format!("rename {a} {b}"), &m, &r)?;
         Ok(format!("{a} {b} -> {}", show(&m)))
@@ -1273,6 +1292,7 @@ impl Fsx {
         let (a, b) = (self.pick_name(), self.pick_name());
         // SAFETY: link(2) on valid paths.
         let m = res(unsafe { libc::link(self.mpath(a).as_ptr(), self.mpath(b).as_ptr()) } as i64);
+        // SAFETY: as above, on the reference's paths.
         let r = res(unsafe { libc::link(self.rpath(a).as_ptr(), self.rpath(b).as_ptr()) } as i64);
         Self::same(&format!("link {a} {b}"), &m, &r)?;
         Ok(format!("{a} {b} -> {}", show(&m)))
@@ -1282,6 +1302,7 @@ impl Fsx {
         let a = self.pick_name();
         // SAFETY: unlink(2) on valid paths.
         let m = res(unsafe { libc::unlink(self.mpath(a).as_ptr()) } as i64);
+        // SAFETY: as above, on the reference's path.
         let r = res(unsafe { libc::unlink(self.rpath(a).as_ptr()) } as i64);
         Self::same(&format!("unlink {a}"), &m, &r)?;
         Ok(format!("{a} -> {}", show(&m)))
@@ -1294,6 +1315,7 @@ impl Fsx {
             .pick(&[0o644u32, 0o600, 0o755, 0o444, 0o640, 0o666]);
         // SAFETY: chmod(2) on valid paths.
         let m = res(unsafe { libc::chmod(self.mpath(a).as_ptr(), mode) } as i64);
+        // SAFETY: as above, on the reference's path.
         let r = res(unsafe { libc::chmod(self.rpath(a).as_ptr(), mode) } as i64);
         Self::same(&format!("chmod {a} {mode:o}"), &m, &r)?;
         let (ms, rs) = (stat(&self.mpath(a)), stat(&self.rpath(a)));
@@ -1341,6 +1363,7 @@ impl Fsx {
             let before = fstat(h.mfd);
             // SAFETY: futimens on our descriptors with a two-element array.
             m = res(unsafe { libc::futimens(h.mfd, times.as_ptr()) } as i64);
+            // SAFETY: as above, on the reference's descriptor.
             r = res(unsafe { libc::futimens(h.rfd, times.as_ptr()) } as i64);
             mst = (before, fstat(h.mfd));
             rst = fstat(h.rfd);
@@ -1354,6 +1377,7 @@ impl Fsx {
             m = res(unsafe {
                 libc::utimensat(libc::AT_FDCWD, self.mpath(a).as_ptr(), times.as_ptr(), 0)
             } as i64);
+            // SAFETY: as above, on the reference's path.
             r = res(unsafe {
                 libc::utimensat(libc::AT_FDCWD, self.rpath(a).as_ptr(), times.as_ptr(), 0)
             } as i64);
@@ -1567,6 +1591,7 @@ impl Fsx {
                 let to = self.rng.below(size.max(1));
                 // SAFETY: truncate(2) on a valid path.
                 self.both_outside(name, |p| {
+                    // SAFETY: `p` is a NUL-terminated CString borrowed for the call.
                     res(unsafe { libc::truncate(p.as_ptr(), to as i64) } as i64)
                 })?;
                 format!("{size} -> {to}")
@@ -1665,6 +1690,7 @@ impl Fsx {
                 // SAFETY: open/close of a file for reading.
                 let fd = res(unsafe { libc::open(p.as_ptr(), libc::O_RDONLY) } as i64)? as i32;
                 let d = read_all(fd, MAX_SIZE * 2);
+                // SAFETY: `fd` was opened just above and is closed once, here.
                 unsafe { libc::close(fd) };
                 d
             };

@@ -25,20 +25,27 @@ fn chunk(size: usize) -> i64 {
     ((size + 8).next_multiple_of(16)).max(32) as i64
 }
 
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so System's
+// guarantees hold; the counters are atomics and never allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         REQUESTED.fetch_add(l.size() as i64, Relaxed);
         CHUNKS.fetch_add(chunk(l.size()), Relaxed);
+        // SAFETY: our caller upholds `GlobalAlloc::alloc`'s contract for `l`, which System needs.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         REQUESTED.fetch_sub(l.size() as i64, Relaxed);
         CHUNKS.fetch_sub(chunk(l.size()), Relaxed);
+        // SAFETY: `p` came from this allocator, i.e. from System, with layout `l` (the caller's
+        // contract).
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         REQUESTED.fetch_add(new as i64 - l.size() as i64, Relaxed);
         CHUNKS.fetch_add(chunk(new) - chunk(l.size()), Relaxed);
+        // SAFETY: `p` came from System with layout `l` and `new` is valid for it (the caller's
+        // contract).
         unsafe { System.realloc(p, l, new) }
     }
 }

@@ -14,6 +14,7 @@ fn a_burst_of_records_keeps_the_checkpoint_entries_in_the_ring() {
     cfg.size = Some(16 << 20); // a 128 KiB journal
     let cache = CacheSet::open(&cfg, "/tree").unwrap();
     let journal_size = cache.alloc().superblock().journal_size;
+    // SAFETY: stat is plain old data (integers only); all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // 40,000 validator changes (two records of ~40 bytes each): many times the ring, mostly in big batches
     for i in 0..40_000i64 {

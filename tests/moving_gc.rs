@@ -10,7 +10,9 @@ use bcachefs_lite::cache::{CacheConfig, CacheSet, Touch};
 use common::pattern;
 
 fn fstat(f: &std::fs::File) -> libc::stat {
+    // SAFETY: stat is plain old data (integers only); all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out pointer; `f` keeps the descriptor open for the call.
     assert_eq!(unsafe { libc::fstat(f.as_raw_fd(), &mut st) }, 0);
     st
 }

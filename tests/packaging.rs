@@ -86,6 +86,7 @@ fn system_lock() -> SystemLock {
         .open(format!("{dir}/bcachefs-lite-packaging-test.lock"))
         .unwrap();
     use std::os::fd::AsRawFd;
+    // SAFETY: flock takes plain integers; `file` keeps the descriptor open.
     assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
     SystemLock {
         _guard: guard,

@@ -113,6 +113,8 @@ fn lookup_getattr_and_readdir() {
 fn raw_dir_names(dir: &Path) -> Vec<String> {
     let c = cpath(dir);
     let mut names = Vec::new();
+    // SAFETY: `c` outlives the stream; `d` is checked non-null and closed once after the loop; each
+    // non-null dirent is read (its NUL-terminated d_name copied out) before the next readdir.
     unsafe {
         let d = libc::opendir(c.as_ptr());
         assert!(!d.is_null());
@@ -148,14 +150,16 @@ fn setattr_chmod_chown_truncate_utimens() {
         // truncate by path, down and up
         let c = cpath(&f);
         log.push(errname(err_of(
-            unsafe { libc::truncate(c.as_ptr(), 3000) } as i64
+            // SAFETY: `c` is a NUL-terminated CString that outlives the call.
+            unsafe { libc::truncate(c.as_ptr(), 3000) } as i64,
         )));
         log.push(format!(
             "{:?}",
             fs::read(&f).unwrap() == pattern(10000, 1)[..3000]
         ));
         log.push(errname(err_of(
-            unsafe { libc::truncate(c.as_ptr(), 5000) } as i64
+            // SAFETY: as above.
+            unsafe { libc::truncate(c.as_ptr(), 5000) } as i64,
         )));
         let data = fs::read(&f).unwrap();
         log.push(format!(
@@ -171,6 +175,7 @@ fn setattr_chmod_chown_truncate_utimens() {
         // utimens: both set, then UTIME_OMIT for one, UTIME_NOW for the other
         let set = |a: libc::timespec, m: libc::timespec| {
             let t = [a, m];
+            // SAFETY: `c` is a NUL-terminated CString; `t` holds the two timespecs utimensat reads.
             err_of(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), 0) } as i64)
         };
         let ts = |s, n| libc::timespec {
@@ -219,6 +224,7 @@ fn setattr_chmod_chown_truncate_utimens() {
         std::os::unix::fs::symlink("f", root.join("l")).unwrap();
         let l = cpath(&root.join("l"));
         let t = [ts(1_000, 0), ts(2_000, 0)];
+        // SAFETY: `l` is a NUL-terminated CString; `t` holds the two timespecs utimensat reads.
         let r = unsafe {
             libc::utimensat(
                 libc::AT_FDCWD,
@@ -266,6 +272,7 @@ fn namespace_operations_and_their_errors() {
         log.push(stat_line(&root.join("one")));
         let rename2 = |a: &str, b: &str, flags: u32| {
             let (a, b) = (cpath(&root.join(a)), cpath(&root.join(b)));
+            // SAFETY: `a` and `b` are NUL-terminated CStrings that outlive the call.
             let r = unsafe {
                 libc::renameat2(
                     libc::AT_FDCWD,
@@ -320,6 +327,7 @@ fn namespace_operations_and_their_errors() {
         // mknod: fifo, socket, character device
         let mk = |name: &str, mode: u32, dev: u64| {
             let c = cpath(&root.join(name));
+            // SAFETY: `c` is a NUL-terminated CString that outlives the call.
             errname(err_of(unsafe { libc::mknod(c.as_ptr(), mode, dev) } as i64))
         };
         log.push(mk("fifo", libc::S_IFIFO | 0o644, 0));
@@ -411,9 +419,12 @@ fn open_flags_read_write() {
             .open(root.join("direct"));
         match d {
             Ok(d) => {
+                // SAFETY: `buf` is a live 4096-aligned buffer of 8192 bytes; `d` keeps the
+                // descriptor open.
                 let n = unsafe { libc::pwrite(d.as_raw_fd(), buf.ptr().cast(), 8192, 4096) };
                 log.push(format!("direct write {n}"));
                 let mut rb = AlignedBuf::new(8192);
+                // SAFETY: `rb` is a live, exclusively borrowed, 4096-aligned buffer of 8192 bytes.
                 let n = unsafe { libc::pread(d.as_raw_fd(), rb.ptr().cast(), 8192, 4096) };
                 log.push(format!(
                     "direct read {n} equal {}",
@@ -457,15 +468,18 @@ struct AlignedBuf {
 impl AlignedBuf {
     fn new(len: usize) -> AlignedBuf {
         let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
-        AlignedBuf {
-            ptr: unsafe { std::alloc::alloc_zeroed(layout) },
-            len,
-        }
+        // SAFETY: every caller asks for a non-zero length (8192), so the layout is not
+        // zero-sized.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        AlignedBuf { ptr, len }
     }
     fn ptr(&mut self) -> *mut u8 {
         self.ptr
     }
     fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `new` checked `ptr` non-null; it holds `len` zeroed bytes until drop, borrowed
+        // through `&mut self`.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
@@ -473,6 +487,7 @@ impl AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         let layout = std::alloc::Layout::from_size_align(self.len, 4096).unwrap();
+        // SAFETY: `ptr` came from alloc_zeroed with this same layout, and is freed only here.
         unsafe { std::alloc::dealloc(self.ptr, layout) };
     }
 }
@@ -483,7 +498,9 @@ fn xattrs_statfs_access() {
     // statfs: the mount reports the backing filesystem's numbers
     let mount = Mount::new("");
     let sv = |p: &Path| {
+        // SAFETY: statvfs is plain old data (integers only); all-zero is a valid value.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: the path CString lives to the end of the statement; `st` is a valid out pointer.
         assert_eq!(unsafe { libc::statvfs(cpath(p).as_ptr(), &mut st) }, 0);
         st
     };
@@ -500,6 +517,8 @@ fn xattrs_statfs_access() {
         let c = cpath(&f);
         let set = |name: &str, val: &[u8], flags: i32| {
             let n = CString::new(name).unwrap();
+            // SAFETY: `c` and `n` are NUL-terminated CStrings; setxattr reads `val.len()` bytes of
+            // `val`.
             let r = unsafe {
                 libc::setxattr(
                     c.as_ptr(),
@@ -514,7 +533,9 @@ fn xattrs_statfs_access() {
         let get = |name: &str| {
             let n = CString::new(name).unwrap();
             let mut buf = [0u8; 256];
+            // SAFETY: size 0 with a null buffer only asks for the value's size.
             let size = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+            // SAFETY: getxattr writes at most `buf.len()` bytes into `buf`.
             let r = unsafe {
                 libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
             };
@@ -535,9 +556,12 @@ fn xattrs_statfs_access() {
         log.push(get("user.missing"));
         let n = CString::new("user.color").unwrap();
         let mut tiny = [0u8; 2];
+        // SAFETY: getxattr writes at most 2 bytes into `tiny`, which has 2.
         let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), tiny.as_mut_ptr().cast(), 2) };
         log.push(format!("too small: {}", errname(err_of(r as i64))));
         let mut list = [0u8; 256];
+        // SAFETY: `c` is a NUL-terminated CString; listxattr writes at most `list.len()` bytes into
+        // `list`.
         let r = unsafe { libc::listxattr(c.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
         let mut names: Vec<String> = list[..r.max(0) as usize]
             .split(|&b| b == 0)
@@ -547,8 +571,10 @@ fn xattrs_statfs_access() {
             .collect();
         names.sort();
         log.push(format!("{names:?}"));
+        // SAFETY: `c` and `n` are NUL-terminated CStrings that outlive the call.
         let r = unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) };
         log.push(errname(err_of(r as i64)));
+        // SAFETY: as above.
         let r = unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) };
         log.push(errname(err_of(r as i64)));
         // access(2): root passes R/W everywhere, X only where some x bit is set
@@ -556,6 +582,7 @@ fn xattrs_statfs_access() {
         for mask in [libc::F_OK, libc::R_OK, libc::W_OK, libc::X_OK] {
             log.push(format!(
                 "access {mask}: {}",
+                // SAFETY: `c` is a NUL-terminated CString that outlives the call.
                 errname(err_of(unsafe { libc::access(c.as_ptr(), mask) } as i64))
             ));
         }
@@ -563,11 +590,13 @@ fn xattrs_statfs_access() {
         log.push(format!(
             "x: {}",
             errname(err_of(
+                // SAFETY: as above.
                 unsafe { libc::access(c.as_ptr(), libc::X_OK) } as i64
             ))
         ));
         let missing = cpath(&root.join("missing"));
         log.push(errname(err_of(
+            // SAFETY: `missing` is a NUL-terminated CString that outlives the call.
             unsafe { libc::access(missing.as_ptr(), libc::F_OK) } as i64,
         )));
     });
@@ -586,6 +615,7 @@ fn fallocate_lseek_copy_file_range_locks() {
             .unwrap();
         let fd = f.as_raw_fd();
         // allocate 4 MiB, then punch a hole in the middle
+        // SAFETY: fallocate takes plain integers; `f` keeps `fd` open.
         let r = unsafe { libc::fallocate(fd, 0, 0, 4 << 20) };
         log.push(format!("fallocate {}", errname(err_of(r as i64))));
         let m = f.metadata().unwrap();
@@ -595,6 +625,7 @@ fn fallocate_lseek_copy_file_range_locks() {
             m.blocks() * 512 >= 4 << 20
         ));
         f.write_all_at(&pattern(4 << 20, 9), 0).unwrap();
+        // SAFETY: as above.
         let r = unsafe {
             libc::fallocate(
                 fd,
@@ -615,6 +646,7 @@ fn fallocate_lseek_copy_file_range_locks() {
         log.push(format!("hole reads zero {}", mid.iter().all(|&b| b == 0)));
         // SEEK_DATA / SEEK_HOLE
         let seek = |off: i64, whence: i32| {
+            // SAFETY: lseek takes plain integers; `f` keeps `fd` open.
             let r = unsafe { libc::lseek(fd, off, whence) };
             if r < 0 {
                 errname(err_of(-1))
@@ -640,6 +672,8 @@ fn fallocate_lseek_copy_file_range_locks() {
             .unwrap();
         let mut off_in: i64 = 3 << 20;
         let mut off_out: i64 = 100;
+        // SAFETY: `f` and `g` keep both descriptors open; the offsets are valid, exclusively
+        // borrowed out pointers.
         let n = unsafe {
             libc::copy_file_range(fd, &mut off_in, g.as_raw_fd(), &mut off_out, 65536, 0)
         };
@@ -652,23 +686,28 @@ fn fallocate_lseek_copy_file_range_locks() {
         ));
         // flock: a second open file description conflicts
         let f2 = fs::File::open(root.join("f")).unwrap();
+        // SAFETY: flock takes plain integers; `f` keeps `fd` open.
         let r1 = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+        // SAFETY: as above; `f2` keeps its descriptor open.
         let r2 = unsafe { libc::flock(f2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         log.push(format!(
             "flock {} then {}",
             errname(err_of(r1 as i64)),
             errname(err_of(r2 as i64))
         ));
+        // SAFETY: as above.
         unsafe { libc::flock(fd, libc::LOCK_UN) };
         // POSIX (OFD) record locks conflict between descriptions too
         let lk = |fd: i32, start: i64| {
+            // SAFETY: flock (the struct) is plain old data; all-zero is a valid value.
             let mut fl: libc::flock = unsafe { std::mem::zeroed() };
             fl.l_type = libc::F_WRLCK as i16;
             fl.l_whence = libc::SEEK_SET as i16;
             fl.l_start = start;
             fl.l_len = 10;
             errname(err_of(
-                unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) } as i64
+                // SAFETY: `fl` is a valid, initialised struct flock that F_OFD_SETLK only reads.
+                unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) } as i64,
             ))
         };
         log.push(format!(

@@ -295,6 +295,7 @@ fn forgotten_inodes_keep_nothing_and_memory_per_inode_is_small() {
     // (drop_caches=2 drops unused dentries and inodes machine-wide, as tests/cache.rs does.)
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
+        // SAFETY: sync takes no arguments and cannot fail.
         unsafe { libc::sync() };
         fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
         std::thread::sleep(Duration::from_millis(200));

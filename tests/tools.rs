@@ -123,6 +123,8 @@ fn tar_extract_and_recreate_with_links() {
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let n = std::ffi::CString::new(name).unwrap();
     let c = cpath(p);
+    // SAFETY: `c` and `n` are NUL-terminated CStrings; lsetxattr reads `value.len()` bytes of
+    // `value`.
     let r = unsafe {
         libc::lsetxattr(
             c.as_ptr(),
@@ -145,6 +147,8 @@ fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     let n = std::ffi::CString::new(name).unwrap();
     let c = cpath(p);
     let mut buf = vec![0u8; 1024];
+    // SAFETY: `c` and `n` are NUL-terminated CStrings; getxattr writes at most `buf.len()` bytes
+    // into `buf`.
     let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (r >= 0).then(|| {
         buf.truncate(r as usize);

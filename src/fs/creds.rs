@@ -37,10 +37,14 @@ struct OwnIdentity {
 fn own_identity() -> &'static OwnIdentity {
     static OWN: OnceLock<OwnIdentity> = OnceLock::new();
     OWN.get_or_init(|| {
+        // SAFETY: geteuid takes no arguments and cannot fail.
         let uid = unsafe { libc::geteuid() };
+        // SAFETY: getegid takes no arguments and cannot fail.
         let gid = unsafe { libc::getegid() };
+        // SAFETY: size 0 only asks for the count; the null list is never written.
         let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) }.max(0) as usize;
         let mut groups = vec![0 as libc::gid_t; n];
+        // SAFETY: `groups` has room for `n` gids, and getgroups writes at most `n`.
         let got = unsafe { libc::getgroups(n as libc::c_int, groups.as_mut_ptr()) };
         groups.truncate(got.max(0) as usize);
         OwnIdentity { uid, gid, groups }
@@ -95,6 +99,8 @@ fn caller_groups(pid: u32) -> std::sync::Arc<[libc::gid_t]> {
 }
 
 fn set_thread_groups(groups: &[libc::gid_t]) -> std::io::Result<()> {
+    // SAFETY: the raw syscall (this thread only, unlike glibc's process-wide setgroups)
+    // reads `groups.len()` gids from `groups`, borrowed for the call.
     let ret = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
     if ret == -1 {
         Err(std::io::Error::last_os_error())
@@ -104,10 +110,12 @@ fn set_thread_groups(groups: &[libc::gid_t]) -> std::io::Result<()> {
 }
 
 fn set_thread_fsuid(uid: u32) {
+    // SAFETY: setfsuid takes a plain id, no pointers, and only affects this thread.
     unsafe { libc::syscall(libc::SYS_setfsuid, uid) };
 }
 
 fn set_thread_fsgid(gid: u32) {
+    // SAFETY: setfsgid takes a plain id, no pointers, and only affects this thread.
     unsafe { libc::syscall(libc::SYS_setfsgid, gid) };
 }
 
@@ -121,8 +129,9 @@ pub fn as_daemon<T>(f: impl FnOnce() -> T) -> T {
     if own.uid != 0 {
         return f();
     }
-    // SAFETY (both): setfsuid/setfsgid take a plain id and return the previous one.
+    // SAFETY: setfsuid takes a plain id and returns the previous one; no pointers.
     let prev_uid = unsafe { libc::syscall(libc::SYS_setfsuid, own.uid) } as u32;
+    // SAFETY: setfsgid takes a plain id and returns the previous one; no pointers.
     let prev_gid = unsafe { libc::syscall(libc::SYS_setfsgid, own.gid) } as u32;
     let result = f();
     set_thread_fsgid(prev_gid);
@@ -192,6 +201,8 @@ fn thread_caps() -> Option<[CapData; 2]> {
         pid: 0,
     };
     let mut data = [CapData::default(); 2];
+    // SAFETY: `header` is a valid v3 header and `data` the two #[repr(C)] data structs a
+    // v3 capget writes; both are exclusively borrowed for the call.
     let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
     (ret == 0).then_some(data)
 }
@@ -201,6 +212,8 @@ fn set_thread_caps(data: &[CapData; 2]) -> bool {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
+    // SAFETY: `header` is a valid v3 header and `data` the two #[repr(C)] data structs a
+    // v3 capset reads; both are borrowed for the call.
     unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) == 0 }
 }
 
@@ -263,12 +276,14 @@ mod tests {
     fn reads_groups_of_a_live_process() {
         let me = std::process::id();
         let groups = caller_groups(me);
+        // SAFETY: size 0 only asks for the count; the null list is never written.
         let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) } as usize;
         assert_eq!(groups.len(), n);
     }
 
     #[test]
     fn switch_changes_only_this_thread_and_restores() {
+        // SAFETY: geteuid takes no arguments and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return;
         }
@@ -283,10 +298,12 @@ mod tests {
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let other = std::thread::spawn(move || {
+            // SAFETY: gettid takes no arguments and cannot fail.
             tx.send(unsafe { libc::gettid() }).unwrap();
             std::thread::park();
         });
         let other_tid = rx.recv().unwrap();
+        // SAFETY: gettid takes no arguments and cannot fail.
         let me = unsafe { libc::gettid() };
         {
             let _guard = CallerCreds::switch(4242, 4343, 0).unwrap();

@@ -346,6 +346,7 @@ impl FdCache {
         st: &libc::stat,
         handle: &sys::BackingHandle,
     ) -> Result<OwnedFd, String> {
+        // SAFETY: statfs is plain old data (integers only); all-zero is a valid value.
         let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
         // SAFETY: `sfs` is a valid out-pointer; `fd` is a descriptor.
         if unsafe { libc::fstatfs(fd, &mut sfs) } == 0 && sfs.f_type as i64 == FUSE_SUPER_MAGIC {
@@ -726,6 +727,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
+        // SAFETY: geteuid takes no arguments and cannot fail.
         unsafe { libc::geteuid() == 0 }
     }
 

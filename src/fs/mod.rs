@@ -27,7 +27,7 @@ pub mod sys;
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +47,7 @@ use crate::cache::{CacheSet, Changed, FileState, Revalidated, Touch};
 use crate::options::MountOptions;
 use creds::{CallerCreds, WithoutFsetid};
 use inode::{Inode, InodeTable};
-use sys::{cstr, cvt, cvt_size};
+use sys::cstr;
 
 /// Largest read or write the kernel sends us (and what we ask it for).
 pub const MAX_IO: u32 = 1 << 20;
@@ -87,8 +87,75 @@ struct DirStream {
 // SAFETY: the DIR* is only used under the handle's mutex, from one thread at a time.
 unsafe impl Send for DirStream {}
 
+impl DirStream {
+    /// `fdopendir`: the stream takes `fd` over (closedir closes it).
+    fn from_fd(fd: OwnedFd) -> io::Result<DirStream> {
+        // SAFETY: `fd` is an open directory descriptor we own; on success the DIR*
+        // owns it, so ownership is released below and only closedir closes it.
+        let dir = unsafe { libc::fdopendir(fd.as_raw_fd()) };
+        if dir.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        std::mem::forget(fd); // owned by the DIR* now
+        Ok(DirStream { dir })
+    }
+
+    fn rewind(&mut self) {
+        // SAFETY: `self.dir` is the live stream from fdopendir (closed only by drop), and
+        // `&mut self` means no other thread uses it.
+        unsafe { libc::rewinddir(self.dir) }
+    }
+
+    /// Back to a position `tell` (or an entry's `d_off`) returned.
+    fn seek(&mut self, pos: libc::c_long) {
+        // SAFETY: as in `rewind`: a live stream, used by one thread.
+        unsafe { libc::seekdir(self.dir, pos) }
+    }
+
+    fn tell(&mut self) -> libc::c_long {
+        // SAFETY: as in `rewind`: a live stream, used by one thread.
+        unsafe { libc::telldir(self.dir) }
+    }
+
+    /// The next entry, or None at the end of the directory.
+    fn next_entry(&mut self) -> io::Result<Option<DirEntry>> {
+        // readdir returns NULL both at the end and on error; only errno tells them apart.
+        // SAFETY: __errno_location returns this thread's errno, valid for the thread's life.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: as in `rewind`: a live stream, used by one thread.
+        let ent = unsafe { libc::readdir64(self.dir) };
+        if ent.is_null() {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(0) | None => Ok(None),
+                Some(_) => Err(err),
+            };
+        }
+        // SAFETY: a non-null dirent from readdir stays valid until the next readdir or
+        // closedir on this stream, neither of which can happen while `&mut self` is held;
+        // it is copied out before returning.
+        let ent = unsafe { &*ent };
+        // SAFETY: the kernel NUL-terminates d_name within the record.
+        let name = unsafe { std::ffi::CStr::from_ptr(ent.d_name.as_ptr()) };
+        Ok(Some(DirEntry {
+            backing_ino: ent.d_ino,
+            next_offset: ent.d_off,
+            d_type: ent.d_type,
+            name: name.to_bytes().to_vec(),
+        }))
+    }
+
+    /// The stream's descriptor (owned by the stream; valid while it lives).
+    fn fd(&self) -> RawFd {
+        // SAFETY: `self.dir` is the live stream; dirfd only reads it.
+        unsafe { libc::dirfd(self.dir) }
+    }
+}
+
 impl Drop for DirStream {
     fn drop(&mut self) {
+        // SAFETY: `self.dir` came from fdopendir and is closed exactly once, here; it
+        // closes the descriptor the stream owns.
         unsafe { libc::closedir(self.dir) };
     }
 }
@@ -300,7 +367,7 @@ impl PassthroughFs {
         parent: INodeNo,
         name: &OsStr,
         reply: ReplyEntry,
-        make: impl FnOnce(RawFd, &std::ffi::CString) -> io::Result<libc::c_int>,
+        make: impl FnOnce(RawFd, &std::ffi::CString) -> io::Result<()>,
     ) {
         let result = self.inode(parent).and_then(|p| {
             as_caller(req, || {
@@ -431,38 +498,36 @@ impl PassthroughFs {
         } = change;
         if let Some(mode) = mode {
             match &handle {
-                Some(h) => cvt(unsafe { libc::fchmod(h.file.as_raw_fd(), mode) })?,
+                Some(h) => sys::fchmod(h.file.as_raw_fd(), mode)?,
                 None if inode.is_symlink() => {
                     return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
                 }
-                None => cvt(unsafe { libc::chmod(path.as_ptr(), mode) })?,
+                None => sys::chmod(path, mode)?,
             };
         }
         if uid.is_some() || gid.is_some() {
             let u = uid.unwrap_or(u32::MAX);
             let g = gid.unwrap_or(u32::MAX);
             let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
-            cvt(unsafe { libc::fchownat(ifd, c"".as_ptr(), u, g, flags) })?;
+            sys::fchownat(ifd, c"", u, g, flags)?;
         }
         if let Some(size) = size {
             let size =
                 i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
             match &handle {
-                Some(h) => cvt(unsafe { libc::ftruncate(h.file.as_raw_fd(), size) })?,
-                None => cvt(unsafe { libc::truncate(path.as_ptr(), size) })?,
+                Some(h) => sys::ftruncate(h.file.as_raw_fd(), size)?,
+                None => sys::truncate(path, size)?,
             };
         }
         if atime.is_some() || mtime.is_some() {
             let times = [sys::timespec(atime), sys::timespec(mtime)];
             match &handle {
-                Some(h) => cvt(unsafe { libc::futimens(h.file.as_raw_fd(), times.as_ptr()) })?,
+                Some(h) => sys::futimens(h.file.as_raw_fd(), &times)?,
                 None if inode.is_symlink() => {
                     let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
-                    cvt(unsafe { libc::utimensat(ifd, c"".as_ptr(), times.as_ptr(), flags) })?
+                    sys::utimensat(ifd, c"", &times, flags)?
                 }
-                None => cvt(unsafe {
-                    libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0)
-                })?,
+                None => sys::utimensat(libc::AT_FDCWD, path, &times, 0)?,
             };
         }
         Ok(())
@@ -474,15 +539,7 @@ impl PassthroughFs {
         // this runs with the caller's credentials (pjdfstest open/06 on a 0477 dir).
         let path = sys::proc_path(inode_fd);
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
-        // SAFETY: path is a NUL-terminated string we own; open returns a new descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(cvt(libc::open(path.as_ptr(), flags))?) };
-        let raw = fd.as_raw_fd();
-        let dir = unsafe { libc::fdopendir(raw) };
-        if dir.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        std::mem::forget(fd); // owned by the DIR* now
-        Ok(DirStream { dir })
+        DirStream::from_fd(sys::open(&path, flags)?)
     }
 
     /// Reads entries of `handle` starting at `offset`, handing each to `add`
@@ -493,36 +550,19 @@ impl PassthroughFs {
         offset: u64,
         mut add: impl FnMut(&DirEntry) -> bool,
     ) -> io::Result<()> {
-        let stream = handle.stream.lock();
-        let dir = stream.dir;
-        unsafe {
-            if offset == 0 {
-                libc::rewinddir(dir);
-            } else {
-                libc::seekdir(dir, offset as libc::c_long);
-            }
+        let mut stream = handle.stream.lock();
+        if offset == 0 {
+            stream.rewind();
+        } else {
+            stream.seek(offset as libc::c_long);
         }
         loop {
-            let before = unsafe { libc::telldir(dir) };
-            unsafe { *libc::__errno_location() = 0 };
-            let ent = unsafe { libc::readdir64(dir) };
-            if ent.is_null() {
-                let err = io::Error::last_os_error();
-                return match err.raw_os_error() {
-                    Some(0) | None => Ok(()),
-                    Some(_) => Err(err),
-                };
-            }
-            let ent = unsafe { &*ent };
-            let name = unsafe { std::ffi::CStr::from_ptr(ent.d_name.as_ptr()) };
-            let entry = DirEntry {
-                backing_ino: ent.d_ino,
-                next_offset: ent.d_off,
-                d_type: ent.d_type,
-                name: name.to_bytes().to_vec(),
+            let before = stream.tell();
+            let Some(entry) = stream.next_entry()? else {
+                return Ok(());
             };
             if !add(&entry) {
-                unsafe { libc::seekdir(dir, before) };
+                stream.seek(before);
                 return Ok(());
             }
         }
@@ -548,11 +588,11 @@ impl PassthroughFs {
     }
 
     /// Runs a getxattr/listxattr-style call twice: once for the size, once for the data.
-    fn sized_call(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> io::Result<Vec<u8>> {
+    fn sized_call(mut call: impl FnMut(&mut [u8]) -> io::Result<usize>) -> io::Result<Vec<u8>> {
         loop {
-            let len = cvt_size(call(std::ptr::null_mut(), 0))?;
+            let len = call(&mut [])?;
             let mut buf = vec![0u8; len];
-            match cvt_size(call(buf.as_mut_ptr().cast(), buf.len())) {
+            match call(&mut buf) {
                 Ok(n) => {
                     buf.truncate(n);
                     return Ok(buf);
@@ -685,14 +725,7 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(ino).and_then(|inode| {
             let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
             let fd = self.inodes.fd(&inode)?;
-            let n = cvt_size(unsafe {
-                libc::readlinkat(
-                    fd.as_raw_fd(),
-                    c"".as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            })?;
+            let n = sys::readlinkat(fd.as_raw_fd(), c"", &mut buf)?;
             buf.truncate(n);
             Ok(buf)
         });
@@ -713,7 +746,7 @@ impl Filesystem for PassthroughFs {
         reply: ReplyEntry,
     ) {
         self.make_entry(req, parent, name, reply, |dir, c| {
-            cvt(unsafe { libc::mknodat(dir, c.as_ptr(), mode, rdev.into()) })
+            sys::mknodat(dir, c, mode, rdev.into())
         });
     }
 
@@ -727,7 +760,7 @@ impl Filesystem for PassthroughFs {
         reply: ReplyEntry,
     ) {
         self.make_entry(req, parent, name, reply, |dir, c| {
-            cvt(unsafe { libc::mkdirat(dir, c.as_ptr(), mode) })
+            sys::mkdirat(dir, c, mode)
         });
     }
 
@@ -736,7 +769,7 @@ impl Filesystem for PassthroughFs {
             as_caller(req, || {
                 let c = cstr(name)?;
                 let pfd = self.inodes.fd(&p)?;
-                cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), c.as_ptr(), 0) })
+                sys::unlinkat(pfd.as_raw_fd(), &c, 0)
             })
         });
         reply_empty(result, reply);
@@ -747,7 +780,7 @@ impl Filesystem for PassthroughFs {
             as_caller(req, || {
                 let c = cstr(name)?;
                 let pfd = self.inodes.fd(&p)?;
-                cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+                sys::unlinkat(pfd.as_raw_fd(), &c, libc::AT_REMOVEDIR)
             })
         });
         reply_empty(result, reply);
@@ -766,7 +799,7 @@ impl Filesystem for PassthroughFs {
             Err(e) => return reply.error(errno(e)),
         };
         self.make_entry(req, parent, link_name, reply, |dir, c| {
-            cvt(unsafe { libc::symlinkat(target.as_ptr(), dir, c.as_ptr()) })
+            sys::symlinkat(&target, dir, c)
         });
     }
 
@@ -786,15 +819,7 @@ impl Filesystem for PassthroughFs {
                 let old = cstr(name)?;
                 let new = cstr(newname)?;
                 let (pfd, npfd) = (self.inodes.fd(&p)?, self.inodes.fd(&np)?);
-                cvt(unsafe {
-                    libc::renameat2(
-                        pfd.as_raw_fd(),
-                        old.as_ptr(),
-                        npfd.as_raw_fd(),
-                        new.as_ptr(),
-                        flags.bits(),
-                    )
-                })
+                sys::renameat2(pfd.as_raw_fd(), &old, npfd.as_raw_fd(), &new, flags.bits())
             })
         });
         reply_empty(result, reply);
@@ -813,30 +838,26 @@ impl Filesystem for PassthroughFs {
             as_caller(req, || {
                 let new = cstr(newname)?;
                 let (ifd, npfd) = (self.inodes.fd(&inode)?, self.inodes.fd(&np)?);
-                let direct = unsafe {
-                    libc::linkat(
-                        ifd.as_raw_fd(),
-                        c"".as_ptr(),
-                        npfd.as_raw_fd(),
-                        new.as_ptr(),
-                        libc::AT_EMPTY_PATH,
-                    )
-                };
-                if direct == -1 && !inode.is_symlink() {
+                let direct = sys::linkat(
+                    ifd.as_raw_fd(),
+                    c"",
+                    npfd.as_raw_fd(),
+                    &new,
+                    libc::AT_EMPTY_PATH,
+                );
+                if direct.is_err() && !inode.is_symlink() {
                     // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, which an unprivileged
                     // caller's credentials lack; the magic link needs none.
                     let path = sys::proc_path(ifd.as_raw_fd());
-                    cvt(unsafe {
-                        libc::linkat(
-                            libc::AT_FDCWD,
-                            path.as_ptr(),
-                            npfd.as_raw_fd(),
-                            new.as_ptr(),
-                            libc::AT_SYMLINK_FOLLOW,
-                        )
-                    })?;
+                    sys::linkat(
+                        libc::AT_FDCWD,
+                        &path,
+                        npfd.as_raw_fd(),
+                        &new,
+                        libc::AT_SYMLINK_FOLLOW,
+                    )?;
                 } else {
-                    cvt(direct)?;
+                    direct?;
                 }
                 self.do_lookup(&np, newname)
             })
@@ -851,20 +872,17 @@ impl Filesystem for PassthroughFs {
             let open = || {
                 as_caller(req, || {
                     let flags = Self::backing_open_flags(flags.0);
-                    // SAFETY: path is a NUL-terminated /proc/self/fd/N string we own.
-                    cvt(unsafe { libc::open(path.as_ptr(), flags) })
+                    sys::open(&path, flags)
                 })
                 .map_err(|e| self.inodes.limit_error(e))
             };
             // O_TRUNC changes the file's size: the open itself is a change.
-            let fd = if flags.0 & libc::O_TRUNC != 0 {
+            let file = if flags.0 & libc::O_TRUNC != 0 {
                 self.change(&inode, ifd.as_raw_fd(), Touch::From(0), open)
                     .0?
             } else {
                 open()?
             };
-            // SAFETY: open just returned this descriptor; nothing else owns it.
-            let file = unsafe { OwnedFd::from_raw_fd(fd) };
             let fopen = self.open_validate(&inode, file.as_raw_fd(), flags.0);
             Ok((self.add_file_handle(file, inode, flags.0), fopen))
         });
@@ -997,8 +1015,8 @@ impl Filesystem for PassthroughFs {
         // close(dup(fd)) gives the backing the close it would have seen (NFS flushes
         // and reports write errors on close) without closing our descriptor.
         let result = self.file(fh).and_then(|h| {
-            let dup = cvt(unsafe { libc::dup(h.file.as_raw_fd()) })?;
-            cvt(unsafe { libc::close(dup) })
+            let dup = sys::dup(h.file.as_raw_fd())?;
+            sys::close(dup)
         });
         reply_empty(result, reply);
     }
@@ -1027,13 +1045,11 @@ impl Filesystem for PassthroughFs {
     ) {
         let result = self.file(fh).and_then(|h| {
             let fd = h.file.as_raw_fd();
-            cvt(unsafe {
-                if datasync {
-                    libc::fdatasync(fd)
-                } else {
-                    libc::fsync(fd)
-                }
-            })
+            if datasync {
+                sys::fdatasync(fd)
+            } else {
+                sys::fsync(fd)
+            }
         });
         reply_empty(result, reply);
     }
@@ -1104,6 +1120,7 @@ impl Filesystem for PassthroughFs {
                 // entry is a lookup, undone if the reply buffer cannot take it.
                 let attr = if dot {
                     let id = self.dirent_id(&h, e);
+                    // SAFETY: stat is plain old data (integers only); all-zero is valid.
                     let mut st: libc::stat = unsafe { std::mem::zeroed() };
                     st.st_mode = libc::S_IFDIR;
                     sys::attr_from_stat(&st, id)
@@ -1167,24 +1184,20 @@ impl Filesystem for PassthroughFs {
     ) {
         let result = self.dir(fh).and_then(|h| {
             let stream = h.stream.lock();
-            let fd = unsafe { libc::dirfd(stream.dir) };
-            cvt(unsafe {
-                if datasync {
-                    libc::fdatasync(fd)
-                } else {
-                    libc::fsync(fd)
-                }
-            })
+            let fd = stream.fd();
+            if datasync {
+                sys::fdatasync(fd)
+            } else {
+                sys::fsync(fd)
+            }
         });
         reply_empty(result, reply);
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let result = self.inode(ino).and_then(|inode| {
-            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
             let fd = self.inodes.fd(&inode)?;
-            cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
-            Ok(st)
+            sys::fstatvfs(fd.as_raw_fd())
         });
         match result {
             Ok(st) => reply.statfs(
@@ -1214,17 +1227,7 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(ino).and_then(|inode| {
             let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
-            as_caller(req, || {
-                cvt(unsafe {
-                    libc::setxattr(
-                        path.as_ptr(),
-                        name.as_ptr(),
-                        value.as_ptr().cast(),
-                        value.len(),
-                        flags,
-                    )
-                })
-            })
+            as_caller(req, || sys::setxattr(&path, &name, value, flags))
         });
         reply_empty(result, reply);
     }
@@ -1234,9 +1237,7 @@ impl Filesystem for PassthroughFs {
             let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
             as_caller(req, || {
-                Self::sized_call(|buf, len| unsafe {
-                    libc::getxattr(path.as_ptr(), name.as_ptr(), buf, len)
-                })
+                Self::sized_call(|buf| sys::getxattr(&path, &name, buf))
             })
         });
         Self::xattr_reply(result, size, reply);
@@ -1249,11 +1250,7 @@ impl Filesystem for PassthroughFs {
             }
             let fd = self.inodes.fd(&inode)?;
             let path = sys::proc_path(fd.as_raw_fd());
-            as_caller(req, || {
-                Self::sized_call(|buf, len| unsafe {
-                    libc::listxattr(path.as_ptr(), buf.cast(), len)
-                })
-            })
+            as_caller(req, || Self::sized_call(|buf| sys::listxattr(&path, buf)))
         });
         Self::xattr_reply(result, size, reply);
     }
@@ -1262,9 +1259,7 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(ino).and_then(|inode| {
             let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
-            as_caller(req, || {
-                cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) })
-            })
+            as_caller(req, || sys::removexattr(&path, &name))
         });
         reply_empty(result, reply);
     }
@@ -1275,9 +1270,7 @@ impl Filesystem for PassthroughFs {
             let path = sys::proc_path(fd.as_raw_fd());
             // AT_EACCESS: check with the fsuid/fsgid we switched to, not the real ids.
             as_caller(req, || {
-                cvt(unsafe {
-                    libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask.bits(), libc::AT_EACCESS)
-                })
+                sys::faccessat(libc::AT_FDCWD, &path, mask.bits(), libc::AT_EACCESS)
             })
         });
         reply_empty(result, reply);
@@ -1341,10 +1334,7 @@ impl Filesystem for PassthroughFs {
             self.change(&h.inode, fd, touch, || {
                 // no kill flag here: an unprivileged caller's fallocate clears set-id bits
                 let _no_fsetid = WithoutFsetid::unless_root(req.uid());
-                // SAFETY: fallocate on a descriptor we own; no memory is passed.
-                cvt(unsafe {
-                    libc::fallocate(fd, mode, offset as libc::off_t, length as libc::off_t)
-                })
+                sys::fallocate(fd, mode, offset as libc::off_t, length as libc::off_t)
             })
             .0
         });
@@ -1360,14 +1350,9 @@ impl Filesystem for PassthroughFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let result = self.file(fh).and_then(|h| {
-            let pos = unsafe { libc::lseek(h.file.as_raw_fd(), offset, whence) };
-            if pos < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(pos)
-            }
-        });
+        let result = self
+            .file(fh)
+            .and_then(|h| sys::lseek(h.file.as_raw_fd(), offset, whence));
         match result {
             Ok(pos) => reply.offset(pos),
             Err(e) => reply.error(errno(e)),
@@ -1399,17 +1384,14 @@ impl Filesystem for PassthroughFs {
             let out_fd = dst.file.as_raw_fd();
             self.change(&dst.inode, out_fd, touch, || {
                 let _no_fsetid = WithoutFsetid::unless_root(req.uid());
-                // SAFETY: both descriptors are ours; the offsets are valid out pointers.
-                cvt_size(unsafe {
-                    libc::copy_file_range(
-                        src.file.as_raw_fd(),
-                        &mut off_in,
-                        out_fd,
-                        &mut off_out,
-                        len,
-                        0,
-                    ) as isize
-                })
+                sys::copy_file_range(
+                    src.file.as_raw_fd(),
+                    &mut off_in,
+                    out_fd,
+                    &mut off_out,
+                    len,
+                    0,
+                )
             })
             .0
         });

@@ -1,13 +1,15 @@
-//! Thin, safe wrappers around the `*at` syscalls the passthrough needs.
+//! Thin, safe wrappers around the `*at` syscalls the passthrough needs (and the few
+//! descriptor and xattr calls that have no `*at` form): Rust types in, `io::Result` out,
+//! errno unchanged. Each `unsafe` block says why it is sound.
 //!
 //! Every backing inode is reached through an `O_PATH` descriptor; operations that
 //! cannot take an `O_PATH` descriptor directly go through its `/proc/self/fd/N`
 //! magic link, as libfuse's passthrough_hp does. Nothing here locks; everything
 //! here may block on the backing filesystem.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,12 +31,17 @@ pub fn proc_path(fd: RawFd) -> CString {
 /// Opens `name` in `dir` as an `O_PATH` handle, never following a final symlink.
 pub fn open_path_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
     let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `name` is a NUL-terminated string borrowed for the call.
     let fd = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags) })?;
+    // SAFETY: openat just returned this new descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 pub fn open_at(dir: RawFd, name: &CString, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a NUL-terminated string borrowed for the call; `mode` is passed
+    // as the variadic argument openat reads when `flags` create a file.
     let fd = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: openat just returned this new descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -45,6 +52,230 @@ pub fn fstat_path(fd: RawFd) -> io::Result<libc::stat> {
 
 pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
     fstat_path(fd.as_raw_fd())
+}
+
+/// `open(2)` of a path (a `/proc/self/fd/N` magic link, as the callers use it) with
+/// exactly `flags` (no mode: never called with `O_CREAT`).
+pub fn open(path: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is a NUL-terminated string borrowed for the call.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags) })?;
+    // SAFETY: open just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `dup(2)`: a second descriptor for the open file `fd` refers to.
+pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: dup takes no pointers; an invalid `fd` is EBADF.
+    let new = cvt(unsafe { libc::dup(fd) })?;
+    // SAFETY: dup just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// `close(2)`, reporting its error (which dropping an `OwnedFd` would discard).
+pub fn close(fd: OwnedFd) -> io::Result<()> {
+    // SAFETY: `into_raw_fd` gives up ownership, so this is the descriptor's only close.
+    cvt(unsafe { libc::close(fd.into_raw_fd()) }).map(drop)
+}
+
+pub fn fsync(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fsync takes no pointers; an invalid `fd` is EBADF.
+    cvt(unsafe { libc::fsync(fd) }).map(drop)
+}
+
+pub fn fdatasync(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fdatasync takes no pointers; an invalid `fd` is EBADF.
+    cvt(unsafe { libc::fdatasync(fd) }).map(drop)
+}
+
+pub fn fchmod(fd: RawFd, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: fchmod takes no pointers; an invalid `fd` is EBADF.
+    cvt(unsafe { libc::fchmod(fd, mode) }).map(drop)
+}
+
+pub fn chmod(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated string borrowed for the call.
+    cvt(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
+}
+
+pub fn fchownat(
+    dir: RawFd,
+    path: &CStr,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    flags: i32,
+) -> io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated string borrowed for the call.
+    cvt(unsafe { libc::fchownat(dir, path.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+pub fn ftruncate(fd: RawFd, size: libc::off_t) -> io::Result<()> {
+    // SAFETY: ftruncate takes no pointers; an invalid `fd` is EBADF.
+    cvt(unsafe { libc::ftruncate(fd, size) }).map(drop)
+}
+
+pub fn truncate(path: &CStr, size: libc::off_t) -> io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated string borrowed for the call.
+    cvt(unsafe { libc::truncate(path.as_ptr(), size) }).map(drop)
+}
+
+/// `futimens`: `times` is [atime, mtime] (see [`timespec`]).
+pub fn futimens(fd: RawFd, times: &[libc::timespec; 2]) -> io::Result<()> {
+    // SAFETY: `times` points at the two timespecs the call reads, borrowed for the call.
+    cvt(unsafe { libc::futimens(fd, times.as_ptr()) }).map(drop)
+}
+
+/// `utimensat`: `times` is [atime, mtime] (see [`timespec`]).
+pub fn utimensat(
+    dir: RawFd,
+    path: &CStr,
+    times: &[libc::timespec; 2],
+    flags: i32,
+) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and `times` holds the two timespecs the call
+    // reads; both are borrowed for the call.
+    cvt(unsafe { libc::utimensat(dir, path.as_ptr(), times.as_ptr(), flags) }).map(drop)
+}
+
+/// `readlinkat` into `buf`; the length of the target (not NUL-terminated, possibly
+/// truncated to `buf.len()`).
+pub fn readlinkat(dir: RawFd, path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `path` is NUL-terminated; the kernel writes at most `buf.len()` bytes into
+    // `buf`, which is exclusively borrowed for the call.
+    cvt_size(unsafe { libc::readlinkat(dir, path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn mknodat(dir: RawFd, name: &CStr, mode: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
+    // SAFETY: `name` is a NUL-terminated string borrowed for the call.
+    cvt(unsafe { libc::mknodat(dir, name.as_ptr(), mode, dev) }).map(drop)
+}
+
+pub fn mkdirat(dir: RawFd, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `name` is a NUL-terminated string borrowed for the call.
+    cvt(unsafe { libc::mkdirat(dir, name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn unlinkat(dir: RawFd, name: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: `name` is a NUL-terminated string borrowed for the call.
+    cvt(unsafe { libc::unlinkat(dir, name.as_ptr(), flags) }).map(drop)
+}
+
+pub fn symlinkat(target: &CStr, dir: RawFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: `target` and `name` are NUL-terminated strings borrowed for the call.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) }).map(drop)
+}
+
+pub fn renameat2(
+    old_dir: RawFd,
+    old: &CStr,
+    new_dir: RawFd,
+    new: &CStr,
+    flags: libc::c_uint,
+) -> io::Result<()> {
+    // SAFETY: `old` and `new` are NUL-terminated strings borrowed for the call.
+    cvt(unsafe { libc::renameat2(old_dir, old.as_ptr(), new_dir, new.as_ptr(), flags) }).map(drop)
+}
+
+pub fn linkat(
+    old_dir: RawFd,
+    old: &CStr,
+    new_dir: RawFd,
+    new: &CStr,
+    flags: i32,
+) -> io::Result<()> {
+    // SAFETY: `old` and `new` are NUL-terminated strings borrowed for the call.
+    cvt(unsafe { libc::linkat(old_dir, old.as_ptr(), new_dir, new.as_ptr(), flags) }).map(drop)
+}
+
+/// `faccessat`: `mode` is `F_OK` or a mask of `R_OK`/`W_OK`/`X_OK`.
+pub fn faccessat(dir: RawFd, path: &CStr, mode: i32, flags: i32) -> io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated string borrowed for the call.
+    cvt(unsafe { libc::faccessat(dir, path.as_ptr(), mode, flags) }).map(drop)
+}
+
+pub fn fallocate(fd: RawFd, mode: i32, offset: libc::off_t, len: libc::off_t) -> io::Result<()> {
+    // SAFETY: fallocate takes no pointers; an invalid `fd` is EBADF.
+    cvt(unsafe { libc::fallocate(fd, mode, offset, len) }).map(drop)
+}
+
+/// `lseek`: the new offset (for `SEEK_DATA`/`SEEK_HOLE`, where the data or hole starts).
+pub fn lseek(fd: RawFd, offset: libc::off_t, whence: i32) -> io::Result<libc::off_t> {
+    // SAFETY: lseek takes no pointers; an invalid `fd` is EBADF.
+    let pos = unsafe { libc::lseek(fd, offset, whence) };
+    if pos < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pos)
+    }
+}
+
+/// `copy_file_range` with explicit offsets, which it advances by what it copied.
+pub fn copy_file_range(
+    fd_in: RawFd,
+    off_in: &mut libc::off64_t,
+    fd_out: RawFd,
+    off_out: &mut libc::off64_t,
+    len: usize,
+    flags: libc::c_uint,
+) -> io::Result<usize> {
+    // SAFETY: `off_in` and `off_out` are exclusively borrowed offsets the kernel reads
+    // and updates; no other memory is passed.
+    cvt_size(unsafe { libc::copy_file_range(fd_in, off_in, fd_out, off_out, len, flags) as isize })
+}
+
+/// `fstatvfs`: the statistics of the filesystem `fd` is on (an `O_PATH` one works).
+pub fn fstatvfs(fd: RawFd) -> io::Result<libc::statvfs> {
+    // SAFETY: statvfs is plain old data (integers only); all-zero is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, exclusively borrowed out pointer.
+    cvt(unsafe { libc::fstatvfs(fd, &mut st) })?;
+    Ok(st)
+}
+
+pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+    // SAFETY: `path` and `name` are NUL-terminated; the kernel reads `value.len()` bytes
+    // of `value`; all are borrowed for the call.
+    cvt(unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// A null pointer for an empty buffer: size 0 asks the xattr calls for the size needed.
+fn xattr_buf(buf: &mut [u8]) -> *mut libc::c_void {
+    if buf.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    }
+}
+
+/// `getxattr` into `buf` (empty: the size the value needs); the value's length.
+pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    let len = buf.len();
+    let ptr = xattr_buf(buf);
+    // SAFETY: `path` and `name` are NUL-terminated; `ptr` is null with length 0, or
+    // points at `buf`, exclusively borrowed, of which the kernel writes at most `len` bytes.
+    cvt_size(unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), ptr, len) })
+}
+
+/// `listxattr` into `buf` (empty: the size the list needs); the list's length.
+pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    let len = buf.len();
+    let ptr = xattr_buf(buf);
+    // SAFETY: `path` is NUL-terminated; `ptr` is null with length 0, or points at `buf`,
+    // exclusively borrowed, of which the kernel writes at most `len` bytes.
+    cvt_size(unsafe { libc::listxattr(path.as_ptr(), ptr.cast(), len) })
+}
+
+pub fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
+    // SAFETY: `path` and `name` are NUL-terminated strings borrowed for the call.
+    cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
 }
 
 pub fn file_type(mode: libc::mode_t) -> FileType {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_bcachefs-lite");
 
 pub fn is_root() -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
@@ -44,6 +45,7 @@ pub fn is_mounted(path: &Path) -> bool {
 
 pub fn umount_lazy(path: &Path) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated CString that outlives the call.
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
 }
 
@@ -156,6 +158,7 @@ impl Mount {
     pub fn unmount(mut self) -> std::process::ExitStatus {
         let c = CString::new(self.mnt.as_os_str().as_bytes()).unwrap();
         assert_eq!(
+            // SAFETY: `c` is a NUL-terminated CString that outlives the call.
             unsafe { libc::umount(c.as_ptr()) },
             0,
             "umount: {}",
