@@ -34,20 +34,25 @@ pub fn fstat_fd(fd: RawFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// pread that fills as much of `buf` as the file has, retrying short reads.
-pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+/// Repeats `op(done)` (one syscall moving bytes from offset `done` of the buffer; its
+/// return value) until `len` bytes have moved, retrying `EINTR`. A 0 return is end of file
+/// for reads (`eof_ends`) and `EIO` for writes; an error after some progress ends the loop
+/// with what was moved (the caller sees a short count, as from the syscall itself).
+fn io_loop(
+    len: usize,
+    eof_ends: bool,
+    what: &str,
+    mut op: impl FnMut(usize) -> isize,
+) -> io::Result<usize> {
     let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        let off = (offset + done as u64) as libc::off_t;
-        // SAFETY: `rest` is valid writable memory of `rest.len()` bytes.
-        let n = unsafe { libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), off) };
-        match cvt_size(n) {
-            Ok(0) => break,
+    while done < len {
+        match cvt_size(op(done)) {
+            Ok(0) if eof_ends => break,
+            Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if done > 0 => {
-                tracing::debug!("short read after {done} bytes: {e}");
+                tracing::debug!("short {what} after {done} bytes: {e}");
                 break;
             }
             Err(e) => return Err(e),
@@ -56,33 +61,31 @@ pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(done)
 }
 
+/// pread that fills as much of `buf` as the file has, retrying short reads.
+pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let len = buf.len();
+    io_loop(len, true, "read", |done| {
+        let rest = &mut buf[done..];
+        let off = (offset + done as u64) as libc::off_t;
+        // SAFETY: `rest` is valid writable memory of `rest.len()` bytes.
+        unsafe { libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), off) }
+    })
+}
+
 /// pwrite of all of `buf`, retrying short writes.
 pub fn pwrite_full(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
+    io_loop(buf.len(), false, "write", |done| {
         let rest = &buf[done..];
         let off = (offset + done as u64) as libc::off_t;
         // SAFETY: `rest` is valid readable memory of `rest.len()` bytes.
-        let n = unsafe { libc::pwrite(fd, rest.as_ptr().cast(), rest.len(), off) };
-        match cvt_size(n) {
-            Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if done > 0 => {
-                tracing::debug!("short write after {done} bytes: {e}");
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
+        unsafe { libc::pwrite(fd, rest.as_ptr().cast(), rest.len(), off) }
+    })
 }
 
 /// Appends all of `buf` at the file's end, atomically per call as `O_APPEND` would
 /// (`pwritev2` with `RWF_APPEND`), on a descriptor opened without `O_APPEND`.
 pub fn append_full(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
+    io_loop(buf.len(), false, "append", |done| {
         let rest = &buf[done..];
         let iov = libc::iovec {
             iov_base: rest.as_ptr() as *mut libc::c_void,
@@ -90,17 +93,6 @@ pub fn append_full(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
         };
         // SAFETY: one iovec over `rest`, valid readable memory; offset -1 with RWF_APPEND
         // writes at the end of the file.
-        let n = unsafe { libc::pwritev2(fd, &iov, 1, -1, libc::RWF_APPEND) };
-        match cvt_size(n) {
-            Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if done > 0 => {
-                tracing::debug!("short append after {done} bytes: {e}");
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
+        unsafe { libc::pwritev2(fd, &iov, 1, -1, libc::RWF_APPEND) }
+    })
 }

@@ -89,17 +89,7 @@ pub const MOVING_GC_WRITE_POINT: u64 = u64::MAX;
 pub use crate::key::{BucketPtr, KeyPos};
 
 /// A snapshot of one bucket's state, for tests, stats and fsck.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BucketInfo {
-    pub gen: u8,
-    pub disk_gen: u8,
-    pub last_gc: u8,
-    pub prio: u16,
-    pub pins: u32,
-    pub mark: Mark,
-    pub sectors: u32,
-    pub loc: Loc,
-}
+pub type BucketInfo = state::Bucket;
 
 /// Counters and list lengths.
 #[derive(Debug, Clone, Copy, Default)]
@@ -738,18 +728,7 @@ impl Allocator {
     /// A snapshot of one bucket.
     pub fn bucket_info(&self, bucket: u32) -> Result<BucketInfo> {
         self.check_bucket(bucket)?;
-        let st = self.shared.state.lock();
-        let k = st.buckets[bucket as usize];
-        Ok(BucketInfo {
-            gen: k.gen,
-            disk_gen: k.disk_gen,
-            last_gc: k.last_gc,
-            prio: k.prio,
-            pins: k.pins,
-            mark: k.mark,
-            sectors: k.sectors,
-            loc: k.loc,
-        })
+        Ok(self.shared.state.lock().buckets[bucket as usize])
     }
 
     /// How many buckets are free, hold data, dirty data and metadata (by [`Mark`]), in that

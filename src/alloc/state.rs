@@ -61,8 +61,9 @@ pub enum Loc {
     Free(Reserve),
 }
 
-/// Per-bucket state (bcache `struct bucket` plus our bookkeeping).
-#[derive(Debug, Clone, Copy)]
+/// Per-bucket state (bcache `struct bucket` plus our bookkeeping); a copy of it is the
+/// snapshot tests, stats and fsck see ([`super::BucketInfo`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bucket {
     /// Current gen.
     pub gen: u8,

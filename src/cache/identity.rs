@@ -191,6 +191,30 @@ impl Identity {
     }
 }
 
+impl FsKey {
+    /// The slot and key an `FsSlot` record names; `None` for any other record.
+    pub fn from_record(r: &Record) -> Option<(u8, FsKey)> {
+        match *r {
+            Record::FsSlot {
+                slot,
+                fs_type,
+                fsid,
+                dev,
+                dev_keyed,
+            } => Some((
+                slot,
+                FsKey {
+                    fs_type,
+                    fsid,
+                    dev,
+                    dev_keyed,
+                },
+            )),
+            _ => None,
+        }
+    }
+}
+
 fn slot_record(slot: u8, k: &FsKey) -> Record {
     Record::FsSlot {
         slot,
@@ -247,24 +271,8 @@ mod tests {
         let a = first.file_id(fd, &st(10, 5), |r| recs.push(r)).unwrap();
         let again = Identity::new();
         for r in first.records() {
-            if let Record::FsSlot {
-                slot,
-                fs_type,
-                fsid,
-                dev,
-                dev_keyed,
-            } = r
-            {
-                again.restore(
-                    slot,
-                    FsKey {
-                        fs_type,
-                        fsid,
-                        dev,
-                        dev_keyed,
-                    },
-                );
-            }
+            let (slot, key) = FsKey::from_record(&r).unwrap();
+            again.restore(slot, key);
         }
         let b = again
             .file_id(fd, &st(99, 5), |_| panic!("must reuse the slot"))

@@ -79,6 +79,18 @@ struct Slot {
     referenced: bool,
 }
 
+impl Slot {
+    /// A descriptor was just installed: an unpinned slot not yet queued joins the LRU.
+    /// True when the caller must push it (outside the slot's lock).
+    fn enter_lru_if_unpinned(&mut self) -> bool {
+        let push = self.pins == 0 && !self.in_lru;
+        if push {
+            self.in_lru = true;
+        }
+        push
+    }
+}
+
 /// One backing inode the kernel holds a reference to.
 #[derive(Debug)]
 pub struct Inode {
@@ -500,11 +512,7 @@ impl InodeTable {
                 return Ok(InodeFd(existing.clone())); // another thread won; ours closes
             }
             slot.fd = Some(fd.clone());
-            let push = slot.pins == 0 && !slot.in_lru;
-            if push {
-                slot.in_lru = true;
-            }
-            push
+            slot.enter_lru_if_unpinned()
         };
         if push {
             self.fds.lru_push(inode.me.clone());
@@ -644,11 +652,7 @@ impl InodeTable {
                 return;
             }
             slot.fd = Some(Arc::new(fd));
-            let push = slot.pins == 0 && !slot.in_lru;
-            if push {
-                slot.in_lru = true;
-            }
-            push
+            slot.enter_lru_if_unpinned()
         };
         if push {
             self.fds.lru_push(inode.me.clone());

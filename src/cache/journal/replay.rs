@@ -30,23 +30,8 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     // (each index checkpoint entry repeats the whole table).
     let identity = Identity::new();
     for s in &entries {
-        for r in &s.entry.records {
-            if let Record::FsSlot {
-                slot,
-                fs_type,
-                fsid,
-                dev,
-                dev_keyed,
-            } = r
-            {
-                let key = FsKey {
-                    fs_type: *fs_type,
-                    fsid: *fsid,
-                    dev: *dev,
-                    dev_keyed: *dev_keyed,
-                };
-                identity.restore(*slot, key);
-            }
+        for (slot, key) in s.entry.records.iter().filter_map(FsKey::from_record) {
+            identity.restore(slot, key);
         }
     }
     // newest checkpoint that loads
