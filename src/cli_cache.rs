@@ -15,17 +15,35 @@ use crate::error::{Error, Result};
 
 pub use crate::options::parse_size;
 
-/// Arguments of `format`.
-#[derive(Debug, Clone)]
+/// Arguments of `format` (parsed by clap in `main.rs`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct FormatArgs {
+    /// Total size of the cache file (K/M/G/T suffixes).
+    #[arg(long, value_parser = parse_size)]
     pub size: u64,
+    /// Bucket size.
+    #[arg(long, value_parser = parse_size, default_value = "1M")]
     pub bucket_size: u64,
+    /// Block size.
+    #[arg(long, value_parser = parse_size, default_value = "4K")]
     pub block_size: u64,
+    /// Journal size (default: size/128, between 16 blocks and 8M).
+    #[arg(long, value_parser = parse_size)]
     pub journal_size: Option<u64>,
+    /// Replacement policy: lru, fifo or random.
+    #[arg(long, default_value = "lru")]
     pub replacement: Replacement,
+    /// Default cache mode: writethrough, writeback, writearound or none.
+    #[arg(long, default_value = "writethrough")]
     pub cache_mode: CacheMode,
-    pub discard: bool,
+    /// Identity of the backing tree this cache serves (empty: bind on first mount).
+    #[arg(long, default_value = "")]
     pub backing: String,
+    /// Do not punch holes for freed buckets.
+    #[arg(long)]
+    pub no_discard: bool,
+    /// Overwrite an existing file.
+    #[arg(long)]
     pub force: bool,
 }
 
@@ -41,7 +59,7 @@ pub fn format(path: &Path, a: &FormatArgs) -> Result<String> {
         journal_size: a.journal_size,
         replacement: a.replacement,
         cache_mode: a.cache_mode,
-        discard: a.discard,
+        discard: !a.no_discard,
         backing: a.backing.clone(),
     };
     let sb = Allocator::format(path, &g, a.force)?;

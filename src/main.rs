@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use bcachefs_lite::cli_cache::{self, parse_size, FormatArgs};
 use bcachefs_lite::daemon::{self, MountRequest};
-use bcachefs_lite::device::format::{CacheMode, Replacement};
 use bcachefs_lite::options::MountOptions;
 use clap::{Args, Parser, Subcommand};
 
@@ -32,33 +31,8 @@ enum Cmd {
     Format {
         /// Path of the cache file to create.
         cache_file: PathBuf,
-        /// Total size of the cache file (K/M/G/T suffixes).
-        #[arg(long, value_parser = parse_size)]
-        size: u64,
-        /// Bucket size.
-        #[arg(long, value_parser = parse_size, default_value = "1M")]
-        bucket_size: u64,
-        /// Block size.
-        #[arg(long, value_parser = parse_size, default_value = "4K")]
-        block_size: u64,
-        /// Journal size (default: size/128, between 16 blocks and 8M).
-        #[arg(long, value_parser = parse_size)]
-        journal_size: Option<u64>,
-        /// Replacement policy: lru, fifo or random.
-        #[arg(long, default_value = "lru")]
-        replacement: Replacement,
-        /// Default cache mode: writethrough, writeback, writearound or none.
-        #[arg(long, default_value = "writethrough")]
-        cache_mode: CacheMode,
-        /// Identity of the backing tree this cache serves (empty: bind on first mount).
-        #[arg(long, default_value = "")]
-        backing: String,
-        /// Do not punch holes for freed buckets.
-        #[arg(long)]
-        no_discard: bool,
-        /// Overwrite an existing file.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        args: FormatArgs,
     },
     /// Show the live statistics of the cache mounted at MOUNTPOINT.
     Stats {
@@ -159,31 +133,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Mount(args) => return mount(args),
-        Cmd::Format {
-            cache_file,
-            size,
-            bucket_size,
-            block_size,
-            journal_size,
-            replacement,
-            cache_mode,
-            backing,
-            no_discard,
-            force,
-        } => cli_cache::format(
-            &cache_file,
-            &FormatArgs {
-                size,
-                bucket_size,
-                block_size,
-                journal_size,
-                replacement,
-                cache_mode,
-                discard: !no_discard,
-                backing,
-                force,
-            },
-        ),
+        Cmd::Format { cache_file, args } => cli_cache::format(&cache_file, &args),
         Cmd::ShowSuper { cache_file, json } => cli_cache::show_super(&cache_file, json),
         Cmd::Stats { mountpoint, json } => return stats(&mountpoint, json),
     };
