@@ -20,6 +20,8 @@
 //!   5 SetValidator     file u64, size u64, mtime_ns i64, ctime_ns i64
 //!   6 FsSlot           slot u8, fs_type u64, fsid u64, dev u64, dev_keyed u8 (0 or 1):
 //!                      file ids `slot << 56 | ino` belong to this filesystem
+//!   7..=15             reserved for the metadata cache, writeback and admission (their bodies
+//!                      are fixed in docs/DESIGN.md §3); refused as unknown until implemented
 //! ```
 //!
 //! Invariants: an entry is accepted only with the right magic, version, a payload length within
