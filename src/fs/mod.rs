@@ -1043,14 +1043,9 @@ impl Filesystem for PassthroughFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.file(fh).and_then(|h| {
-            let fd = h.file.as_raw_fd();
-            if datasync {
-                sys::fdatasync(fd)
-            } else {
-                sys::fsync(fd)
-            }
-        });
+        let result = self
+            .file(fh)
+            .and_then(|h| sys::sync(h.file.as_raw_fd(), datasync));
         reply_empty(result, reply);
     }
 
@@ -1096,10 +1091,7 @@ impl Filesystem for PassthroughFs {
                 )
             })
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(result, reply);
     }
 
     fn readdirplus(
@@ -1156,10 +1148,7 @@ impl Filesystem for PassthroughFs {
             (Ok(()), Some(e)) if added == 0 => Err(e),
             (result, _) => result,
         };
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(result, reply);
     }
 
     fn releasedir(
@@ -1182,15 +1171,9 @@ impl Filesystem for PassthroughFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.dir(fh).and_then(|h| {
-            let stream = h.stream.lock();
-            let fd = stream.fd();
-            if datasync {
-                sys::fdatasync(fd)
-            } else {
-                sys::fsync(fd)
-            }
-        });
+        let result = self
+            .dir(fh)
+            .and_then(|h| sys::sync(h.stream.lock().fd(), datasync));
         reply_empty(result, reply);
     }
 
@@ -1489,7 +1472,28 @@ pub fn spawn_invalidator(rx: std::sync::mpsc::Receiver<u64>, notifier: fuser::No
     }
 }
 
-fn reply_empty<T>(result: io::Result<T>, reply: ReplyEmpty) {
+/// The replies that end with `ok()` or an errno (empty replies, directory listings).
+trait Done {
+    fn ok(self);
+    fn error(self, e: Errno);
+}
+
+macro_rules! impl_done {
+    ($($t:ty),*) => {$(
+        impl Done for $t {
+            fn ok(self) {
+                <$t>::ok(self)
+            }
+            fn error(self, e: Errno) {
+                <$t>::error(self, e)
+            }
+        }
+    )*};
+}
+impl_done!(ReplyEmpty, ReplyDirectory, ReplyDirectoryPlus);
+
+/// Answers `reply` from `result`: ok, or the error's errno (the one errno boundary).
+fn reply_empty<T>(result: io::Result<T>, reply: impl Done) {
     match result {
         Ok(_) => reply.ok(),
         Err(e) => reply.error(errno(e)),

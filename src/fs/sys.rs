@@ -82,6 +82,15 @@ pub fn fsync(fd: RawFd) -> io::Result<()> {
     cvt(unsafe { libc::fsync(fd) }).map(drop)
 }
 
+/// `fdatasync` when `datasync` (the kernel's FUSE_FSYNC_FDATASYNC), else `fsync`.
+pub fn sync(fd: RawFd, datasync: bool) -> io::Result<()> {
+    if datasync {
+        fdatasync(fd)
+    } else {
+        fsync(fd)
+    }
+}
+
 pub fn fdatasync(fd: RawFd) -> io::Result<()> {
     // SAFETY: fdatasync takes no pointers; an invalid `fd` is EBADF.
     cvt(unsafe { libc::fdatasync(fd) }).map(drop)
