@@ -57,14 +57,7 @@ fn stat_text(mnt: &Path) -> String {
 
 /// A backing dir and cache path in a fresh temp dir.
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("bcl-cache")
-        .tempdir()
-        .unwrap();
-    let backing = dir.path().join("backing");
-    fs::create_dir(&backing).unwrap();
-    let cache = dir.path().join("ssd.cache");
-    (dir, backing, cache)
+    common::backing_and_cache("bcl-cache")
 }
 
 fn mount_cached(dir: tempfile::TempDir, backing: &Path, cache: &Path, extra: &str) -> Mount {

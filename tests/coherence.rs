@@ -13,14 +13,7 @@ use common::{cpath, pattern, Mount};
 
 /// A backing dir and cache path in a fresh temp dir.
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("bcl-coh")
-        .tempdir()
-        .unwrap();
-    let backing = dir.path().join("backing");
-    fs::create_dir(&backing).unwrap();
-    let cache = dir.path().join("ssd.cache");
-    (dir, backing, cache)
+    common::backing_and_cache("bcl-coh")
 }
 
 const ATTR: &str = "attr_timeout=0.2,entry_timeout=0.2";

@@ -199,10 +199,11 @@ fn the_read_path_revalidates_once_per_interval() {
     }
 }
 
-/// Bug 7: a failed journal write poisons the whole cache set: the allocator stops, nothing
-/// more is served from the cache, and the reason is kept for stats.
-#[test]
-fn a_failed_journal_write_stops_caching_everywhere() {
+type Faulty = Arc<FaultyDevice<FileDevice>>;
+
+/// A 32 MiB cache file behind a fault-injecting device, its allocator opened without the
+/// background thread (the test drives it).
+fn faulty_cache() -> (tempfile::TempDir, Faulty, Arc<Allocator>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.cache");
     let g = Geometry {
@@ -222,13 +223,26 @@ fn a_failed_journal_write_stops_caching_everywhere() {
         ..Default::default()
     };
     let alloc = Arc::new(Allocator::open_device(dev.clone(), manual).unwrap());
-    let jw = journal::JournalWriter::new(
+    (dir, dev, alloc)
+}
+
+/// A journal writer over `alloc` with an empty index.
+fn writer(alloc: &Arc<Allocator>) -> journal::JournalWriter {
+    journal::JournalWriter::new(
         alloc.clone(),
         Arc::new(Index::new(alloc.superblock().block_size)),
         Arc::new(Identity::new()),
         Arc::new(Counters::default()),
         journal::CheckpointState::default(),
-    );
+    )
+}
+
+/// Bug 7: a failed journal write poisons the whole cache set: the allocator stops, nothing
+/// more is served from the cache, and the reason is kept for stats.
+#[test]
+fn a_failed_journal_write_stops_caching_everywhere() {
+    let (_dir, dev, alloc) = faulty_cache();
+    let jw = writer(&alloc);
     jw.queue(Record::KeyDelete {
         file: 1,
         offset: 0,
@@ -251,35 +265,11 @@ fn a_failed_journal_write_stops_caching_everywhere() {
 /// The same for an index checkpoint whose blob cannot be written (the journal itself works).
 #[test]
 fn a_failed_index_checkpoint_stops_caching_everywhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.cache");
-    let g = Geometry {
-        size: 32 << 20,
-        bucket_size: 256 << 10,
-        ..Geometry::default()
-    };
-    Allocator::format(&path, &g, false).unwrap();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    let dev = Arc::new(FaultyDevice::new(FileDevice::new(file)));
-    let manual = OpenOptions {
-        start_allocator: false,
-        ..Default::default()
-    };
-    let alloc = Arc::new(Allocator::open_device(dev.clone(), manual).unwrap());
+    let (_dir, dev, alloc) = faulty_cache();
     let r = alloc.gc_begin();
     alloc.gc_finish(r).unwrap();
     alloc.allocator_run_until_idle(100).unwrap();
-    let jw = journal::JournalWriter::new(
-        alloc.clone(),
-        Arc::new(Index::new(alloc.superblock().block_size)),
-        Arc::new(Identity::new()),
-        Arc::new(Counters::default()),
-        journal::CheckpointState::default(),
-    );
+    let jw = writer(&alloc);
     // the checkpoint's flush has nothing to sync; its first write is the blob
     dev.arm(dev.ops(), FaultKind::FailOnce { keep: 0 });
     assert!(jw.checkpoint_now().is_err());

@@ -217,6 +217,16 @@ impl Drop for Mount {
     }
 }
 
+/// A fresh temporary directory (named `prefix...`) holding an empty `backing` directory and the
+/// path of a cache file `ssd.cache` beside it (not created).
+pub fn backing_and_cache(prefix: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    std::fs::create_dir(&backing).unwrap();
+    let cache = dir.path().join("ssd.cache");
+    (dir, backing, cache)
+}
+
 /// Runs a shell command, returning (exit code, stdout, stderr).
 pub fn sh(cmd: &str, cwd: &Path) -> (i32, String, String) {
     let out = Command::new("sh")
