@@ -22,37 +22,11 @@ fn drop_caches() {
 
 /// One figure from `stats --json`.
 fn stat(mnt: &Path, key: &str) -> u64 {
-    let out = Command::new(BIN)
-        .args(["stats", "--json"])
-        .arg(mnt)
-        .output()
-        .unwrap();
-    let json = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let needle = format!("\"{key}\": ");
-    let at = json
-        .find(&needle)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + needle.len();
-    json[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .unwrap()
+    common::stat_u64(mnt, key)
 }
 
 fn stat_text(mnt: &Path) -> String {
-    let out = Command::new(BIN)
-        .args(["stats", "--json"])
-        .arg(mnt)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    serde_json::to_string_pretty(&common::stats(mnt)).unwrap()
 }
 
 /// A backing dir and cache path in a fresh temp dir.
@@ -650,7 +624,12 @@ fn a_full_or_failing_ssd_turns_caching_off_and_loses_nothing() {
         drop_caches();
     }
     let text = stat_text(&m.mnt);
-    assert!(text.contains("\"state\": \"failed\""), "{text}");
+    let stats = common::stats(&m.mnt);
+    assert_eq!(stats["state"], "failed", "{text}");
+    assert!(
+        stats["failure"].is_string(),
+        "stats say why caching stopped: {text}"
+    );
     assert!(stat(&m.mnt, "io_errors") > 0);
     // writes through the mount still work
     fs::write(m.m("new"), b"still writable").unwrap();

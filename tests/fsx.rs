@@ -572,17 +572,8 @@ impl Fsx {
             .join("ssd.cache")
             .exists()
         {
-            let out = std::process::Command::new(common::BIN)
-                .args(["stats", "--json"])
-                .arg(&self.mount.mnt)
-                .output()
-                .unwrap();
-            let json = String::from_utf8_lossy(&out.stdout);
-            let figure = |k: &str| {
-                let at = json.find(&format!("\"{k}\": ")).map(|i| i + k.len() + 4);
-                at.map(|i| json[i..].chars().take_while(char::is_ascii_digit).collect())
-                    .unwrap_or_else(|| "?".to_string())
-            };
+            let stats = common::stats(&self.mount.mnt);
+            let figure = |k: &str| stats[k].to_string();
             eprintln!(
                 "fsx {}: cache hits {} misses {} buckets_total {} buckets_invalidated {} stale_pointers {}",
                 self.config,

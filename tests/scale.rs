@@ -10,43 +10,17 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{pattern, sh, sh_ok, Daemon, Mount, BIN};
+use common::{pattern, sh, sh_ok, Daemon, Mount};
 
-/// One figure from `stats --json`, as its JSON text (quotes stripped).
+/// One figure from `stats --json`, as text (a string's quotes stripped).
 fn figure(mnt: &Path, key: &str) -> String {
-    // The daemon opens its control socket just after the mount appears: wait for it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let out = loop {
-        let out = Command::new(BIN)
-            .args(["stats", "--json"])
-            .arg(mnt)
-            .output()
-            .unwrap();
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        out.status.success(),
-        "stats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json = String::from_utf8_lossy(&out.stdout);
-    let needle = format!("\"{key}\": ");
-    let at = json
-        .find(&needle)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + needle.len();
-    json[at..]
-        .chars()
-        .take_while(|c| *c != ',' && *c != '\n')
-        .collect::<String>()
-        .trim_matches('"')
-        .to_string()
+    match &common::stats(mnt)[key] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => panic!("no {key} in stats"),
+        v => v.to_string(),
+    }
 }
 
 fn number(mnt: &Path, key: &str) -> u64 {

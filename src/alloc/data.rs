@@ -1,7 +1,9 @@
 //! Data I/O on the cache file, apart from the allocator's state: a fill's write, a hit's read,
 //! and the fdatasync that makes written data durable before the keys that point at it are
 //! journaled (invariant 3). Positioned I/O, no lock of its own, safe from many threads; every
-//! call blocks on the cache file. A failed sync poisons the cache set (`crate::poison`).
+//! call blocks on the cache file. A failed sync poisons the cache set (`crate::poison`); it
+//! does not wake the allocator's waiters itself (it holds no reference to them): the
+//! allocator thread and `bucket_alloc(wait)` recheck the poison within 500 / 100 ms.
 
 use std::sync::Arc;
 

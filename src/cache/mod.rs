@@ -185,28 +185,20 @@ impl Drop for FileState {
     }
 }
 
-impl FileState {
-    /// A state not registered anywhere (tests of one holder).
-    pub fn detached(id: FileId) -> FileState {
-        FileState {
-            id,
-            seq: Mutex::new(ChangeSeq::start()),
-            checked_ns: AtomicU64::new(0),
-            pages_stale: AtomicBool::new(false),
-            registry: Weak::new(),
-        }
-    }
-}
-
 /// What a change touches, for the keys it drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Touch {
     /// Bytes `[offset, offset + len)` (write, copy_file_range, fallocate of a range).
     Range { offset: u64, len: u64 },
-    /// Everything from `offset` on (truncate, O_TRUNC, fallocate that changes the size).
+    /// Everything from `offset` on (truncate incl. an O_TRUNC open's size-0 SETATTR,
+    /// collapse and insert range).
     From(u64),
     /// No bytes: times, mode or owner only (the validator still changes).
     Attributes,
+    /// An append the kernel placed at `offset` from a size it may have cached before an
+    /// outside growth: everything from the smaller of `offset` and the backing's size before
+    /// the write (the change's own first fstat says which).
+    Append { offset: u64 },
 }
 
 /// What [`CacheSet::revalidate_detail`] found.
@@ -556,7 +548,7 @@ impl CacheSet {
                     });
                 }
             }
-            Touch::From(offset) => {
+            Touch::From(offset) | Touch::Append { offset } => {
                 if !self.index.truncate(file.id, offset).is_empty() {
                     self.journal.queue(Record::KeyDelete {
                         file: file.id,
@@ -581,9 +573,16 @@ impl CacheSet {
     ) -> (io::Result<T>, Changed) {
         let mut changed = Changed::default();
         // 1. an outside change is dropped before ours could hide it
-        if let Ok(st) = crate::sys::fstat_fd(fd) {
-            changed.outside_change = self.revalidate(file, &st);
+        let before = crate::sys::fstat_fd(fd).ok();
+        if let Some(st) = &before {
+            changed.outside_change = self.revalidate(file, st);
         }
+        let touch = match touch {
+            Touch::Append { offset } => {
+                Touch::From(before.map_or(0, |st| (st.st_size as u64).min(offset)))
+            }
+            t => t,
+        };
         // 2. drop the touched keys before the backing changes
         let mine = {
             let _changes = self.changes.read();
@@ -642,14 +641,6 @@ impl CacheSet {
             pid,
             chunks: vec![(a, chunk)],
         })
-    }
-
-    /// Forget everything cached for the file.
-    pub fn drop_file(&self, file: &FileState) {
-        let _changes = self.changes.read();
-        let mut seq = file.seq.lock();
-        seq.bump();
-        self.drop_all_locked(file);
     }
 
     /// Read path step 1: at most once per interval, compare the open descriptor's

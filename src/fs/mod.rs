@@ -869,20 +869,10 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(ino).and_then(|inode| {
             let ifd = self.inodes.fd(&inode)?;
             let path = sys::proc_path(ifd.as_raw_fd());
-            let open = || {
-                as_caller(req, || {
-                    let flags = Self::backing_open_flags(flags.0);
-                    sys::open(&path, flags)
-                })
-                .map_err(|e| self.inodes.limit_error(e))
-            };
-            // O_TRUNC changes the file's size: the open itself is a change.
-            let file = if flags.0 & libc::O_TRUNC != 0 {
-                self.change(&inode, ifd.as_raw_fd(), Touch::From(0), open)
-                    .0?
-            } else {
-                open()?
-            };
+            // No O_TRUNC arrives here: without FUSE_ATOMIC_O_TRUNC the kernel truncates
+            // with a SETATTR of size 0, which goes through the change protocol.
+            let file = as_caller(req, || sys::open(&path, Self::backing_open_flags(flags.0)))
+                .map_err(|e| self.inodes.limit_error(e))?;
             let fopen = self.open_validate(&inode, file.as_raw_fd(), flags.0);
             Ok((self.add_file_handle(file, inode, flags.0), fopen))
         });
@@ -966,8 +956,7 @@ impl Filesystem for PassthroughFs {
         // O_APPEND on a local file would; the offset the kernel gave is only a lower bound.
         let appending = handle.append && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
         let touch = if appending {
-            let end = sys::fstat(&handle.file).map_or(0, |st| st.st_size as u64);
-            Touch::From(offset.min(end))
+            Touch::Append { offset }
         } else {
             Touch::Range {
                 offset,

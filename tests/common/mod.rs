@@ -217,6 +217,37 @@ impl Drop for Mount {
     }
 }
 
+/// `bcachefs-lite stats --json` of the mount at `mnt`, parsed. The daemon opens its control
+/// socket just after the mount appears, so this waits up to 10 s for it.
+pub fn stats(mnt: &Path) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = Command::new(BIN)
+            .args(["stats", "--json"])
+            .arg(mnt)
+            .output()
+            .unwrap();
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        out.status.success(),
+        "stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stats --json prints JSON")
+}
+
+/// One numeric figure of [`stats`].
+pub fn stat_u64(mnt: &Path, key: &str) -> u64 {
+    let s = stats(mnt);
+    s[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no numeric {key} in {s}"))
+}
+
 /// A fresh temporary directory (named `prefix...`) holding an empty `backing` directory and the
 /// path of a cache file `ssd.cache` beside it (not created).
 pub fn backing_and_cache(prefix: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
