@@ -223,7 +223,9 @@ pub struct Changed {
 
 /// Data of a miss to be written into the cache after the reply.
 pub struct Fill {
-    write_seq: u64,
+    /// The file's change sequence before the backing was read (or, for a write, its fill
+    /// ticket): the key is inserted only while the sequence still has this value.
+    seen_seq: u64,
     pid: u32,
     /// Block-aligned offset and block-padded data.
     chunks: Vec<(u64, Vec<u8>)>,
@@ -637,7 +639,7 @@ impl CacheSet {
         }
         let chunk = data[(a - offset) as usize..(b - offset) as usize].to_vec();
         Some(Fill {
-            write_seq: ticket,
+            seen_seq: ticket,
             pid,
             chunks: vec![(a, chunk)],
         })
@@ -669,7 +671,7 @@ impl CacheSet {
     ) -> io::Result<ReadResult> {
         let outside_change = self.revalidate_on_read(file, backing_fd);
         // the sequence before anything is read: a change from here on voids the fill
-        let write_seq = file.seq.lock().seq;
+        let seen_seq = file.seq.lock().seq;
         let file_size = match self.index.validator(file.id) {
             Some(v) => v.size,
             None => crate::sys::fstat_fd(backing_fd)?.st_size as u64,
@@ -748,7 +750,7 @@ impl CacheSet {
         buf.truncate((end - a) as usize);
         buf.drain(..start);
         let fill = (!chunks.is_empty()).then_some(Fill {
-            write_seq,
+            seen_seq,
             pid,
             chunks,
         });
@@ -834,7 +836,7 @@ impl CacheSet {
                     self.fail("write", &e);
                     return;
                 }
-                let inserted = self.insert_if_current(file, fill.write_seq, at, ptr, piece);
+                let inserted = self.insert_if_current(file, fill.seen_seq, at, ptr, piece);
                 expect_ok(self.alloc.key_inserted(ptr), "release a fill's allocation");
                 if !inserted {
                     bump(&self.counters.cache_miss_collisions);
