@@ -554,3 +554,169 @@ fn refused_modes_and_combinations() {
     assert!(!out.status.success());
     assert!(!common::is_mounted(&mnt));
 }
+
+/// Random pwrites, truncates and reads of `files` files until `stop`; errors after the
+/// mount went away (a crash) end the loop quietly.
+fn churn(
+    mnt: PathBuf,
+    files: usize,
+    mut seed: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let p = mnt.join(format!("c{}", next() % files as u64));
+        let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(&p) else {
+            return;
+        };
+        let off = next() % (1 << 20);
+        let r = match next() % 10 {
+            0 => f.set_len(next() % (1 << 20)).map(|_| ()),
+            1..=4 => {
+                let len = 1 + (next() % (96 << 10)) as usize;
+                f.write_all_at(&pattern(len, next()), off)
+            }
+            _ => {
+                let mut buf = vec![0u8; 1 + (next() % (128 << 10)) as usize];
+                f.read_at(&mut buf, off).map(|_| ())
+            }
+        };
+        if r.is_err() {
+            return;
+        }
+    }
+}
+
+fn assert_files_equal_backing(m: &Mount, files: usize, when: &str) {
+    for i in 0..files {
+        let rel = format!("c{i}");
+        let (a, b) = (fs::read(m.m(&rel)).unwrap(), fs::read(m.b(&rel)).unwrap());
+        assert!(
+            a == b,
+            "{rel} differs from the backing {when} ({} vs {} bytes)",
+            a.len(),
+            b.len()
+        );
+    }
+}
+
+/// Writers and readers run while the mode flips between writethrough, writearound and none
+/// every few milliseconds; afterwards, from the cache (pages dropped), every file is the
+/// backing's. Then the same under SIGKILL at a random moment, remounted writethrough.
+#[test]
+fn live_switches_under_concurrent_writers_and_crashes_keep_the_cache_coherent() {
+    require_fuse!();
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let rounds = std::env::var("BCL_MODE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3u64);
+    let (mut dir, backing, cache) = common::backing_and_cache("bcl-modes");
+    let files = 4;
+    for i in 0..files {
+        fs::write(
+            backing.join(format!("c{i}")),
+            pattern(1 << 20, 50 + i as u64),
+        )
+        .unwrap();
+    }
+    let opts = format!("{},sequential_cutoff=0", options(&cache, None));
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    for round in 0..=rounds {
+        let crash = round > 0;
+        let m = Mount::over(dir, backing.clone(), &opts, &[]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let (mnt, stop) = (m.mnt.clone(), stop.clone());
+                let s = seed.wrapping_add(w * 7919 + 1);
+                std::thread::spawn(move || churn(mnt, files, s, stop))
+            })
+            .collect();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let until = std::time::Instant::now()
+            + std::time::Duration::from_millis(if crash {
+                200 + (seed >> 33) % 1500
+            } else {
+                2500
+            });
+        let mut switches = 0u64;
+        while std::time::Instant::now() < until {
+            let mode = ["writethrough", "writearound", "none"][(switches % 3) as usize];
+            set_mode(&m.mnt, mode).unwrap();
+            switches += 1;
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        let m = if crash {
+            let d = m.crash();
+            stop.store(true, Ordering::Relaxed);
+            for w in workers {
+                w.join().unwrap();
+            }
+            Mount::over(d, backing.clone(), &opts, &[])
+        } else {
+            stop.store(true, Ordering::Relaxed);
+            for w in workers {
+                w.join().unwrap();
+            }
+            set_mode(&m.mnt, "writethrough").unwrap();
+            m
+        };
+        assert!(switches > 10);
+        assert_files_equal_backing(&m, files, &format!("round {round}"));
+        drop_caches();
+        assert_files_equal_backing(&m, files, &format!("round {round}, from the cache"));
+        let (status, d) = m.unmount_keep();
+        assert!(status.success());
+        dir = d;
+    }
+}
+
+#[test]
+fn a_cache_file_defaulting_to_writeback_mounts_writethrough_and_says_so() {
+    require_fuse!();
+    let (dir, backing, cache) = common::backing_and_cache("bcl-modes");
+    let out = Command::new(BIN)
+        .arg("format")
+        .arg(&cache)
+        .args([
+            "--size",
+            "64M",
+            "--bucket-size",
+            "256K",
+            "--cache-mode",
+            "writeback",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = dir.path().join("daemon.log");
+    let logarg = log.to_string_lossy().into_owned();
+    let m = Mount::over(
+        dir,
+        backing,
+        &options(&cache, None),
+        &["--log-file", &logarg],
+    );
+    assert_eq!(common::stats(&m.mnt)["cache_mode"], "writethrough");
+    let (filled, _) = write_then_read(&m, "f", 60);
+    assert_eq!(filled, 1 << 20, "writethrough is in force");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("writeback") && text.contains("mounting writethrough"),
+        "{text}"
+    );
+}
