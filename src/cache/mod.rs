@@ -317,6 +317,17 @@ impl CacheSet {
         let alloc = Arc::new(Allocator::open(&cfg.path)?);
         let counters = Arc::new(Counters::default());
         let replayed = journal::replay(&alloc, &counters)?;
+        if replayed.dirty_bytes > 0 {
+            // before the first GC, so the allocator has invalidated nothing yet
+            alloc.close();
+            return Err(Error::Config(format!(
+                "cache file {} holds {} bytes of dirty data not yet written back to the backing; \
+                 this build has no writeback and will not serve, drop or overwrite it: mount it \
+                 with a build that has cache_mode=writeback",
+                cfg.path.display(),
+                replayed.dirty_bytes
+            )));
+        }
         let index = Arc::new(replayed.index);
         let identity = Arc::new(replayed.identity);
         let journal = Arc::new(JournalWriter::new(
