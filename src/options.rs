@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::device::format::Replacement;
+use crate::device::format::{CacheMode, Replacement};
 
 /// Everything `-o` can set. Defaults are what a user gets without options.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +39,9 @@ pub struct MountOptions {
     /// `discard` / `nodiscard`; None keeps what the cache file says.
     pub discard: Option<bool>,
     pub reformat: bool,
+    /// `cache_mode=`; None: the cache file's default (its superblock), itself writethrough
+    /// unless formatted otherwise.
+    pub cache_mode: Option<CacheMode>,
 }
 
 impl Default for MountOptions {
@@ -61,6 +64,7 @@ impl Default for MountOptions {
             readahead: 0,
             discard: None,
             reformat: false,
+            cache_mode: None,
         }
     }
 }
@@ -129,6 +133,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "discard",
     "nodiscard",
     "reformat",
+    "cache_mode",
     "rw",
     "defaults",
     "auto",
@@ -196,6 +201,14 @@ impl MountOptions {
                     option: name.to_string(),
                     value: v.to_string(),
                     why: "must be lru, fifo or random",
+                })?);
+            }
+            "cache_mode" => {
+                let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+                self.cache_mode = Some(v.parse().map_err(|_| OptionError::BadValue {
+                    option: name.to_string(),
+                    value: v.to_string(),
+                    why: "must be writethrough, writeback, writearound or none",
                 })?);
             }
             "discard" => self.discard = Some(flag(value)?),
@@ -357,6 +370,30 @@ mod tests {
     }
 
     #[test]
+    fn cache_mode_option() {
+        assert_eq!(MountOptions::default().cache_mode, None);
+        for (v, m) in [
+            ("writethrough", CacheMode::Writethrough),
+            ("writeback", CacheMode::Writeback),
+            ("writearound", CacheMode::Writearound),
+            ("none", CacheMode::None),
+        ] {
+            assert_eq!(
+                parse(&format!("cache_mode={v}")).unwrap().cache_mode,
+                Some(m)
+            );
+        }
+        assert!(matches!(
+            parse("cache_mode=fast"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse("cache_mode"),
+            Err(OptionError::MissingValue(_))
+        ));
+    }
+
+    #[test]
     fn fstab_noise_is_ignored() {
         let o = parse("rw,noauto,_netdev,x-systemd.requires-mounts-for=/srv,nofail").unwrap();
         assert_eq!(o, MountOptions::default());
@@ -373,10 +410,10 @@ mod tests {
                 // options that need a value are known too: try a plausible one
                 Err(OptionError::MissingValue(_)) => {
                     let mut o = MountOptions::default();
-                    let ok = ["1", "x", "1M", "lru"]
+                    let ok = ["1", "x", "1M", "lru", "none"]
                         .iter()
                         .any(|v| o.apply(&format!("{name}={v}")).is_ok());
-                    assert!(ok, "{name}= accepts none of 1, x, 1M, lru");
+                    assert!(ok, "{name}= accepts none of 1, x, 1M, lru, none");
                 }
                 Err(e) => panic!("KNOWN_OPTIONS lists '{name}' but apply refuses it: {e}"),
             }

@@ -36,6 +36,18 @@
 //! 5. hands back a fill ticket only when no other change overlapped this one, so the data
 //!    it wrote may be cached (writethrough).
 //!
+//! Cache modes ([`CacheMode`], `-o cache_mode=`, switchable live with
+//! [`CacheSet::set_cache_mode`]): every mode runs every change through the change protocol,
+//! so the keys a change touches are dropped in all of them and a later switch back never
+//! serves old bytes.
+//! * writethrough: the backing first, then the written whole blocks are filled (step 5);
+//! * writearound: the backing only; overlapping keys dropped, nothing filled from a write;
+//!   reads still hit and fill;
+//! * none: reads go to the backing (no hit, no fill); switched on a live mount the keys stay
+//!   coherent as above. A mount that *starts* in none never opens the cache file (the
+//!   daemon makes no [`CacheSet`]);
+//! * writeback: not built; refused.
+//!
 //! # Invariants (numbers from the design brief)
 //!
 //! 1. A pointer is followed only while its bucket is pinned at the key's gen, and its
@@ -79,7 +91,7 @@ pub mod stats;
 use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -88,7 +100,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::alloc::{Allocator, BucketPtr, KeyPos};
-use crate::device::format::{Replacement, SECTOR};
+use crate::device::format::{CacheMode, Replacement, SECTOR};
 use crate::error::{expect_ok, Error, Result};
 use crate::index::{Extent, FileId, Index, Validator};
 use crate::journal::format::Record;
@@ -116,6 +128,10 @@ pub struct CacheConfig {
     /// timeout): a change made elsewhere is seen within this time, also by descriptors
     /// opened before it.
     pub revalidate: Duration,
+    /// The write mode this mount starts in (see "Cache modes" in the module header).
+    /// Writeback is refused ([`CacheSet::set_cache_mode`]); none is normally not opened at
+    /// all (the daemon leaves the cache file untouched).
+    pub mode: CacheMode,
 }
 
 impl CacheConfig {
@@ -129,6 +145,7 @@ impl CacheConfig {
             readahead: 0,
             reformat: false,
             revalidate: Duration::from_secs(1),
+            mode: CacheMode::Writethrough,
         }
     }
 }
@@ -258,6 +275,8 @@ pub struct CacheSet {
     /// Taken (read side) by every change that drops keys, and (write side) by moving GC
     /// while it swaps an extent, so their journal records cannot be reordered.
     changes: Arc<parking_lot::RwLock<()>>,
+    /// The current [`CacheMode`] (as its `u8`), switchable on a live mount.
+    mode: AtomicU8,
     /// Holds the cache file's exclusive flock while open.
     _lock: Option<std::fs::File>,
 }
@@ -282,6 +301,7 @@ impl CacheSet {
     /// Opens (or formats) the cache file for the backing tree `backing_id` and replays
     /// its journal. Refuses a file that serves another tree unless `reformat`.
     pub fn open(cfg: &CacheConfig, backing_id: &str) -> Result<CacheSet> {
+        check_mode(cfg.mode)?;
         // One user at a time: a daemon still writing its last checkpoint after umount
         // holds the lock, and the next mount waits for it.
         let exists = cfg.path.exists();
@@ -297,6 +317,17 @@ impl CacheSet {
         let alloc = Arc::new(Allocator::open(&cfg.path)?);
         let counters = Arc::new(Counters::default());
         let replayed = journal::replay(&alloc, &counters)?;
+        if replayed.dirty_bytes > 0 {
+            // before the first GC, so the allocator has invalidated nothing yet
+            alloc.close();
+            return Err(Error::Config(format!(
+                "cache file {} holds {} bytes of dirty data not yet written back to the backing; \
+                 this build has no writeback and will not serve, drop or overwrite it: mount it \
+                 with a build that has cache_mode=writeback",
+                cfg.path.display(),
+                replayed.dirty_bytes
+            )));
+        }
         let index = Arc::new(replayed.index);
         let identity = Arc::new(replayed.identity);
         let journal = Arc::new(JournalWriter::new(
@@ -326,6 +357,7 @@ impl CacheSet {
             threads: Mutex::new(Vec::new()),
             path: cfg.path.clone(),
             changes: Arc::new(parking_lot::RwLock::new(())),
+            mode: AtomicU8::new(cfg.mode as u8),
             _lock: lock,
         };
         set.start_threads();
@@ -380,6 +412,39 @@ impl CacheSet {
 
     pub fn sequential_cutoff(&self) -> u64 {
         self.seq.cutoff()
+    }
+
+    // ---- cache modes (issue 13) -------------------------------------------------------
+
+    /// The write mode in force now.
+    pub fn cache_mode(&self) -> CacheMode {
+        CacheMode::from_u8(self.mode.load(Ordering::Acquire)).unwrap_or(CacheMode::Writethrough)
+    }
+
+    /// Switches the write mode of the live mount (what `bcachefs-lite set MOUNTPOINT
+    /// cache_mode=...` calls); returns the mode it replaced. Every mode this build has is
+    /// clean (no dirty data), so a switch needs no flush and takes effect with the next
+    /// request: writes in flight finish under the mode they started in, and a fill they
+    /// queue is still checked against the file's change sequence. Refused: writeback (not
+    /// built).
+    pub fn set_cache_mode(&self, mode: CacheMode) -> Result<CacheMode> {
+        check_mode(mode)?;
+        let old = self.mode.swap(mode as u8, Ordering::AcqRel);
+        let old = CacheMode::from_u8(old).unwrap_or(CacheMode::Writethrough);
+        if old != mode {
+            tracing::info!(
+                "cache {}: cache_mode {} -> {}",
+                self.path.display(),
+                old.name(),
+                mode.name()
+            );
+        }
+        Ok(old)
+    }
+
+    /// Reads are served from and filled into the cache (every mode but none).
+    fn caches_reads(&self) -> bool {
+        self.cache_mode() != CacheMode::None && self.is_active()
     }
 
     /// True while the cache file works; false after a failure (mode none).
@@ -616,7 +681,8 @@ impl CacheSet {
     /// Writethrough: `data` reached the backing at `offset` in a change that handed out
     /// `ticket`. Returns the whole blocks it covers as a fill for after the reply (partial
     /// blocks at its edges stay uncached). A process streaming writes past the sequential
-    /// cutoff is not cached, as for reads.
+    /// cutoff is not cached, as for reads. In writearound and none nothing is filled from a
+    /// write (the change protocol already dropped the keys it overlapped).
     pub fn write_fill(
         &self,
         file: &FileState,
@@ -630,7 +696,8 @@ impl CacheSet {
             round_up(offset, self.block),
             round_down(offset + len, self.block),
         );
-        if b <= a || !self.is_active() {
+        if b <= a || !self.is_active() || self.cache_mode() != CacheMode::Writethrough {
+            // writearound and none: the data went to the backing only
             return None;
         }
         if self.seq.should_bypass(pid, file.id, offset, len) {
@@ -670,6 +737,17 @@ impl CacheSet {
         pid: u32,
     ) -> io::Result<ReadResult> {
         let outside_change = self.revalidate_on_read(file, backing_fd);
+        if !self.caches_reads() {
+            // mode none (or a failed cache file): the backing only, no hit, no fill
+            let mut data = vec![0u8; size as usize];
+            let n = crate::sys::pread_full(backing_fd, &mut data, offset)?;
+            data.truncate(n);
+            return Ok(ReadResult {
+                data,
+                fill: None,
+                outside_change,
+            });
+        }
         // the sequence before anything is read: a change from here on voids the fill
         let seen_seq = file.seq.lock().seq;
         let file_size = match self.index.validator(file.id) {
@@ -940,6 +1018,17 @@ impl CacheSet {
         }
         self.alloc.close();
     }
+}
+
+/// Refuses the modes this build cannot run.
+fn check_mode(mode: CacheMode) -> Result<()> {
+    if mode == CacheMode::Writeback {
+        return Err(Error::Config(
+            "cache_mode=writeback is not available yet; use writethrough, writearound or none"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for CacheSet {

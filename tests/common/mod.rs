@@ -187,16 +187,24 @@ impl Mount {
         self.backing.join(rel)
     }
 
-    /// Unmounts with umount(2) and waits for the daemon to exit; returns its status.
+    /// Unmounts with umount(2) and waits for the daemon to exit; returns its status. EBUSY is
+    /// retried for up to 5 s: a child another test thread forks holds this process's
+    /// descriptors (also those into this mount) until it execs.
     pub fn unmount(mut self) -> std::process::ExitStatus {
         let c = CString::new(self.mnt.as_os_str().as_bytes()).unwrap();
-        assert_eq!(
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
             // SAFETY: `c` is a NUL-terminated CString that outlives the call.
-            unsafe { libc::umount(c.as_ptr()) },
-            0,
-            "umount: {}",
-            io::Error::last_os_error()
-        );
+            if unsafe { libc::umount(c.as_ptr()) } == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            assert!(
+                e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline,
+                "umount: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let mut child = self.child.take().unwrap();
         wait_timeout(&mut child, Duration::from_secs(20)).expect("daemon did not exit after umount")
     }
