@@ -31,6 +31,14 @@
 //! 4. when nothing at all can be invalidated, ask GC (a counter and a condvar) and sleep until
 //!    GC reports instead of spinning.
 //!
+//! Prios (bcache's): a bucket handed out for data starts at `INITIAL_PRIO`, every prio ages by
+//! one each rescale, a hit sets it back to `INITIAL_PRIO`; LRU evicts the smallest
+//! `(prio - min_prio + 1) x sectors`. Probation (issue 12): a bucket opened for a streaming fill
+//! ([`Allocator::alloc_sectors_probation`], its own class of open buckets) starts at
+//! [`PRIO_PROBATION`], below every bucket filled normally in the last 16384 rescales, so LRU
+//! evicts scans first; a hit promotes it like any hit. The gens checkpoint's prio carries it
+//! across a remount.
+//!
 //! # Invariants (numbers from DESIGN.md)
 //!
 //! * 2: a bucket leaves `free_inc` only after its gen is durable (`Bucket::disk_gen == gen`,

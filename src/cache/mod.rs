@@ -271,7 +271,7 @@ pub struct CacheSet {
     changes: Arc<parking_lot::RwLock<()>>,
     /// Holds the cache file's exclusive flock while open.
     _lock: Option<std::fs::File>,
-    /// Debug: every read request, one line each, when `BCL_TRACE=FILE` is set at mount
+    /// Debug: every read request, one line each, when `BCACHEFS_LITE_TRACE=FILE` is set at mount
     /// (the trace simulator's input, bench/sim.rs).
     trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
@@ -284,10 +284,10 @@ fn validator_of(st: &libc::stat) -> Validator {
     }
 }
 
-/// `BCL_TRACE=FILE`: append a line `FILE_ID OFFSET LEN PID` per read request (a debug aid for
+/// `BCACHEFS_LITE_TRACE=FILE`: append a line `FILE_ID OFFSET LEN PID` per read request (a debug aid for
 /// recording traces; see bench/README.md). Unset: no trace.
 fn open_trace() -> Option<Mutex<std::io::BufWriter<std::fs::File>>> {
-    let path = std::env::var_os("BCL_TRACE")?;
+    let path = std::env::var_os("BCACHEFS_LITE_TRACE")?;
     match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -295,7 +295,7 @@ fn open_trace() -> Option<Mutex<std::io::BufWriter<std::fs::File>>> {
     {
         Ok(f) => Some(Mutex::new(std::io::BufWriter::new(f))),
         Err(e) => {
-            tracing::warn!("BCL_TRACE {}: {e}; not tracing", path.to_string_lossy());
+            tracing::warn!("BCACHEFS_LITE_TRACE {}: {e}; not tracing", path.to_string_lossy());
             None
         }
     }
