@@ -49,7 +49,11 @@ fn second_sequential_read_of_a_big_file_is_all_hits_with_default_options() {
     fs::write(backing.join("big"), &data).unwrap();
     let m = mount(dir, &backing, &cache, "256M", "");
     cat(&m.m("big"));
-    assert_eq!(stat(&m.mnt, "sequential_cutoff"), 0, "bypass is off by default");
+    assert_eq!(
+        stat(&m.mnt, "sequential_cutoff"),
+        0,
+        "bypass is off by default"
+    );
     assert_eq!(stat(&m.mnt, "bypassed"), 0);
     assert!(
         stat(&m.mnt, "probation_bytes_filled") >= 24 << 20,
@@ -127,7 +131,10 @@ fn a_scan_of_four_times_the_cache_does_not_flush_the_hot_set() {
     );
     let n = |k: &str| stats[k].as_u64().unwrap();
     assert!(n("evicted_probation") > 0, "the scan was evicted: {stats}");
-    assert!(n("probation_bytes_filled") > 2 * CACHE_BYTES as u64, "{stats}");
+    assert!(
+        n("probation_bytes_filled") > 2 * CACHE_BYTES as u64,
+        "{stats}"
+    );
 }
 
 #[test]

@@ -278,7 +278,11 @@ fn sequential_cutoff_bypasses_a_big_stream_and_caches_small_random_reads() {
         filled_big <= 6 << 20,
         "the stream filled {filled_big} bytes"
     );
-    assert_eq!(stat(&m.mnt, "probation_bytes_filled"), 0, "bypass, not probation");
+    assert_eq!(
+        stat(&m.mnt, "probation_bytes_filled"),
+        0,
+        "bypass, not probation"
+    );
     // small random reads: cached
     let f = fs::File::open(m.m("small")).unwrap();
     let mut buf = vec![0u8; 4096];

@@ -295,7 +295,10 @@ fn open_trace() -> Option<Mutex<std::io::BufWriter<std::fs::File>>> {
     {
         Ok(f) => Some(Mutex::new(std::io::BufWriter::new(f))),
         Err(e) => {
-            tracing::warn!("BCACHEFS_LITE_TRACE {}: {e}; not tracing", path.to_string_lossy());
+            tracing::warn!(
+                "BCACHEFS_LITE_TRACE {}: {e}; not tracing",
+                path.to_string_lossy()
+            );
             None
         }
     }
@@ -717,7 +720,13 @@ impl CacheSet {
         let end = offset.saturating_add(u64::from(size)).min(file_size);
         if let Some(t) = &self.trace {
             use std::io::Write;
-            let _ = writeln!(t.lock(), "{} {} {} {pid}", file.id, offset, end.saturating_sub(offset));
+            let _ = writeln!(
+                t.lock(),
+                "{} {} {} {pid}",
+                file.id,
+                offset,
+                end.saturating_sub(offset)
+            );
         }
         if offset >= end {
             return Ok(ReadResult {

@@ -180,6 +180,8 @@ mod tests {
         assert_eq!(p.admit(1, 1, 64 << 20, 1 << 20), Admission::Probation);
         // random reads stay normal
         let r = SequentialCutoff::new(0, 1 << 20);
-        assert!((0..500u64).all(|i| r.admit(1, 1, (i * 7919 % 500) << 16, 4096) == Admission::Normal));
+        assert!(
+            (0..500u64).all(|i| r.admit(1, 1, (i * 7919 % 500) << 16, 4096) == Admission::Normal)
+        );
     }
 }
