@@ -111,16 +111,26 @@ enum Policy {
     Random,
     /// lru + streams past 4 MiB cached on probation (the default mount).
     Probation,
+    /// Experiment: every fill on probation (SLRU over buckets: a bucket earns the normal
+    /// prio only by a hit).
+    ProbationAll,
 }
 
 impl Policy {
-    const ALL: [Policy; 4] = [Policy::Lru, Policy::Fifo, Policy::Random, Policy::Probation];
+    const ALL: [Policy; 5] = [
+        Policy::Lru,
+        Policy::Fifo,
+        Policy::Random,
+        Policy::Probation,
+        Policy::ProbationAll,
+    ];
     fn name(self) -> &'static str {
         match self {
             Policy::Lru => "lru",
             Policy::Fifo => "fifo",
             Policy::Random => "random",
             Policy::Probation => "lru+probation (default)",
+            Policy::ProbationAll => "slru (all fills on probation)",
         }
     }
 }
@@ -207,16 +217,16 @@ impl Outcome {
 /// Replays `trace` through the real allocator and index with `policy`.
 fn replay(geo: &Geo, policy: Policy, trace: &[Req]) -> Outcome {
     let rep = match policy {
-        Policy::Lru | Policy::Probation => Replacement::Lru,
+        Policy::Lru | Policy::Probation | Policy::ProbationAll => Replacement::Lru,
         Policy::Fifo => Replacement::Fifo,
         Policy::Random => Replacement::Random,
     };
     let a = open_cache(geo, rep);
     let index = Index::new(BLOCK as u32);
-    let probation_after = if policy == Policy::Probation {
-        bcachefs_lite::cache::DEFAULT_PROBATION_AFTER
-    } else {
-        0
+    let probation_after = match policy {
+        Policy::Probation => bcachefs_lite::cache::DEFAULT_PROBATION_AFTER,
+        Policy::ProbationAll => 1,
+        _ => 0,
     };
     let seq = SequentialCutoff::new(0, probation_after);
     let mut out = Outcome {

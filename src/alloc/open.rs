@@ -166,3 +166,41 @@ impl OpenBuckets {
         self.list.drain(..).map(|o| o.bucket).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(file: u64, offset: u64) -> KeyPos {
+        KeyPos { file, offset }
+    }
+
+    #[test]
+    fn probation_and_normal_fills_never_share_an_open_bucket() {
+        let mut ob = OpenBuckets::new(2);
+        // a normal fill of write point 7 opens bucket 10 and ends at (1, 8)
+        assert!(matches!(ob.pick(at(1, 0), 7, false), Pick::New));
+        let i = ob.push(10, 0, 64, 7, false);
+        ob.take(i, at(1, 0), 8, 7);
+        // the same process streaming on: even a key that continues bucket 10 exactly, from
+        // the same write point, opens a probation bucket of its own
+        assert!(matches!(ob.pick(at(1, 8), 7, true), Pick::New));
+        let j = ob.push(11, 0, 64, 7, true);
+        ob.take(j, at(1, 8), 8, 7);
+        // and normal data never lands in the probation bucket, even at its exact end
+        match ob.pick(at(1, 16), 7, false) {
+            Pick::Existing(k) => assert_eq!(ob.list[k].bucket, 10),
+            Pick::New => panic!("bucket 10 is open for normal fills"),
+        }
+        match ob.pick(at(1, 16), 7, true) {
+            Pick::Existing(k) => assert_eq!(ob.list[k].bucket, 11),
+            Pick::New => panic!("bucket 11 is open for probation fills"),
+        }
+        // at the maximum, another process's probation fill takes the LRU probation bucket,
+        // never a normal one
+        match ob.pick(at(2, 0), 9, true) {
+            Pick::Existing(k) => assert_eq!(ob.list[k].bucket, 11),
+            Pick::New => panic!("at the maximum"),
+        }
+    }
+}

@@ -12,7 +12,7 @@ use crate::device::format::{gens_buckets, Replacement, Superblock};
 /// Prio given to a bucket when it is invalidated or hit (bcache `INITIAL_PRIO`).
 pub const INITIAL_PRIO: u16 = 32768;
 /// Prio a bucket opened for a streaming fill starts at (probation; issue 12). A bucket whose
-/// prio is below this value is on probation: LRU evicts it before any bucket filled normally
+/// prio is at or below this value is on probation: LRU evicts it before any bucket filled normally
 /// in the last `INITIAL_PRIO - PRIO_PROBATION` rescales (16 cache sizes written), and a hit
 /// promotes it to `INITIAL_PRIO`. No journal record carries it: the gens checkpoint's prio does,
 /// so a remount keeps what was on probation.
@@ -84,7 +84,7 @@ pub struct Bucket {
     pub sectors: u32,
     pub loc: Loc,
     /// Opened for a streaming fill and not hit since (in memory; after a remount, a data
-    /// bucket whose checkpointed prio is below [`PRIO_PROBATION`]).
+    /// bucket whose checkpointed prio is at or below [`PRIO_PROBATION`]).
     pub probation: bool,
     /// Hit at least once since it was last handed out (in memory; true after a remount for
     /// buckets not on probation, which are not known to be never-hit).
@@ -181,8 +181,8 @@ impl AllocState {
                 mark: Mark::Free,
                 sectors: 0,
                 loc: Loc::Idle,
-                probation: prios[i] < PRIO_PROBATION && prios[i] != 0,
-                hit: !(prios[i] < PRIO_PROBATION && prios[i] != 0),
+                probation: prios[i] <= PRIO_PROBATION && prios[i] != 0,
+                hit: !(prios[i] <= PRIO_PROBATION && prios[i] != 0),
             })
             .collect();
         for &b in ckpt {

@@ -288,9 +288,12 @@ fn validator_of(st: &libc::stat) -> Validator {
 /// recording traces; see bench/README.md). Unset: no trace.
 fn open_trace() -> Option<Mutex<std::io::BufWriter<std::fs::File>>> {
     let path = std::env::var_os("BCACHEFS_LITE_TRACE")?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // 0600: the trace names files and offsets the backing's permissions may guard
     match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&path)
     {
         Ok(f) => Some(Mutex::new(std::io::BufWriter::new(f))),
