@@ -424,6 +424,17 @@ impl CacheSet {
         self.seq.probation_after()
     }
 
+    /// Runtime knob (`set sequential_cutoff`): bcache's bypass threshold, 0 = off.
+    pub fn set_sequential_cutoff(&self, bytes: u64) {
+        self.seq.set_cutoff(bytes);
+    }
+
+    /// Runtime knob (`set probation_after`): the stream length after which fills go on
+    /// probation, 0 = off (plain LRU).
+    pub fn set_probation_after(&self, bytes: u64) {
+        self.seq.set_probation_after(bytes);
+    }
+
     /// True while the cache file works; false after a failure (mode none).
     pub fn is_active(&self) -> bool {
         !self.alloc.is_poisoned()

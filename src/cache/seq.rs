@@ -14,8 +14,10 @@
 //! ended (or within the kernel's readahead window of it) continues the run.
 //!
 //! Locks: one mutex over a small map; held for a lookup and an update. Never blocks.
+//! Both thresholds may be changed at run time (relaxed atomics).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -47,8 +49,9 @@ pub enum Admission {
 }
 
 pub struct SequentialCutoff {
-    cutoff: u64,
-    probation_after: u64,
+    /// Runtime-changeable (`set`): relaxed atomics, read once per call.
+    cutoff: AtomicU64,
+    probation_after: AtomicU64,
     runs: Mutex<HashMap<u32, Run>>,
 }
 
@@ -56,18 +59,28 @@ impl SequentialCutoff {
     /// `cutoff` 0 turns bypassing off; `probation_after` 0 turns probation off.
     pub fn new(cutoff: u64, probation_after: u64) -> SequentialCutoff {
         SequentialCutoff {
-            cutoff,
-            probation_after,
+            cutoff: AtomicU64::new(cutoff),
+            probation_after: AtomicU64::new(probation_after),
             runs: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn cutoff(&self) -> u64 {
-        self.cutoff
+        self.cutoff.load(Ordering::Relaxed)
     }
 
     pub fn probation_after(&self) -> u64 {
-        self.probation_after
+        self.probation_after.load(Ordering::Relaxed)
+    }
+
+    /// Changes `sequential_cutoff` at run time (0: off); runs in progress keep their length.
+    pub fn set_cutoff(&self, bytes: u64) {
+        self.cutoff.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Changes `probation_after` at run time (0: off).
+    pub fn set_probation_after(&self, bytes: u64) {
+        self.probation_after.store(bytes, Ordering::Relaxed);
     }
 
     /// Records a read of `len` bytes at `offset` of `file` by `pid`; true when the
@@ -79,7 +92,8 @@ impl SequentialCutoff {
     /// Records a read (or write) of `len` bytes at `offset` of `file` by `pid` and says
     /// how its data enters the cache.
     pub fn admit(&self, pid: u32, file: u64, offset: u64, len: u64) -> Admission {
-        if self.cutoff == 0 && self.probation_after == 0 {
+        let (cutoff, probation_after) = (self.cutoff(), self.probation_after());
+        if cutoff == 0 && probation_after == 0 {
             return Admission::Normal;
         }
         let now = Instant::now();
@@ -112,9 +126,9 @@ impl SequentialCutoff {
             };
         }
         run.seen = now;
-        if self.cutoff > 0 && run.bytes > self.cutoff {
+        if cutoff > 0 && run.bytes > cutoff {
             Admission::Bypass
-        } else if self.probation_after > 0 && run.bytes > self.probation_after {
+        } else if probation_after > 0 && run.bytes > probation_after {
             Admission::Probation
         } else {
             Admission::Normal
@@ -178,6 +192,11 @@ mod tests {
         let p = SequentialCutoff::new(0, 1 << 20);
         assert!((0..64u64).all(|i| p.admit(1, 1, i << 20, 1 << 20) != Admission::Bypass));
         assert_eq!(p.admit(1, 1, 64 << 20, 1 << 20), Admission::Probation);
+        // changed at run time
+        p.set_probation_after(0);
+        assert_eq!(p.admit(1, 1, 65 << 20, 1 << 20), Admission::Normal);
+        p.set_cutoff(1 << 20);
+        assert_eq!(p.admit(1, 1, 66 << 20, 1 << 20), Admission::Bypass);
         // random reads stay normal
         let r = SequentialCutoff::new(0, 1 << 20);
         assert!(
