@@ -8,6 +8,8 @@
 #   make torture long crash / corruption runs (BCL_TORTURE_ROUNDS, default 100)
 #   make lint    rustfmt check and clippy with -D warnings
 #   make bench   benchmarks against backing/ssd/bindfs/rclone (bench-quick: 2-3 min; see bench/README.md)
+#   make sim     the trace simulator (bench/sim.rs): every replacement policy and the default
+#                probation admission against Belady's OPT; writes bench/results/sim.md (~1-2 min)
 #   make bench-scale  a walk of 1,000,000 files under ulimit -n 1024 (BCL_SCALE_FILES=N)
 #   make install / uninstall   PREFIX (default /usr/local) and DESTDIR honoured
 #   make deb     a Debian package in $(DEBDIR) (installs dpkg-dev if missing)
@@ -37,7 +39,7 @@ BINARY     ?=
 DEBDIR     ?= $(TARGET_DIR)/debian
 
 .PHONY: all build release demo test test-only fsx fuzz torture lint deps fmt clean \
-	install uninstall bin deb deb-deps bench bench-quick bench-scale pjdfstest pjdfstest-install
+	install uninstall bin deb deb-deps bench bench-quick bench-scale sim pjdfstest pjdfstest-install
 
 all: build
 
@@ -142,6 +144,13 @@ bench: deps release
 
 bench-quick: deps release
 	BIN=$(BENCH_BIN) /usr/bin/python3 bench/bench.py --quick
+
+# The trace simulator: real allocator, index and admission on an in-memory device, no FUSE.
+# A debug build is fast enough (SIM_ARGS=--quick for a shorter run).
+SIM_ARGS ?=
+sim:
+	mkdir -p bench/results
+	$(CARGO) run --example sim -- --out bench/results/sim.md $(SIM_ARGS)
 
 # Not part of make test: generates BCL_SCALE_FILES (1,000,000) files under BCL_SCALE_DIR
 # (/var/tmp) and walks them cold and warm, locally and through a mount limited to 1024

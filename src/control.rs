@@ -281,6 +281,11 @@ fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_jso
     put("bytes_hit", get(&c.bytes_hit).into());
     put("bytes_missed", get(&c.bytes_missed).into());
     put("bytes_filled", get(&c.bytes_filled).into());
+    // admission (issue 12)
+    put(
+        "probation_bytes_filled",
+        get(&c.probation_bytes_filled).into(),
+    );
     put("fills_skipped", get(&c.fills_skipped).into());
     put("invalidations", get(&c.invalidations).into());
     let a = cache.alloc().stats();
@@ -296,6 +301,10 @@ fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_jso
     put("buckets_invalidated", a.invalidated.into());
     put("gens_checkpoints", a.checkpoints.into());
     put("discards", a.discards.into());
+    put("probation_buckets", a.probation_buckets.into());
+    put("probation_promotions", a.promotions.into());
+    put("evicted_never_hit", a.evicted_never_hit.into());
+    put("evicted_probation", a.evicted_probation.into());
     put("journal_entries", get(&c.journal_entries).into());
     put("index_checkpoints", get(&c.index_checkpoints).into());
     put("gc_runs", get(&c.gc_runs).into());
@@ -322,6 +331,7 @@ fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_jso
     }
     put("cache_mode", cache.cache_mode().name().into());
     put("sequential_cutoff", cache.sequential_cutoff().into());
+    put("probation_after", cache.probation_after().into());
     put("cache_file", cache.path().to_string_lossy().into());
     let w = &cache.windows;
     put(

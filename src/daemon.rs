@@ -451,6 +451,7 @@ fn open_cache(req: &MountRequest) -> Result<Option<std::sync::Arc<CacheSet>>, St
     cfg.replacement = o.replacement;
     cfg.discard = o.discard;
     cfg.sequential_cutoff = o.sequential_cutoff;
+    cfg.probation_after = o.probation_after;
     cfg.readahead = o.readahead;
     cfg.reformat = o.reformat;
     cfg.revalidate = o.attr_timeout;

@@ -32,8 +32,10 @@ pub struct MountOptions {
     /// Size for a cache file that does not exist yet (`cache_size=`).
     pub cache_size: Option<u64>,
     pub replacement: Option<Replacement>,
-    /// `sequential_cutoff=` (default 4 MiB, 0 = off).
+    /// `sequential_cutoff=` (default 0 = off): bcache's bypass of a stream past it.
     pub sequential_cutoff: u64,
+    /// `probation_after=` (default 4 MiB, 0 = off): a stream past it is cached on probation.
+    pub probation_after: u64,
     /// `readahead=` (default 0: the kernel's own readahead is enough).
     pub readahead: u64,
     /// `discard` / `nodiscard`; None keeps what the cache file says.
@@ -60,7 +62,8 @@ impl Default for MountOptions {
             cache: None,
             cache_size: None,
             replacement: None,
-            sequential_cutoff: 4 << 20,
+            sequential_cutoff: 0,
+            probation_after: crate::cache::DEFAULT_PROBATION_AFTER,
             readahead: 0,
             discard: None,
             reformat: false,
@@ -129,6 +132,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "cache_size",
     "replacement",
     "sequential_cutoff",
+    "probation_after",
     "readahead",
     "discard",
     "nodiscard",
@@ -184,6 +188,7 @@ impl MountOptions {
             },
             "cache_size" => self.cache_size = Some(parse_bytes(name, value)?),
             "sequential_cutoff" => self.sequential_cutoff = parse_bytes(name, value)?,
+            "probation_after" => self.probation_after = parse_bytes(name, value)?,
             "readahead" => {
                 let bytes = parse_bytes(name, value)?;
                 if bytes > crate::cache::MAX_READAHEAD {
@@ -357,7 +362,10 @@ mod tests {
         assert_eq!((o.sequential_cutoff, o.readahead), (0, 128 << 10));
         assert_eq!(o.discard, Some(false));
         assert!(o.reformat);
-        assert_eq!(MountOptions::default().sequential_cutoff, 4 << 20);
+        let d = MountOptions::default();
+        assert_eq!((d.sequential_cutoff, d.probation_after), (0, 4 << 20));
+        let o = parse("sequential_cutoff=4M,probation_after=0").unwrap();
+        assert_eq!((o.sequential_cutoff, o.probation_after), (4 << 20, 0));
         assert!(matches!(
             parse("replacement=mru"),
             Err(OptionError::BadValue { .. })

@@ -262,7 +262,8 @@ fn sequential_cutoff_bypasses_a_big_stream_and_caches_small_random_reads() {
     let (dir, backing, cache) = setup();
     fs::write(backing.join("big"), pattern(24 << 20, 41)).unwrap();
     fs::write(backing.join("small"), pattern(8 << 20, 42)).unwrap();
-    let m = mount_cached(dir, &backing, &cache, "");
+    // the explicit bcache-style bypass (the default is 0: streams go on probation instead)
+    let m = mount_cached(dir, &backing, &cache, "sequential_cutoff=4M");
     // a big sequential cat: everything past the 4 MiB cutoff bypasses
     let out = Command::new("cat").arg(m.m("big")).output().unwrap();
     assert_eq!(out.stdout.len(), 24 << 20);
@@ -276,6 +277,11 @@ fn sequential_cutoff_bypasses_a_big_stream_and_caches_small_random_reads() {
     assert!(
         filled_big <= 6 << 20,
         "the stream filled {filled_big} bytes"
+    );
+    assert_eq!(
+        stat(&m.mnt, "probation_bytes_filled"),
+        0,
+        "bypass, not probation"
     );
     // small random reads: cached
     let f = fs::File::open(m.m("small")).unwrap();

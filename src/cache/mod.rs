@@ -19,9 +19,10 @@
 //!    miss: counted, key dropped), pread the blocks from the cache file, unpin, and
 //!    check every block's crc (a mismatch is a miss: counted, key dropped);
 //! 4. read every gap from the backing (plus readahead), reply;
-//! 5. unless the process streams past the sequential cutoff, fill the gaps into the
-//!    cache after the reply: `alloc_sectors` with the caller's PID as write point,
-//!    write the data, then insert the key — only if no change raced with the miss (the
+//! 5. unless the process streams past the sequential cutoff (off by default), fill the
+//!    gaps into the cache after the reply: `alloc_sectors` with the caller's PID as write
+//!    point (a process streaming past `probation_after`: `alloc_sectors_probation`, its
+//!    own open buckets at probation prio, see [`seq`]), write the data, then insert the key — only if no change raced with the miss (the
 //!    file's change sequence is unchanged) — and queue the key for the journal.
 //!
 //! Change (docs/DESIGN.md, "change protocol"): every operation that changes a file's bytes,
@@ -107,7 +108,7 @@ use crate::journal::format::Record;
 use identity::Identity;
 use journal::JournalWriter;
 use provision::{lock_cache_file, prepare_cache_file};
-use seq::SequentialCutoff;
+use seq::{Admission, SequentialCutoff};
 use stats::{add, bump, Counters, Windows};
 
 /// What `-o cache=...` and friends ask for.
@@ -118,8 +119,11 @@ pub struct CacheConfig {
     pub size: Option<u64>,
     pub replacement: Option<Replacement>,
     pub discard: Option<bool>,
-    /// Bytes a process may stream sequentially before it bypasses (0: never).
+    /// Bytes a process may stream sequentially before it bypasses (0: never, the default).
     pub sequential_cutoff: u64,
+    /// Bytes a process may stream sequentially before its fills go on probation (0: never;
+    /// then every fill enters at the normal prio, plain LRU).
+    pub probation_after: u64,
     /// Extra bytes read from the backing after a miss, and cached.
     pub readahead: u64,
     /// Reformat a cache file that serves another backing tree (or is unreadable).
@@ -141,7 +145,8 @@ impl CacheConfig {
             size: None,
             replacement: None,
             discard: None,
-            sequential_cutoff: 4 << 20,
+            sequential_cutoff: 0,
+            probation_after: DEFAULT_PROBATION_AFTER,
             readahead: 0,
             reformat: false,
             revalidate: Duration::from_secs(1),
@@ -149,6 +154,10 @@ impl CacheConfig {
         }
     }
 }
+
+/// Default `probation_after`: bcache's old `sequential_cutoff` default, now the point where a
+/// stream's fills go on probation instead of bypassing.
+pub const DEFAULT_PROBATION_AFTER: u64 = 4 << 20;
 
 /// Largest readahead a mount may ask for (larger is refused at option parsing).
 pub const MAX_READAHEAD: u64 = 64 << 20;
@@ -244,6 +253,8 @@ pub struct Fill {
     /// ticket): the key is inserted only while the sequence still has this value.
     seen_seq: u64,
     pid: u32,
+    /// A streaming fill: into probation buckets.
+    probation: bool,
     /// Block-aligned offset and block-padded data.
     chunks: Vec<(u64, Vec<u8>)>,
 }
@@ -279,6 +290,9 @@ pub struct CacheSet {
     mode: AtomicU8,
     /// Holds the cache file's exclusive flock while open.
     _lock: Option<std::fs::File>,
+    /// Debug: every read request, one line each, when `BCACHEFS_LITE_TRACE=FILE` is set at mount
+    /// (the trace simulator's input, bench/sim.rs).
+    trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
 
 fn validator_of(st: &libc::stat) -> Validator {
@@ -286,6 +300,29 @@ fn validator_of(st: &libc::stat) -> Validator {
         size: st.st_size as u64,
         mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
         ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+    }
+}
+
+/// `BCACHEFS_LITE_TRACE=FILE`: append a line `FILE_ID OFFSET LEN PID` per read request (a debug aid for
+/// recording traces; see bench/README.md). Unset: no trace.
+fn open_trace() -> Option<Mutex<std::io::BufWriter<std::fs::File>>> {
+    let path = std::env::var_os("BCACHEFS_LITE_TRACE")?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // 0600: the trace names files and offsets the backing's permissions may guard
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(f) => Some(Mutex::new(std::io::BufWriter::new(f))),
+        Err(e) => {
+            tracing::warn!(
+                "BCACHEFS_LITE_TRACE {}: {e}; not tracing",
+                path.to_string_lossy()
+            );
+            None
+        }
     }
 }
 
@@ -347,7 +384,7 @@ impl CacheSet {
             identity,
             journal,
             files: Arc::new(DashMap::new()),
-            seq: SequentialCutoff::new(cfg.sequential_cutoff),
+            seq: SequentialCutoff::new(cfg.sequential_cutoff, cfg.probation_after),
             readahead: cfg.readahead.min(MAX_READAHEAD),
             revalidate_ns: cfg.revalidate.as_nanos().min(u128::from(u64::MAX)) as u64,
             epoch: Instant::now(),
@@ -359,6 +396,7 @@ impl CacheSet {
             changes: Arc::new(parking_lot::RwLock::new(())),
             mode: AtomicU8::new(cfg.mode as u8),
             _lock: lock,
+            trace: open_trace(),
         };
         set.start_threads();
         Ok(set)
@@ -445,6 +483,22 @@ impl CacheSet {
     /// Reads are served from and filled into the cache (every mode but none).
     fn caches_reads(&self) -> bool {
         self.cache_mode() != CacheMode::None && self.is_active()
+    }
+
+    /// The stream length after which fills go on probation (0 = never).
+    pub fn probation_after(&self) -> u64 {
+        self.seq.probation_after()
+    }
+
+    /// Runtime knob (`set sequential_cutoff`): bcache's bypass threshold, 0 = off.
+    pub fn set_sequential_cutoff(&self, bytes: u64) {
+        self.seq.set_cutoff(bytes);
+    }
+
+    /// Runtime knob (`set probation_after`): the stream length after which fills go on
+    /// probation, 0 = off (plain LRU).
+    pub fn set_probation_after(&self, bytes: u64) {
+        self.seq.set_probation_after(bytes);
     }
 
     /// True while the cache file works; false after a failure (mode none).
@@ -700,7 +754,8 @@ impl CacheSet {
             // writearound and none: the data went to the backing only
             return None;
         }
-        if self.seq.should_bypass(pid, file.id, offset, len) {
+        let admission = self.seq.admit(pid, file.id, offset, len);
+        if admission == Admission::Bypass {
             add(&self.counters.bypassed, len);
             return None;
         }
@@ -708,6 +763,7 @@ impl CacheSet {
         Some(Fill {
             seen_seq: ticket,
             pid,
+            probation: admission == Admission::Probation,
             chunks: vec![(a, chunk)],
         })
     }
@@ -755,6 +811,16 @@ impl CacheSet {
             None => crate::sys::fstat_fd(backing_fd)?.st_size as u64,
         };
         let end = offset.saturating_add(u64::from(size)).min(file_size);
+        if let Some(t) = &self.trace {
+            use std::io::Write;
+            let _ = writeln!(
+                t.lock(),
+                "{} {} {} {pid}",
+                file.id,
+                offset,
+                end.saturating_sub(offset)
+            );
+        }
         if offset >= end {
             return Ok(ReadResult {
                 data: Vec::new(),
@@ -790,7 +856,8 @@ impl CacheSet {
             gaps.push((at, b));
         }
         let hit = gaps.is_empty();
-        let bypass = self.seq.should_bypass(pid, file.id, offset, end - offset);
+        let admission = self.seq.admit(pid, file.id, offset, end - offset);
+        let bypass = admission == Admission::Bypass;
         let c = &self.counters;
         match (hit, bypass) {
             (true, false) => bump(&c.cache_hits),
@@ -830,6 +897,7 @@ impl CacheSet {
         let fill = (!chunks.is_empty()).then_some(Fill {
             seen_seq,
             pid,
+            probation: admission == Admission::Probation,
             chunks,
         });
         Ok(ReadResult {
@@ -896,7 +964,8 @@ impl CacheSet {
                     file: file.id,
                     offset: at / SECTOR,
                 };
-                let (ptr, granted) = match self.alloc_for_fill(key, want, fill.pid) {
+                let (ptr, granted) = match self.alloc_for_fill(key, want, fill.pid, fill.probation)
+                {
                     Ok(x) => x,
                     Err(Error::NoFreeBucket) => {
                         bump(&self.counters.fills_skipped);
@@ -921,6 +990,9 @@ impl CacheSet {
                     return;
                 }
                 add(&self.counters.bytes_filled, len as u64);
+                if fill.probation {
+                    add(&self.counters.probation_bytes_filled, len as u64);
+                }
                 done += len;
             }
         }
@@ -928,13 +1000,22 @@ impl CacheSet {
 
     /// `alloc_sectors` that gives the allocator a moment to refill (it writes a gens
     /// checkpoint per batch) but never waits long: a fill is only worth so much.
-    fn alloc_for_fill(&self, key: KeyPos, sectors: u32, pid: u32) -> Result<(BucketPtr, u32)> {
+    fn alloc_for_fill(
+        &self,
+        key: KeyPos,
+        sectors: u32,
+        pid: u32,
+        probation: bool,
+    ) -> Result<(BucketPtr, u32)> {
         let mut tries = 0;
         loop {
-            match self
-                .alloc
-                .alloc_sectors(key, sectors, u64::from(pid), false)
-            {
+            let wp = u64::from(pid);
+            let got = if probation {
+                self.alloc.alloc_sectors_probation(key, sectors, wp, false)
+            } else {
+                self.alloc.alloc_sectors(key, sectors, wp, false)
+            };
+            match got {
                 Err(Error::NoFreeBucket) if tries < 20 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10));
@@ -1002,6 +1083,10 @@ impl CacheSet {
     pub fn close(&self) {
         if self.shutdown.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if let Some(t) = &self.trace {
+            use std::io::Write;
+            let _ = t.lock().flush();
         }
         self.journal.wake();
         for t in self.threads.lock().drain(..) {
