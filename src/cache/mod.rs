@@ -882,10 +882,15 @@ impl CacheSet {
             if i + 1 == gap_count && e == b && self.readahead > 0 && b < file_size {
                 let extra_end = round_up((b + self.readahead).min(file_size), self.block);
                 let mut extra = vec![0u8; (extra_end - b) as usize];
-                let n = crate::sys::pread_full(backing_fd, &mut extra, b)?;
-                if n > 0 {
-                    add(&c.cache_readaheads, extra.len() as u64);
-                    data.extend_from_slice(&extra);
+                // speculative: a backing error here fails nothing the caller asked for,
+                // and caches nothing of the range that was not read
+                match crate::sys::pread_full(backing_fd, &mut extra, b) {
+                    Ok(n) if n > 0 => {
+                        add(&c.cache_readaheads, extra.len() as u64);
+                        data.extend_from_slice(&extra);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("readahead at {b} not cached: {e}"),
                 }
             }
             chunks.push((s, data));
