@@ -351,7 +351,30 @@ impl CacheSet {
         if lock.is_none() {
             lock = Some(lock_cache_file(&cfg.path)?);
         }
-        let alloc = Arc::new(Allocator::open(&cfg.path)?);
+        let alloc = Allocator::open(&cfg.path)?;
+        Self::open_allocator(cfg, alloc, lock)
+    }
+
+    /// Opens the cache set on `dev` instead of the file at `cfg.path` (which must exist
+    /// and be formatted): tests put a fault-injecting device under the whole set (the
+    /// journal writer, index and gens checkpoints, fills, reads and discards all go
+    /// through it). Takes no lock on the file.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn open_device(
+        cfg: &CacheConfig,
+        dev: Arc<dyn crate::device::CacheDevice>,
+    ) -> Result<CacheSet> {
+        check_mode(cfg.mode)?;
+        let alloc = Allocator::open_device(dev, crate::alloc::OpenOptions::default())?;
+        Self::open_allocator(cfg, alloc, None)
+    }
+
+    fn open_allocator(
+        cfg: &CacheConfig,
+        alloc: Allocator,
+        lock: Option<std::fs::File>,
+    ) -> Result<CacheSet> {
+        let alloc = Arc::new(alloc);
         let counters = Arc::new(Counters::default());
         let replayed = journal::replay(&alloc, &counters)?;
         if replayed.dirty_bytes > 0 {
@@ -1129,3 +1152,6 @@ impl Drop for CacheSet {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fault_tests;

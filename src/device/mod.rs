@@ -19,7 +19,7 @@
 mod faulty;
 pub mod format;
 #[cfg(any(test, feature = "fault-injection"))]
-pub use faulty::{FaultKind, FaultyDevice};
+pub use faulty::{FaultKind, FaultyDevice, PowerCutDevice, Site};
 
 use std::fs::File;
 use std::io;
