@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::*;
-use crate::device::{CacheDevice, FaultKind, FaultyDevice, FileDevice, PowerCutDevice, Site};
+use crate::device::{FaultKind, FaultyDevice, FileDevice, PowerCutDevice, Site};
 
 const FILES: u64 = 4;
 const FILE_LEN: usize = 192 << 10;
