@@ -51,6 +51,7 @@ fn fio_job(dir: &Path, seconds: u64) -> String {
          verify=crc32c\n\
          verify_backlog=64\n\
          verify_fatal=1\n\
+         verify_state_save=0\n\
          time_based\n\
          runtime={seconds}\n\
          [rand]\n\
@@ -141,6 +142,7 @@ fn soak_fio_verify_with_outside_rewrites_and_bounded_rss_and_descriptors() {
         })
     };
     let out = Command::new("fio")
+        .current_dir(m.dir.path())
         .arg(&job)
         .args(["--output-format=json"])
         .output()
