@@ -1,6 +1,10 @@
 //! Raw syscalls that more than one layer needs, below everything (the request path in
 //! `cache/` and the FUSE adapter in `fs/` both use them). Each `unsafe` block says why it
 //! is sound. Nothing here locks; everything here may block on the filesystem it calls.
+//! In a `fault-injection` build `fstat_fd`, `pread_full`, `pwrite_full` and `append_full` ask
+//! the test seam (`crate::backing_faults`) first ([`FaultOp`] names the calls); its rules match
+//! descriptor paths, so tests name backing files (the cache file's I/O goes through
+//! `device::FileDevice` and has its own seam, `device::FaultyDevice`).
 
 use std::io;
 use std::os::fd::RawFd;

@@ -5,7 +5,9 @@
 //! Every backing inode is reached through an `O_PATH` descriptor; operations that
 //! cannot take an `O_PATH` descriptor directly go through its `/proc/self/fd/N`
 //! magic link, as libfuse's passthrough_hp does. Nothing here locks; everything
-//! here may block on the backing filesystem.
+//! here may block on the backing filesystem. Built with the `fault-injection` feature, `open`,
+//! `open_at`, `open_path_at`, `fsync` and `fdatasync` first ask the test seam
+//! (`crate::backing_faults`) whether to fail; otherwise the hook is an empty inline function.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
