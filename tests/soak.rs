@@ -8,9 +8,10 @@
 //!
 //! Working set: 4 fio jobs (2 random, 2 sequential, reads and writes mixed, `verify=crc32c`
 //! with `verify_backlog`, so written blocks are read back and checked all along) on 16 MiB
-//! files each, plus 8 files of 256 KiB under `ext/` that fio never touches: a thread rewrites
-//! one of them directly in the backing every ~2 s and then reads it through the mount, which
-//! must return the new bytes. The cache is 8 MiB.
+//! files each, plus 8 files of 256 KiB under `ext/` that fio never touches: every ~2 s a thread
+//! reads one of them through the mount (caching it), rewrites it directly in the backing, and
+//! reads every one through the mount again, which must return the backing's bytes. The cache
+//! is 8 MiB.
 
 mod common;
 
@@ -100,6 +101,8 @@ fn soak_fio_verify_with_outside_rewrites_and_bounded_rss_and_descriptors() {
             while !done.load(Ordering::Acquire) {
                 let i = (n % EXT_FILES) as usize;
                 n += 1;
+                // cached just before the rewrite (fio churns the small cache all the time)
+                let _ = fs::read(mnt.join(format!("ext/e{i}"))).unwrap();
                 gen[i] += 1;
                 let want = pattern(EXT_LEN, (gen[i] << 8) | i as u64);
                 fs::write(backing.join(format!("ext/e{i}")), &want).unwrap();
