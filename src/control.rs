@@ -3,14 +3,21 @@
 //!
 //! The socket lives at `/run/bcachefs-lite/<mount point, escaped>.sock`, so a client
 //! finds it from the mount point alone. The directory is 0700 and the socket 0600.
-//! Protocol (version 1): newline-delimited JSON. The client sends one request line,
-//! `{"v":1,"cmd":"stats"}` or `{"v":1,"cmd":"gc"}`; the server answers one line,
-//! `{"v":1,"ok":true,...}` with the command's fields, or `{"v":1,"ok":false,"error":"..."}`,
-//! then closes the connection. A request of another version is refused with an error
-//! reply naming the version served.
+//! Protocol (version 2, docs/ADMIN.md "Control protocol"): newline-delimited JSON. The
+//! client sends one request line, `{"v":2,"cmd":"stats"}`, `{"v":2,"cmd":"gc"}`,
+//! `{"v":2,"cmd":"get","args":["readahead"]}`, `{"v":2,"cmd":"set","args":["readahead=1M"]}`
+//! or `{"v":2,"cmd":"drop","args":["src"]}`; the server answers one line,
+//! `{"v":2,"ok":true,"daemon_version":"...",...}` with the command's fields, or
+//! `{"v":2,"ok":false,"error":"..."}`, then closes the connection. A request of another
+//! version is refused with an error reply naming the version served, and the client refuses
+//! a reply of another version: a client and daemon of different versions fail clearly.
 //!
-//! Threads: one accept thread; each request is answered on it (they are quick).
-//! Nothing here holds a lock of the cache across socket I/O.
+//! A daemon removes only its own socket ([`SocketGuard`]): a daemon still exiting after an
+//! unmount must not remove the socket of the daemon mounted after it.
+//!
+//! Threads: one accept thread; each request is answered on it (`gc` and `drop` may take
+//! a while and hold up other requests meanwhile). Nothing here holds a lock of the cache
+//! across socket I/O.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -22,6 +29,7 @@ use std::time::Duration;
 use crate::cache::stats::{get, HitSnapshot};
 use crate::cache::CacheSet;
 use crate::fs::inode::FdCache;
+use crate::knobs::Knobs;
 
 pub const RUN_DIR: &str = "/run/bcachefs-lite";
 
@@ -48,46 +56,136 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
     Path::new(RUN_DIR).join(format!("{name}.sock"))
 }
 
-/// Serves the control socket for `cache` (and the inode table's descriptor figures,
-/// `inodes`) until the process exits. Returns the path.
-pub fn serve(
-    mountpoint: &Path,
-    cache: Arc<CacheSet>,
-    inodes: Option<Arc<FdCache>>,
-) -> io::Result<PathBuf> {
+/// What the control socket serves: one mount's cache, inode table, knobs and backing root.
+pub struct Server {
+    pub cache: Arc<CacheSet>,
+    pub inodes: Option<Arc<FdCache>>,
+    pub knobs: Knobs,
+    /// The backing directory (canonical), for `drop PATH`.
+    pub backing: PathBuf,
+}
+
+/// The control socket a daemon bound, removed on drop only while it is still this daemon's
+/// (a daemon removes only its own socket: a newer daemon on the same mount point may have
+/// replaced it). Binding and removal both run under an exclusive `flock` of
+/// `<socket>.lock`, so "is it still mine?" and the unlink cannot race a new daemon's bind.
+pub struct SocketGuard {
+    path: PathBuf,
+    dev_ino: (u64, u64),
+}
+
+fn lock_path(sock: &Path) -> PathBuf {
+    let mut s = sock.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// Takes the exclusive lock that serialises bind and removal of `sock`.
+fn lock_socket(sock: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(lock_path(sock))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+fn dev_ino(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+impl SocketGuard {
+    /// Binds a listening socket at `path`, replacing whatever is there (an older daemon's
+    /// socket, or one left by a crash), mode 0600.
+    pub fn bind(path: &Path) -> io::Result<(UnixListener, SocketGuard)> {
+        let _lock = lock_socket(path)?;
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let dev_ino = dev_ino(path).ok_or_else(|| io::Error::other("socket vanished"))?;
+        Ok((
+            listener,
+            SocketGuard {
+                path: path.to_path_buf(),
+                dev_ino,
+            },
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let Ok(_lock) = lock_socket(&self.path) else {
+            return;
+        };
+        if dev_ino(&self.path) == Some(self.dev_ino) {
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            tracing::info!(
+                "control socket {} belongs to a newer daemon; left in place",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// Serves the control socket of the mount at `mountpoint` until the process exits.
+/// Dropping the guard removes the socket if it is still ours.
+pub fn serve(mountpoint: &Path, server: Server) -> io::Result<SocketGuard> {
     std::fs::create_dir_all(RUN_DIR)?;
     std::fs::set_permissions(RUN_DIR, std::fs::Permissions::from_mode(0o700))?;
-    let path = socket_path(mountpoint);
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let (listener, guard) = SocketGuard::bind(&socket_path(mountpoint))?;
     std::thread::Builder::new()
         .name("bcl-control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &cache, inodes.as_deref()) {
+                if let Err(e) = answer(stream, &server) {
                     tracing::debug!("control request: {e}");
                 }
             }
         })?;
-    Ok(path)
+    Ok(guard)
 }
 
-/// Version of the control protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the control protocol. 2: `get`, `set` and `drop` with `args`; replies carry
+/// `daemon_version`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A request on the control socket.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     pub v: u32,
     pub cmd: String,
+    /// The command's arguments: `KEY=VALUE` pairs for `set`, names for `get`, paths
+    /// relative to the mount point for `drop`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 impl Request {
     pub fn new(cmd: &str) -> Request {
+        Request::with_args(cmd, Vec::new())
+    }
+
+    pub fn with_args(cmd: &str, args: Vec<String>) -> Request {
         Request {
             v: PROTOCOL_VERSION,
             cmd: cmd.to_string(),
+            args,
         }
     }
 }
@@ -96,66 +194,195 @@ fn reply_ok(mut fields: serde_json::Map<String, serde_json::Value>) -> serde_jso
     let mut m = serde_json::Map::new();
     m.insert("v".into(), PROTOCOL_VERSION.into());
     m.insert("ok".into(), true.into());
+    m.insert("daemon_version".into(), env!("CARGO_PKG_VERSION").into());
     m.append(&mut fields);
     serde_json::Value::Object(m)
 }
 
 fn reply_err(msg: String) -> serde_json::Value {
-    serde_json::json!({ "v": PROTOCOL_VERSION, "ok": false, "error": msg })
+    serde_json::json!({
+        "v": PROTOCOL_VERSION,
+        "ok": false,
+        "daemon_version": env!("CARGO_PKG_VERSION"),
+        "error": msg,
+    })
+}
+
+fn shown(list: Vec<crate::knobs::Shown>) -> serde_json::Value {
+    list.iter().map(|s| s.json()).collect()
 }
 
 /// Answers one request line (the server side of the protocol, apart from the socket).
-pub fn handle(line: &str, cache: &CacheSet, inodes: Option<&FdCache>) -> serde_json::Value {
+pub fn handle(line: &str, server: &Server) -> serde_json::Value {
     let req: Request = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
-        Err(e) => return reply_err(format!("bad request: {e}")),
+        Err(e) => {
+            // an older or newer client: say which version we speak, whatever it sent
+            return reply_err(format!("bad request: {e}"));
+        }
     };
     if req.v != PROTOCOL_VERSION {
         return reply_err(format!(
-            "control protocol version {} is not served (this daemon speaks {PROTOCOL_VERSION})",
-            req.v
+            "control protocol version {} is not served (this daemon, bcachefs-lite {}, speaks \
+             version {PROTOCOL_VERSION}; use the bcachefs-lite that mounted it, or remount)",
+            req.v,
+            env!("CARGO_PKG_VERSION")
         ));
     }
+    let cache = &server.cache;
     let mut m = serde_json::Map::new();
     match req.cmd.as_str() {
-        "stats" => m.insert("stats".into(), stats_value(cache, inodes)),
-        "gc" => m.insert("moved_bytes".into(), cache.gc_now().into()),
+        "stats" => {
+            m.insert("stats".into(), stats_value(cache, server.inodes.as_deref()));
+        }
+        "gc" => {
+            let dropped_before = get(&cache.counters.gc_stale_keys_dropped);
+            let moved = cache.gc_now();
+            m.insert("moved_bytes".into(), moved.into());
+            m.insert(
+                "stale_keys_dropped".into(),
+                (get(&cache.counters.gc_stale_keys_dropped) - dropped_before).into(),
+            );
+            m.insert(
+                "buckets_unused".into(),
+                cache.alloc().mark_counts()[0].into(),
+            );
+        }
+        "get" => match server.knobs.get(&req.args) {
+            Ok(list) => {
+                m.insert("knobs".into(), shown(list));
+            }
+            Err(e) => return reply_err(e),
+        },
+        "set" => match server.knobs.set(&req.args) {
+            Ok(list) => {
+                m.insert("knobs".into(), shown(list));
+            }
+            Err(e) => return reply_err(e),
+        },
+        "drop" => match drop_tree(server, &req.args) {
+            Ok((files, bytes)) => {
+                m.insert("files".into(), files.into());
+                m.insert("bytes".into(), bytes.into());
+            }
+            Err(e) => return reply_err(e),
+        },
         other => return reply_err(format!("unknown command '{other}'")),
     };
     reply_ok(m)
 }
 
-fn answer(stream: UnixStream, cache: &CacheSet, inodes: Option<&FdCache>) -> io::Result<()> {
+/// `drop`: every cached extent of the files under `rels` (paths relative to the mount
+/// point; none: every file). Returns (files, bytes) dropped. Walks the backing tree on the
+/// control thread, not following symlinks. The metadata cache (issue 11) drops its entries
+/// for the same paths here.
+fn drop_tree(server: &Server, rels: &[String]) -> Result<(u64, u64), String> {
+    let cache = &server.cache;
+    if rels.is_empty() {
+        let (files, bytes) = cache.drop_everything();
+        tracing::info!(files, bytes, "dropped every file's cached data");
+        return Ok((files, bytes));
+    }
+    let mut roots = Vec::new();
+    for rel in rels {
+        let p = Path::new(rel);
+        if p.is_absolute()
+            || p.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            })
+        {
+            return Err(format!("'{rel}': not a plain path inside the mount"));
+        }
+        let full = server.backing.join(p);
+        std::fs::symlink_metadata(&full).map_err(|e| format!("'{rel}': {e}"))?;
+        roots.push(full);
+    }
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut stack = roots;
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&path) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else if meta.is_file() {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::fs::OpenOptionsExt;
+            let Ok(f) = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+                .open(&path)
+            else {
+                continue;
+            };
+            let Ok(st) = crate::sys::fstat_fd(f.as_raw_fd()) else {
+                continue;
+            };
+            if let Some(state) = cache.file_state(f.as_raw_fd(), &st) {
+                let b = cache.drop_file(&state);
+                if b > 0 {
+                    files += 1;
+                    bytes += b;
+                }
+            }
+        }
+    }
+    tracing::info!(files, bytes, paths = ?rels, "dropped cached data");
+    Ok((files, bytes))
+}
+
+fn answer(stream: UnixStream, server: &Server) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
-    BufReader::new(&stream).take(4096).read_line(&mut line)?;
-    let mut reply = handle(&line, cache, inodes).to_string();
+    BufReader::new(&stream)
+        .take(64 << 10)
+        .read_line(&mut line)?;
+    let mut reply = handle(&line, server).to_string();
     reply.push('\n');
     (&stream).write_all(reply.as_bytes())
 }
 
-/// Sends `cmd` to the daemon serving `mountpoint` and returns its reply (an error reply
-/// becomes an error).
-pub fn request(mountpoint: &Path, cmd: &str) -> io::Result<serde_json::Value> {
-    let path = socket_path(mountpoint);
-    let mut stream = UnixStream::connect(&path).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "no bcachefs-lite cache is mounted at {} ({}: {e})",
-                mountpoint.display(),
-                path.display()
-            ),
-        )
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut line = serde_json::to_string(&Request::new(cmd)).map_err(io::Error::other)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply)?;
-    let v: serde_json::Value = serde_json::from_str(reply.trim())
-        .map_err(|e| io::Error::other(format!("bad reply from the daemon: {e}")))?;
+/// Why a connection to the control socket failed, in the words a user needs.
+fn connect_error(mountpoint: &Path, sock: &Path, e: io::Error) -> io::Error {
+    let kind = e.kind();
+    let msg = match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => format!(
+            "permission denied: the control socket of {} ({}) is open to root only; run \
+             this as root (e.g. with sudo)",
+            mountpoint.display(),
+            sock.display()
+        ),
+        _ => format!(
+            "no bcachefs-lite cache is mounted at {} ({}: {e})",
+            mountpoint.display(),
+            sock.display()
+        ),
+    };
+    io::Error::new(kind, msg)
+}
+
+/// Checks a reply: the same protocol version, `ok`. An error reply becomes an error.
+pub fn check_reply(cmd: &str, v: serde_json::Value) -> io::Result<serde_json::Value> {
+    let daemon_v = v.get("v").and_then(|v| v.as_u64());
+    if daemon_v != Some(u64::from(PROTOCOL_VERSION)) {
+        let daemon = v
+            .get("daemon_version")
+            .and_then(|d| d.as_str())
+            .map(|d| format!("bcachefs-lite {d}"))
+            .unwrap_or_else(|| "an older bcachefs-lite".into());
+        return Err(io::Error::other(format!(
+            "the daemon ({daemon}) speaks control protocol version {}, this client \
+             (bcachefs-lite {}) version {PROTOCOL_VERSION}: use the bcachefs-lite that \
+             mounted it, or remount with this one",
+            daemon_v.map_or("?".into(), |v| v.to_string()),
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
     if v.get("ok") == Some(&serde_json::Value::Bool(true)) {
         Ok(v)
     } else {
@@ -163,10 +390,38 @@ pub fn request(mountpoint: &Path, cmd: &str) -> io::Result<serde_json::Value> {
             .get("error")
             .and_then(|e| e.as_str())
             .unwrap_or("no reason given");
-        Err(io::Error::other(format!(
-            "the daemon refused '{cmd}': {why}"
-        )))
+        Err(io::Error::other(format!("{cmd}: {why}")))
     }
+}
+
+/// Sends `cmd` to the daemon serving `mountpoint` and returns its reply (an error reply
+/// becomes an error).
+pub fn request(mountpoint: &Path, cmd: &str) -> io::Result<serde_json::Value> {
+    request_args(mountpoint, cmd, Vec::new())
+}
+
+/// [`request`] with arguments. `gc` and `drop` may take a while: no read timeout for them.
+pub fn request_args(
+    mountpoint: &Path,
+    cmd: &str,
+    args: Vec<String>,
+) -> io::Result<serde_json::Value> {
+    let path = socket_path(mountpoint);
+    let mut stream = UnixStream::connect(&path).map_err(|e| connect_error(mountpoint, &path, e))?;
+    let timeout = match cmd {
+        "gc" | "drop" => None,
+        _ => Some(Duration::from_secs(30)),
+    };
+    stream.set_read_timeout(timeout)?;
+    let mut line =
+        serde_json::to_string(&Request::with_args(cmd, args)).map_err(io::Error::other)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let v: serde_json::Value = serde_json::from_str(reply.trim())
+        .map_err(|e| io::Error::other(format!("bad reply from the daemon: {e}")))?;
+    check_reply(cmd, v)
 }
 
 /// Every figure `stats` shows, in order, as (name, value).
@@ -297,9 +552,12 @@ mod tests {
     #[test]
     fn requests_are_versioned_json_lines() {
         let line = serde_json::to_string(&Request::new("stats")).unwrap();
-        assert_eq!(line, r#"{"v":1,"cmd":"stats"}"#);
+        assert_eq!(line, r#"{"v":2,"cmd":"stats"}"#);
         let back: Request = serde_json::from_str(&line).unwrap();
         assert_eq!(back, Request::new("stats"));
+        let set = Request::with_args("set", vec!["readahead=1M".into()]);
+        let line = serde_json::to_string(&set).unwrap();
+        assert_eq!(line, r#"{"v":2,"cmd":"set","args":["readahead=1M"]}"#);
         let text = stats_text(&serde_json::json!({
             "cache_hits": 3,
             "state": "active",
@@ -310,6 +568,35 @@ mod tests {
             "cache_hits               3\nstate                    active\n\
              hour                     cache_hits=1, cache_misses=2\n"
         );
+    }
+
+    #[test]
+    fn a_reply_of_another_protocol_version_is_refused_clearly() {
+        let old = serde_json::json!({"v": 1, "ok": true, "stats": {}});
+        let e = check_reply("stats", old).unwrap_err().to_string();
+        assert!(e.contains("version 1") && e.contains("version 2"), "{e}");
+        let ok = serde_json::json!({"v": 2, "ok": true, "daemon_version": "0.1.0"});
+        assert!(check_reply("stats", ok).is_ok());
+        let refused = serde_json::json!({"v": 2, "ok": false, "error": "unknown setting 'x'"});
+        let e = check_reply("set", refused).unwrap_err().to_string();
+        assert_eq!(e, "set: unknown setting 'x'");
+    }
+
+    #[test]
+    fn a_daemon_removes_only_its_own_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("m.sock");
+        let (_old_listener, old) = SocketGuard::bind(&sock).unwrap();
+        // a new daemon on the same mount point replaces the socket while the old one exits
+        let (_new_listener, new) = SocketGuard::bind(&sock).unwrap();
+        drop(old);
+        assert!(
+            sock.exists(),
+            "the old daemon removed the new daemon's socket"
+        );
+        UnixStream::connect(&sock).expect("the new daemon's socket still answers");
+        drop(new);
+        assert!(!sock.exists(), "a daemon removes its own socket");
     }
 
     #[test]

@@ -332,6 +332,7 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     let invalidations = fs.invalidation_channel();
     let watcher = fs.open_file_watcher();
     let fd_cache = fs.fd_cache();
+    let ttls = fs.ttls();
     let sigset = block_signals();
     let config = fuse_config(req);
     let (mut session, mounted_by_us) = match mount_session(fs, req, &config) {
@@ -355,8 +356,20 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     }
     let socket = match &cache {
         Some(cache) => {
-            match crate::control::serve(&req.mountpoint, cache.clone(), Some(fd_cache)) {
-                Ok(path) => Some(path),
+            let server = crate::control::Server {
+                cache: cache.clone(),
+                inodes: Some(fd_cache),
+                knobs: crate::knobs::Knobs::new(
+                    crate::knobs::Targets {
+                        cache: cache.clone(),
+                        ttls,
+                    },
+                    &req.options.given,
+                ),
+                backing: req.backing.clone(),
+            };
+            match crate::control::serve(&req.mountpoint, server) {
+                Ok(guard) => Some(guard),
                 Err(e) => {
                     tracing::warn!("no control socket (stats unavailable): {e}");
                     None
@@ -399,9 +412,8 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     if let Some(cache) = &cache {
         cache.close();
     }
-    if let Some(path) = socket {
-        let _ = std::fs::remove_file(path);
-    }
+    // removes the socket only if it is still ours (a newer daemon may have replaced it)
+    drop(socket);
     match served {
         Ok(()) => {
             tracing::info!("unmounted");

@@ -15,7 +15,8 @@
 //! - `device`    – the cache file behind the `CacheDevice` seam (fault injection), superblock.
 //! - `cache`     – the request path: hits, misses and fills, the change protocol, file identity,
 //!   journal writer and replay, GC, stats.
-//! - `control`   – the stats socket and its client.
+//! - `control`   – the control socket (stats, set/get, gc, drop) and its client.
+//! - `knobs`     – the table of runtime knobs `set` and `get` change and show.
 //! - `poison`    – the cache set's one failure signal.
 //! - `sys`       – raw syscalls below everything (fstat, pread/pwrite loops).
 //! - `key`       – vocabulary types below everything: file id, key position, bucket pointer.
@@ -30,6 +31,7 @@ pub mod fs;
 pub mod index;
 pub mod journal;
 pub mod key;
+pub mod knobs;
 pub mod options;
 pub mod poison;
 pub mod sys;

@@ -41,6 +41,36 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Change runtime settings of the live mount at MOUNTPOINT (all or nothing).
+    ///
+    /// Settings: sequential_cutoff=SIZE, readahead=SIZE, replacement=lru|fifo|random,
+    /// discard=on|off, attr_timeout=SECS, entry_timeout=SECS. replacement and discard are
+    /// written into the cache file; the others last until unmount.
+    Set {
+        mountpoint: PathBuf,
+        /// KEY=VALUE pairs.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Show runtime settings of the mount at MOUNTPOINT, and where each came from
+    /// (default, cache file, mount option, set).
+    Get {
+        mountpoint: PathBuf,
+        /// Settings to show (default: all).
+        #[arg(value_name = "KEY")]
+        keys: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run garbage collection (and moving GC) on the mount at MOUNTPOINT now, and wait.
+    Gc { mountpoint: PathBuf },
+    /// Drop the cached data of PATHs (files or trees inside the mount; default: all).
+    Drop {
+        mountpoint: PathBuf,
+        /// Files or directories inside the mount.
+        paths: Vec<PathBuf>,
+    },
     /// Print the superblock of a cache file.
     ShowSuper {
         cache_file: PathBuf,
@@ -129,6 +159,87 @@ fn stats(mountpoint: &std::path::Path, json: bool) -> ExitCode {
     }
 }
 
+fn canonical(p: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// `get` and `set` print one setting a line: name, value, origin.
+fn print_knobs(reply: &serde_json::Value, json: bool) {
+    let list = reply["knobs"].as_array().cloned().unwrap_or_default();
+    if json {
+        let mut s = serde_json::to_string_pretty(&list).unwrap_or_default();
+        s.push('\n');
+        print!("{s}");
+        return;
+    }
+    for k in list {
+        println!(
+            "{:<20} {:<10} ({})",
+            k["name"].as_str().unwrap_or(""),
+            k["text"].as_str().unwrap_or(""),
+            k["origin"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// The control commands that talk to a live mount: set, get, gc, drop.
+fn control(cmd: Cmd) -> ExitCode {
+    use bcachefs_lite::control::request_args;
+    let result = match cmd {
+        Cmd::Set {
+            mountpoint,
+            settings,
+        } => request_args(&canonical(&mountpoint), "set", settings).map(|r| print_knobs(&r, false)),
+        Cmd::Get {
+            mountpoint,
+            keys,
+            json,
+        } => request_args(&canonical(&mountpoint), "get", keys).map(|r| print_knobs(&r, json)),
+        Cmd::Gc { mountpoint } => {
+            request_args(&canonical(&mountpoint), "gc", Vec::new()).map(|r| {
+                println!(
+                    "gc done: {} stale keys dropped, {} bytes compacted, {} buckets unused",
+                    r["stale_keys_dropped"], r["moved_bytes"], r["buckets_unused"]
+                )
+            })
+        }
+        Cmd::Drop { mountpoint, paths } => {
+            let mnt = canonical(&mountpoint);
+            let mut rels = Vec::new();
+            for p in &paths {
+                // the path as the mount sees it, relative to the mount point
+                let full = canonical(p);
+                match full.strip_prefix(&mnt) {
+                    Ok(rel) if rel.as_os_str().is_empty() => rels.push(".".to_string()),
+                    Ok(rel) => rels.push(rel.to_string_lossy().into_owned()),
+                    Err(_) => {
+                        eprintln!(
+                            "bcachefs-lite: {} is not inside the mount {}",
+                            p.display(),
+                            mnt.display()
+                        );
+                        return ExitCode::from(1);
+                    }
+                }
+            }
+            request_args(&mnt, "drop", rels).map(|r| {
+                println!(
+                    "dropped {} bytes of cached data from {} files",
+                    r["bytes"], r["files"]
+                )
+            })
+        }
+        _ => unreachable!("not a control command"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bcachefs-lite: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
@@ -136,6 +247,9 @@ fn main() -> ExitCode {
         Cmd::Format { cache_file, args } => cli_cache::format(&cache_file, &args),
         Cmd::ShowSuper { cache_file, json } => cli_cache::show_super(&cache_file, json),
         Cmd::Stats { mountpoint, json } => return stats(&mountpoint, json),
+        c @ (Cmd::Set { .. } | Cmd::Get { .. } | Cmd::Gc { .. } | Cmd::Drop { .. }) => {
+            return control(c)
+        }
     };
     match res {
         Ok(out) => {

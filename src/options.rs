@@ -39,6 +39,9 @@ pub struct MountOptions {
     /// `discard` / `nodiscard`; None keeps what the cache file says.
     pub discard: Option<bool>,
     pub reformat: bool,
+    /// Names of the options the `-o` list set (`nodiscard` counts as `discard`), so
+    /// `bcachefs-lite get` can say a value came from a mount option.
+    pub given: std::collections::BTreeSet<String>,
 }
 
 impl Default for MountOptions {
@@ -61,6 +64,7 @@ impl Default for MountOptions {
             readahead: 0,
             discard: None,
             reformat: false,
+            given: Default::default(),
         }
     }
 }
@@ -205,9 +209,13 @@ impl MountOptions {
                 Some(v) if !v.is_empty() => self.fsname = Some(v.to_string()),
                 _ => return Err(OptionError::MissingValue(name.to_string())),
             },
-            n if IGNORED.contains(&n) || IGNORED_PREFIXES.iter().any(|p| n.starts_with(p)) => {}
+            n if IGNORED.contains(&n) || IGNORED_PREFIXES.iter().any(|p| n.starts_with(p)) => {
+                return Ok(());
+            }
             _ => return Err(OptionError::Unknown(name.to_string())),
         }
+        self.given
+            .insert(if name == "nodiscard" { "discard" } else { name }.to_string());
         Ok(())
     }
 }
@@ -245,7 +253,7 @@ fn parse_bytes(name: &str, value: Option<&str>) -> Result<u64, OptionError> {
 }
 
 /// Seconds as an integer or decimal (`0`, `1`, `0.5`, `3600`).
-fn parse_seconds(name: &str, value: Option<&str>) -> Result<Duration, OptionError> {
+pub fn parse_seconds(name: &str, value: Option<&str>) -> Result<Duration, OptionError> {
     let value = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
     let bad = |why| OptionError::BadValue {
         option: name.to_string(),
@@ -282,6 +290,10 @@ mod tests {
     #[test]
     fn defaults_are_one_second_ttls_and_no_sharing() {
         let o = parse("").unwrap();
+        assert!(o.given.is_empty());
+        let o2 = parse("nodiscard,readahead=1M").unwrap();
+        let given: Vec<&str> = o2.given.iter().map(String::as_str).collect();
+        assert_eq!(given, ["discard", "readahead"]);
         assert_eq!(o, MountOptions::default());
         assert_eq!(o.attr_timeout, Duration::from_secs(1));
         assert!(!o.allow_other);

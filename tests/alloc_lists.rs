@@ -427,3 +427,66 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one() {
     assert_eq!(now, prev, "gens not from the previous valid checkpoint");
     c.check_invariants().unwrap();
 }
+
+/// `bcachefs-lite set replacement=...` calls `Allocator::set_policy`: the next allocator step
+/// invalidates by the new policy, and the superblock says it from then on.
+#[test]
+fn set_policy_changes_which_buckets_the_next_step_invalidates() {
+    let run = |set: Option<Replacement>| -> Vec<u32> {
+        let (_d, p, c) = fresh(Replacement::Lru);
+        // every data bucket holds a key; the higher the bucket, the fewer sectors (cheaper
+        // for LRU), while FIFO starts at bucket 0
+        let ckpt = c.checkpoint_buckets();
+        let mut r = c.gc_begin();
+        for b in 0..N as u32 {
+            if !ckpt.contains(&b) {
+                r.add_key(b, c.bucket_gen(b).unwrap(), (N as u32 - b) * 4, false);
+            }
+        }
+        c.gc_finish(r).unwrap();
+        if let Some(rep) = set {
+            c.set_policy(Some(rep), None).unwrap();
+            assert_eq!(c.replacement(), rep);
+            let sb = bcachefs_lite::alloc::read_superblock(&file_dev(&p)).unwrap();
+            assert_eq!(sb.replacement, rep, "not written into the superblock");
+        }
+        let before: Vec<u8> = (0..N as u32).map(|b| c.bucket_gen(b).unwrap()).collect();
+        c.allocator_step().unwrap();
+        c.check_invariants().unwrap();
+        (0..N as u32)
+            .filter(|&b| c.bucket_gen(b).unwrap() != before[b as usize])
+            .collect()
+    };
+    let lru = run(None);
+    let fifo = run(Some(Replacement::Fifo));
+    assert!(!lru.is_empty() && !fifo.is_empty());
+    assert!(
+        lru.iter().all(|&b| b >= N as u32 / 2),
+        "lru took expensive buckets: {lru:?}"
+    );
+    assert!(
+        fifo.iter().all(|&b| b < N as u32 / 2),
+        "after set_policy(fifo) the step still invalidated by lru: {fifo:?}"
+    );
+}
+
+/// `set discard=off` on a live cache: buckets freed from then on are not punched out.
+#[test]
+fn set_policy_turns_discard_off_for_the_next_frees() {
+    let d = tempfile::tempdir().unwrap();
+    let p = format(d.path(), N, BUCKET, Replacement::Fifo, true);
+    let c = open_manual(&p);
+    gc_empty(&c);
+    c.set_policy(None, Some(false)).unwrap();
+    assert!(!c.discard());
+    for _ in 0..20 {
+        while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+            c.unpin(b).unwrap();
+        }
+        c.allocator_run_until_idle(100).unwrap();
+    }
+    assert!(c.stats().invalidated > 0);
+    assert_eq!(c.stats().discards, 0, "discarded after discard was set off");
+    let sb = bcachefs_lite::alloc::read_superblock(&file_dev(&p)).unwrap();
+    assert!(!sb.discard);
+}

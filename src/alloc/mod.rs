@@ -71,7 +71,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::device::format::{Geometry, Superblock};
+use crate::device::format::{Geometry, Replacement, Superblock};
 use crate::device::CacheDevice;
 use crate::error::{Error, Result};
 use crate::journal::format::Record;
@@ -171,7 +171,11 @@ impl GcReport {
 
 pub(crate) struct Shared {
     pub dev: Arc<dyn CacheDevice>,
+    /// The superblock as opened. Its `replacement` and `discard` may be stale: the live
+    /// values are `state.replacement` and `discard` ([`Allocator::set_policy`]).
     pub sb: Superblock,
+    /// Discard freed buckets (punch holes); changeable at run time.
+    pub discard: AtomicBool,
     pub state: Mutex<AllocState>,
     /// The allocator thread sleeps here; `bucket_alloc` and `gc_finish` wake it.
     pub alloc_wait: Condvar,
@@ -249,6 +253,7 @@ impl Allocator {
         );
         let shared = Arc::new(Shared {
             dev,
+            discard: AtomicBool::new(r.sb.discard),
             sb: r.sb,
             state: Mutex::new(st),
             alloc_wait: Condvar::new(),
@@ -284,6 +289,40 @@ impl Allocator {
     /// How many newer gens checkpoints were found invalid and skipped when opening.
     pub fn skipped_checkpoints(&self) -> usize {
         self.skipped_checkpoints
+    }
+
+    /// The replacement policy in force.
+    pub fn replacement(&self) -> Replacement {
+        self.shared.state.lock().replacement
+    }
+
+    /// Whether freed buckets are discarded (punched out of the cache file).
+    pub fn discard(&self) -> bool {
+        self.shared.discard.load(Ordering::Relaxed)
+    }
+
+    /// Changes the replacement policy and/or discard of a live cache (`bcachefs-lite set`):
+    /// writes them into the superblock first (fdatasync), so they are the cache file's from
+    /// now on, as the mount options `replacement=` and `discard` make them, then applies
+    /// them to the next allocator step. On an I/O error nothing changed. Takes the step
+    /// lock, so it never runs inside an allocator step.
+    pub fn set_policy(
+        &self,
+        replacement: Option<Replacement>,
+        discard: Option<bool>,
+    ) -> Result<()> {
+        let _step = self.shared.step.lock();
+        let mut sb = self.shared.sb.clone();
+        sb.replacement = replacement.unwrap_or_else(|| self.replacement());
+        sb.discard = discard.unwrap_or_else(|| self.discard());
+        self.shared
+            .dev
+            .pwrite(&sb.encode(), 0)
+            .and_then(|()| self.shared.dev.fdatasync())
+            .map_err(|e| Error::io("write superblock", e))?;
+        self.shared.state.lock().replacement = sb.replacement;
+        self.shared.discard.store(sb.discard, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Number of buckets.

@@ -83,7 +83,7 @@ pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
         batch.push(b);
     }
     if !batch.is_empty() {
-        if sh.sb.discard {
+        if sh.discard.load(Ordering::Relaxed) {
             drop(st);
             let mut discarded = 0u64;
             for &b in &batch {

@@ -247,8 +247,10 @@ pub struct CacheSet {
     files: Arc<Registry>,
     block: u64,
     seq: SequentialCutoff,
-    readahead: u64,
-    revalidate_ns: u64,
+    /// Changeable at run time ([`CacheSet::set_readahead`]).
+    readahead: AtomicU64,
+    /// Changeable at run time ([`CacheSet::set_revalidate_interval`]).
+    revalidate_ns: AtomicU64,
     epoch: Instant,
     pub counters: Arc<Counters>,
     pub windows: Arc<Windows>,
@@ -317,8 +319,10 @@ impl CacheSet {
             journal,
             files: Arc::new(DashMap::new()),
             seq: SequentialCutoff::new(cfg.sequential_cutoff),
-            readahead: cfg.readahead.min(MAX_READAHEAD),
-            revalidate_ns: cfg.revalidate.as_nanos().min(u128::from(u64::MAX)) as u64,
+            readahead: AtomicU64::new(cfg.readahead.min(MAX_READAHEAD)),
+            revalidate_ns: AtomicU64::new(
+                cfg.revalidate.as_nanos().min(u128::from(u64::MAX)) as u64
+            ),
             epoch: Instant::now(),
             counters,
             windows: Arc::new(Windows::default()),
@@ -380,6 +384,36 @@ impl CacheSet {
 
     pub fn sequential_cutoff(&self) -> u64 {
         self.seq.cutoff()
+    }
+
+    // ---- runtime knobs (`bcachefs-lite set`, src/knobs.rs) ----
+
+    /// Changes the sequential cutoff from the next read on (0: never bypass).
+    pub fn set_sequential_cutoff(&self, bytes: u64) {
+        self.seq.set_cutoff(bytes);
+    }
+
+    pub fn readahead(&self) -> u64 {
+        self.readahead.load(Ordering::Relaxed)
+    }
+
+    /// Changes the readahead of the next misses (at most [`MAX_READAHEAD`]).
+    pub fn set_readahead(&self, bytes: u64) {
+        self.readahead
+            .store(bytes.min(MAX_READAHEAD), Ordering::Relaxed);
+    }
+
+    /// How often the read path re-checks an open file against the backing.
+    pub fn revalidate_interval(&self) -> Duration {
+        Duration::from_nanos(self.revalidate_ns.load(Ordering::Relaxed))
+    }
+
+    /// Changes the read path's re-check interval (follows the attribute timeout).
+    pub fn set_revalidate_interval(&self, d: Duration) {
+        self.revalidate_ns.store(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// True while the cache file works; false after a failure (mode none).
@@ -650,7 +684,7 @@ impl CacheSet {
     fn revalidate_on_read(&self, file: &FileState, backing_fd: RawFd) -> bool {
         let now = self.now_ns();
         let last = file.checked_ns.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < self.revalidate_ns {
+        if now.saturating_sub(last) < self.revalidate_ns.load(Ordering::Relaxed) {
             return false;
         }
         match crate::sys::fstat_fd(backing_fd) {
@@ -725,6 +759,7 @@ impl CacheSet {
         }
         let mut chunks = Vec::new();
         let gap_count = gaps.len();
+        let readahead = self.readahead.load(Ordering::Relaxed);
         for (i, (s, e)) in gaps.into_iter().enumerate() {
             let piece = &mut buf[(s - a) as usize..(e - a) as usize];
             crate::sys::pread_full(backing_fd, piece, s)?;
@@ -734,8 +769,8 @@ impl CacheSet {
             }
             let mut data = piece.to_vec();
             // readahead after the last gap, when it reaches the end of the request
-            if i + 1 == gap_count && e == b && self.readahead > 0 && b < file_size {
-                let extra_end = round_up((b + self.readahead).min(file_size), self.block);
+            if i + 1 == gap_count && e == b && readahead > 0 && b < file_size {
+                let extra_end = round_up((b + readahead).min(file_size), self.block);
                 let mut extra = vec![0u8; (extra_end - b) as usize];
                 let n = crate::sys::pread_full(backing_fd, &mut extra, b)?;
                 if n > 0 {
@@ -901,6 +936,40 @@ impl CacheSet {
             crcs,
         });
         true
+    }
+
+    // ---- `bcachefs-lite drop` ----
+
+    /// Drops every cached extent of `file` and its validator (`bcachefs-lite drop`), as a
+    /// change does: under the file's lock, with its change sequence bumped so a fill in
+    /// flight is not inserted, journaled. Returns the bytes dropped. Metadata caching (issue
+    /// 11) adds its own drop next to the call of this in `control.rs` (`drop_tree`).
+    pub fn drop_file(&self, file: &FileState) -> u64 {
+        let _changes = self.changes.read();
+        let mut seq = file.seq.lock();
+        seq.bump();
+        let bytes = self
+            .index
+            .extents(file.id)
+            .iter()
+            .map(|e| e.len)
+            .sum::<u64>();
+        self.drop_all_locked(file);
+        bytes
+    }
+
+    /// Drops every file's cached data ([`CacheSet::drop_file`] for each file in the index).
+    /// Returns (files, bytes) dropped.
+    pub fn drop_everything(&self) -> (u64, u64) {
+        let mut ids = std::collections::BTreeSet::new();
+        self.index.for_each_extent(|id, _| {
+            ids.insert(id);
+        });
+        let mut bytes = 0;
+        for &id in &ids {
+            bytes += self.drop_file(&self.state_of(id));
+        }
+        (ids.len() as u64, bytes)
     }
 
     /// Runs GC and moving GC now (the control socket's `gc`). Returns bytes compacted.

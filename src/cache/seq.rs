@@ -10,6 +10,7 @@
 //! Locks: one mutex over a small map; held for a lookup and an update. Never blocks.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -30,7 +31,8 @@ struct Run {
 }
 
 pub struct SequentialCutoff {
-    cutoff: u64,
+    /// Changeable at run time ([`SequentialCutoff::set_cutoff`]).
+    cutoff: AtomicU64,
     runs: Mutex<HashMap<u32, Run>>,
 }
 
@@ -38,19 +40,27 @@ impl SequentialCutoff {
     /// `cutoff` 0 turns bypassing off.
     pub fn new(cutoff: u64) -> SequentialCutoff {
         SequentialCutoff {
-            cutoff,
+            cutoff: AtomicU64::new(cutoff),
             runs: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn cutoff(&self) -> u64 {
-        self.cutoff
+        self.cutoff.load(Ordering::Relaxed)
+    }
+
+    /// A new cutoff, applied from the next read on (runs in progress keep their byte
+    /// counts, so a lowered cutoff bypasses a stream already past it at once; while the
+    /// cutoff is 0 no run is tracked, so after turning it on streams count from there).
+    pub fn set_cutoff(&self, cutoff: u64) {
+        self.cutoff.store(cutoff, Ordering::Relaxed);
     }
 
     /// Records a read of `len` bytes at `offset` of `file` by `pid`; true when the
     /// process has now streamed past the cutoff and this read should bypass.
     pub fn should_bypass(&self, pid: u32, file: u64, offset: u64, len: u64) -> bool {
-        if self.cutoff == 0 {
+        let cutoff = self.cutoff();
+        if cutoff == 0 {
             return false;
         }
         let now = Instant::now();
@@ -83,7 +93,7 @@ impl SequentialCutoff {
             };
         }
         run.seen = now;
-        run.bytes > self.cutoff
+        run.bytes > cutoff
     }
 }
 
@@ -122,6 +132,18 @@ mod tests {
             !s.should_bypass(4, 2, 0, 65536),
             "a new process starts its own run"
         );
+    }
+
+    #[test]
+    fn a_new_cutoff_applies_to_the_next_read() {
+        let s = SequentialCutoff::new(8 << 20);
+        for i in 0..32 {
+            assert!(!s.should_bypass(1, 1, i * 65536, 65536));
+        }
+        s.set_cutoff(1 << 20);
+        assert!(s.should_bypass(1, 1, 32 * 65536, 65536), "already 2 MiB in");
+        s.set_cutoff(0);
+        assert!(!s.should_bypass(1, 1, 33 * 65536, 65536));
     }
 
     #[test]
