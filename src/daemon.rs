@@ -101,6 +101,7 @@ pub fn validate(req: &mut MountRequest) -> Result<(), MountError> {
             ("replacement", o.replacement.is_some()),
             ("discard", o.discard.is_some()),
             ("reformat", o.reformat),
+            ("metrics", o.metrics.is_some()),
         ];
         if let Some((name, _)) = cache_only.iter().find(|(_, set)| *set) {
             return Err(MountError::usage(format!(
@@ -356,6 +357,16 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     }
     let socket = match &cache {
         Some(cache) => {
+            if let Some(addr) = req.options.metrics {
+                let source = crate::metrics::Source {
+                    cache: cache.clone(),
+                    inodes: Some(fd_cache.clone()),
+                };
+                match crate::metrics::serve_http(addr, source) {
+                    Ok(bound) => tracing::info!("metrics on http://{bound}/metrics"),
+                    Err(e) => tracing::warn!("no metrics endpoint on {addr}: {e}"),
+                }
+            }
             let server = crate::control::Server {
                 cache: cache.clone(),
                 inodes: Some(fd_cache),

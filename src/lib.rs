@@ -17,6 +17,7 @@
 //!   journal writer and replay, GC, stats.
 //! - `control`   – the control socket (stats, set/get, gc, drop) and its client.
 //! - `knobs`     – the table of runtime knobs `set` and `get` change and show.
+//! - `metrics`   – Prometheus text format, the metrics HTTP endpoint, the `stats --watch` view.
 //! - `poison`    – the cache set's one failure signal.
 //! - `sys`       – raw syscalls below everything (fstat, pread/pwrite loops).
 //! - `key`       – vocabulary types below everything: file id, key position, bucket pointer.
@@ -32,6 +33,7 @@ pub mod index;
 pub mod journal;
 pub mod key;
 pub mod knobs;
+pub mod metrics;
 pub mod options;
 pub mod poison;
 pub mod sys;

@@ -38,8 +38,20 @@ enum Cmd {
     Stats {
         mountpoint: PathBuf,
         /// Print JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["prometheus", "watch"])]
         json: bool,
+        /// Print the Prometheus text exposition format.
+        #[arg(long, conflicts_with = "watch")]
+        prometheus: bool,
+        /// A refreshing view: hit ratio, rates, buckets by state (Ctrl-C ends it).
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes of --watch.
+        #[arg(long, value_name = "SECS", default_value_t = 1.0, requires = "watch")]
+        interval: f64,
+        /// Stop --watch after N frames.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
     },
     /// Change runtime settings of the live mount at MOUNTPOINT (all or nothing).
     ///
@@ -89,7 +101,7 @@ struct MountArgs {
     /// Comma-separated mount options: allow_other, default_permissions, ro,
     /// attr_timeout=SECS, entry_timeout=SECS, fsname=NAME, dev, suid, noexec, noatime;
     /// cache=FILE, cache_size=SIZE, replacement=lru|fifo|random, sequential_cutoff=SIZE,
-    /// readahead=SIZE, discard, nodiscard, reformat.
+    /// readahead=SIZE, discard, nodiscard, reformat, metrics=ADDR.
     #[arg(short = 'o', value_name = "OPT,...")]
     options: Vec<String>,
     /// The cache file (same as -o cache=FILE).
@@ -140,18 +152,53 @@ fn mount(args: MountArgs) -> ExitCode {
     }
 }
 
-fn stats(mountpoint: &std::path::Path, json: bool) -> ExitCode {
-    let mountpoint = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    match bcachefs_lite::control::request(&mountpoint, "stats") {
-        Ok(reply) => {
-            let stats = &reply["stats"];
-            if json {
-                print!("{}", bcachefs_lite::control::stats_json(stats));
-            } else {
-                print!("{}", bcachefs_lite::control::stats_text(stats));
+/// How `stats` prints.
+enum StatsView {
+    Text,
+    Json,
+    Prometheus,
+    Watch { interval: f64, count: Option<u64> },
+}
+
+fn stats(mountpoint: &std::path::Path, view: StatsView) -> ExitCode {
+    use bcachefs_lite::{control, metrics};
+    let mountpoint = canonical(mountpoint);
+    let fetch = || control::request(&mountpoint, "stats").map(|r| r["stats"].clone());
+    let result = match view {
+        StatsView::Text => fetch().map(|s| print!("{}", control::stats_text(&s))),
+        StatsView::Json => fetch().map(|s| print!("{}", control::stats_json(&s))),
+        StatsView::Prometheus => fetch().map(|s| print!("{}", metrics::prometheus_text(&s))),
+        StatsView::Watch { interval, count } => (|| {
+            use std::io::Write;
+            let interval = std::time::Duration::from_secs_f64(interval.clamp(0.05, 3600.0));
+            let mut prev: Option<(serde_json::Value, std::time::Instant)> = None;
+            let mut frames = 0u64;
+            loop {
+                let now = fetch()?;
+                let at = std::time::Instant::now();
+                let secs = prev
+                    .as_ref()
+                    .map_or(0.0, |(_, t)| at.duration_since(*t).as_secs_f64());
+                let frame = metrics::watch_frame(
+                    &mountpoint.to_string_lossy(),
+                    &now,
+                    prev.as_ref().map(|(p, _)| p),
+                    secs,
+                );
+                // home, clear, frame: a refreshing view in any terminal
+                print!("\x1b[H\x1b[2J{frame}");
+                std::io::stdout().flush()?;
+                prev = Some((now, at));
+                frames += 1;
+                if count.is_some_and(|c| frames >= c) {
+                    return Ok(());
+                }
+                std::thread::sleep(interval);
             }
-            ExitCode::SUCCESS
-        }
+        })(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bcachefs-lite: {e}");
             ExitCode::from(1)
@@ -246,7 +293,25 @@ fn main() -> ExitCode {
         Cmd::Mount(args) => return mount(args),
         Cmd::Format { cache_file, args } => cli_cache::format(&cache_file, &args),
         Cmd::ShowSuper { cache_file, json } => cli_cache::show_super(&cache_file, json),
-        Cmd::Stats { mountpoint, json } => return stats(&mountpoint, json),
+        Cmd::Stats {
+            mountpoint,
+            json,
+            prometheus,
+            watch,
+            interval,
+            count,
+        } => {
+            let view = if watch {
+                StatsView::Watch { interval, count }
+            } else if prometheus {
+                StatsView::Prometheus
+            } else if json {
+                StatsView::Json
+            } else {
+                StatsView::Text
+            };
+            return stats(&mountpoint, view);
+        }
         c @ (Cmd::Set { .. } | Cmd::Get { .. } | Cmd::Gc { .. } | Cmd::Drop { .. }) => {
             return control(c)
         }

@@ -39,6 +39,8 @@ pub struct MountOptions {
     /// `discard` / `nodiscard`; None keeps what the cache file says.
     pub discard: Option<bool>,
     pub reformat: bool,
+    /// `metrics=ADDR`: serve Prometheus metrics over HTTP on this address.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Names of the options the `-o` list set (`nodiscard` counts as `discard`), so
     /// `bcachefs-lite get` can say a value came from a mount option.
     pub given: std::collections::BTreeSet<String>,
@@ -64,6 +66,7 @@ impl Default for MountOptions {
             readahead: 0,
             discard: None,
             reformat: false,
+            metrics: None,
             given: Default::default(),
         }
     }
@@ -133,6 +136,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "discard",
     "nodiscard",
     "reformat",
+    "metrics",
     "rw",
     "defaults",
     "auto",
@@ -205,6 +209,17 @@ impl MountOptions {
             "discard" => self.discard = Some(flag(value)?),
             "nodiscard" => self.discard = Some(!flag(value)?),
             "reformat" => self.reformat = flag(value)?,
+            "metrics" => {
+                let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+                self.metrics =
+                    Some(
+                        crate::metrics::parse_addr(v).map_err(|_| OptionError::BadValue {
+                            option: name.to_string(),
+                            value: v.to_string(),
+                            why: "not an address (e.g. 127.0.0.1:9477, or a port)",
+                        })?,
+                    );
+            }
             "fsname" => match value {
                 Some(v) if !v.is_empty() => self.fsname = Some(v.to_string()),
                 _ => return Err(OptionError::MissingValue(name.to_string())),
