@@ -17,6 +17,7 @@
 //!   journal writer and replay, GC, stats.
 //! - `control`   – the control socket (stats, set/get, gc, drop) and its client.
 //! - `knobs`     – the table of runtime knobs `set` and `get` change and show.
+//! - `fsck`      – `bcachefs-lite fsck`: checks (and repairs) a cache file that is not mounted.
 //! - `metrics`   – Prometheus text format, the metrics HTTP endpoint, the `stats --watch` view.
 //! - `poison`    – the cache set's one failure signal.
 //! - `sys`       – raw syscalls below everything (fstat, pread/pwrite loops).
@@ -29,6 +30,7 @@ pub mod daemon;
 pub mod device;
 pub mod error;
 pub mod fs;
+pub mod fsck;
 pub mod index;
 pub mod journal;
 pub mod key;

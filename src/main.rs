@@ -83,6 +83,20 @@ enum Cmd {
         /// Files or directories inside the mount.
         paths: Vec<PathBuf>,
     },
+    /// Check a cache file that is not mounted: superblock, journal, gens and index
+    /// checkpoints, every key against the design's invariants, every block's crc32c.
+    ///
+    /// Exit status as fsck(8): 0 clean, 1 errors corrected, 4 errors left uncorrected,
+    /// 8 operational error (mounted, not a cache file), 16 usage error.
+    Fsck {
+        cache_file: PathBuf,
+        /// Drop every key an error names and rewrite the checkpoints.
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the superblock of a cache file.
     ShowSuper {
         cache_file: PathBuf,
@@ -287,12 +301,105 @@ fn control(cmd: Cmd) -> ExitCode {
     }
 }
 
+fn fsck(path: &std::path::Path, repair: bool, json: bool) -> ExitCode {
+    use bcachefs_lite::fsck;
+    let bar = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "checking blocks {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = if repair {
+        fsck::repair(path, &progress).map(|r| {
+            let code = if r.after.errors() > 0 {
+                fsck::EXIT_UNCORRECTED
+            } else if r.before.errors() > 0 {
+                fsck::EXIT_CORRECTED
+            } else {
+                fsck::EXIT_CLEAN
+            };
+            let text = format!(
+                "{}repair: dropped {} key(s), checkpoints rewritten; checked again:\n{}",
+                fsck::report_text(&r.before),
+                r.keys_dropped,
+                fsck::report_text(&r.after)
+            );
+            (
+                serde_json::json!({"repair": r, "exit_code": code}),
+                text,
+                code,
+            )
+        })
+    } else {
+        fsck::check(path, &progress).map(|r| {
+            let code = if r.errors() > 0 {
+                fsck::EXIT_UNCORRECTED
+            } else {
+                fsck::EXIT_CLEAN
+            };
+            let text = fsck::report_text(&r);
+            (
+                serde_json::json!({"report": r, "exit_code": code}),
+                text,
+                code,
+            )
+        })
+    };
+    bar.finish_and_clear();
+    match result {
+        Ok((value, text, code)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                print!("{text}");
+            }
+            ExitCode::from(code)
+        }
+        Err(e) => {
+            eprintln!("bcachefs-lite fsck: {e}");
+            ExitCode::from(fsck::EXIT_OPERATIONAL)
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // fsck(8): a usage error exits 16; every other command as clap does (2)
+            let is_fsck = std::env::args().nth(1).as_deref() == Some("fsck");
+            let code = e.exit_code();
+            let _ = e.print();
+            let code = if is_fsck && code == 2 {
+                i32::from(bcachefs_lite::fsck::EXIT_USAGE)
+            } else {
+                code
+            };
+            return ExitCode::from(code as u8);
+        }
+    };
     let res = match cli.cmd {
         Cmd::Mount(args) => return mount(args),
         Cmd::Format { cache_file, args } => cli_cache::format(&cache_file, &args),
         Cmd::ShowSuper { cache_file, json } => cli_cache::show_super(&cache_file, json),
+        Cmd::Fsck {
+            cache_file,
+            repair,
+            json,
+        } => return fsck(&cache_file, repair, json),
         Cmd::Stats {
             mountpoint,
             json,
