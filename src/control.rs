@@ -8,7 +8,8 @@
 //! Protocol (version 2, docs/ADMIN.md "Control protocol"): newline-delimited JSON. The
 //! client sends one request line, `{"v":2,"cmd":"stats"}`, `{"v":2,"cmd":"gc"}`,
 //! `{"v":2,"cmd":"get","args":["readahead"]}`, `{"v":2,"cmd":"set","args":["readahead=1M"]}`
-//! or `{"v":2,"cmd":"drop","args":["src"]}`; the server answers one line,
+//! `{"v":2,"cmd":"drop","args":["src"]}` or `{"v":2,"cmd":"warm","args":["src/a",
+//! "0","8388608"]}`; the server answers one line,
 //! `{"v":2,"ok":true,"daemon_version":"...",...}` with the command's fields, or
 //! `{"v":2,"ok":false,"error":"..."}`, then closes the connection. A request of another
 //! version is refused with an error reply naming the version served, and the client refuses
@@ -17,9 +18,9 @@
 //! A daemon removes only its own socket ([`SocketGuard`]): a daemon still exiting after an
 //! unmount must not remove the socket of the daemon mounted after it.
 //!
-//! Threads: one accept thread; each request is answered on it (`gc` and `drop` may take
-//! a while and hold up other requests meanwhile). Nothing here holds a lock of the cache
-//! across socket I/O.
+//! Threads: one accept thread, and one short-lived thread per connection (requests run
+//! concurrently: `warm --jobs N`, a `stats` during a long `gc`). Nothing here holds a lock
+//! of the cache across socket I/O.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -150,19 +151,30 @@ impl Drop for SocketGuard {
 pub fn serve(mountpoint: &Path, server: Server) -> io::Result<SocketGuard> {
     prepare_run_dir(Path::new(RUN_DIR))?;
     let (listener, guard) = SocketGuard::bind(&socket_path(mountpoint))?;
+    let server = Arc::new(server);
     std::thread::Builder::new()
         .name("bcl-control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &server) {
-                    tracing::debug!("control request: {e}");
+                // one thread per connection: `warm --jobs N` sends N at once, and a long
+                // `gc` or `drop` does not hold up `stats`
+                let server = server.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("bcl-control-req".into())
+                    .spawn(move || {
+                        if let Err(e) = answer(stream, &server) {
+                            tracing::debug!("control request: {e}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!("control request dropped: {e}");
                 }
             }
         })?;
     Ok(guard)
 }
 
-/// Version of the control protocol. 2: `get`, `set` and `drop` with `args`; replies carry
+/// Version of the control protocol. 2: `get`, `set`, `drop` and `warm` with `args`; replies carry
 /// `daemon_version`.
 pub const PROTOCOL_VERSION: u32 = 2;
 
@@ -261,6 +273,13 @@ pub fn handle(line: &str, server: &Server) -> serde_json::Value {
             }
             Err(e) => return reply_err(e),
         },
+        "warm" => match warm_chunk(server, &req.args) {
+            Ok((hit, read)) => {
+                m.insert("hit_bytes".into(), hit.into());
+                m.insert("read_bytes".into(), read.into());
+            }
+            Err(e) => return reply_err(e),
+        },
         "drop" => match drop_tree(server, &req.args) {
             Ok((files, bytes)) => {
                 m.insert("files".into(), files.into());
@@ -286,18 +305,7 @@ fn drop_tree(server: &Server, rels: &[String]) -> Result<(u64, u64), String> {
     }
     let mut roots = Vec::new();
     for rel in rels {
-        let p = Path::new(rel);
-        if p.is_absolute()
-            || p.components().any(|c| {
-                !matches!(
-                    c,
-                    std::path::Component::Normal(_) | std::path::Component::CurDir
-                )
-            })
-        {
-            return Err(format!("'{rel}': not a plain path inside the mount"));
-        }
-        let full = server.backing.join(p);
+        let full = backing_path(server, rel)?;
         std::fs::symlink_metadata(&full).map_err(|e| format!("'{rel}': {e}"))?;
         roots.push(full);
     }
@@ -378,6 +386,54 @@ fn peer_allowed(stream: &UnixStream) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     let uid = crate::sys::peer_uid(stream.as_raw_fd())?;
     Ok(uid == 0 || uid == crate::sys::euid())
+}
+
+/// Checks a path relative to the mount point and joins it to the backing.
+fn backing_path(server: &Server, rel: &str) -> Result<PathBuf, String> {
+    let p = Path::new(rel);
+    if p.is_absolute()
+        || p.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+    {
+        return Err(format!("'{rel}': not a plain path inside the mount"));
+    }
+    Ok(server.backing.join(p))
+}
+
+/// `warm`: args `[path, offset, len]`, the path relative to the mount point. Reads that
+/// range of the file into the cache ([`CacheSet::warm`]). Returns (bytes hit, bytes read).
+fn warm_chunk(server: &Server, args: &[String]) -> Result<(u64, u64), String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let [rel, offset, len] = args else {
+        return Err("warm: expected [path, offset, len]".into());
+    };
+    let num = |s: &str| {
+        s.parse::<u64>()
+            .map_err(|_| format!("warm: bad number {s:?}"))
+    };
+    let (offset, len) = (num(offset)?, num(len)?);
+    let path = backing_path(server, rel)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("'{rel}': {e}"))?;
+    let st = crate::sys::fstat_fd(f.as_raw_fd()).map_err(|e| format!("'{rel}': {e}"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(format!("'{rel}': not a regular file"));
+    }
+    let Some(state) = server.cache.file_state(f.as_raw_fd(), &st) else {
+        return Ok((0, 0)); // uncacheable (counted in stats)
+    };
+    server
+        .cache
+        .warm(&state, f.as_raw_fd(), &st, offset, len)
+        .map_err(|e| format!("'{rel}': {e}"))
 }
 
 fn answer(stream: UnixStream, server: &Server) -> io::Result<()> {
@@ -462,7 +518,7 @@ pub fn request_args(
     let path = socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| connect_error(mountpoint, &path, e))?;
     let timeout = match cmd {
-        "gc" | "drop" => None,
+        "gc" | "drop" | "warm" => None,
         _ => Some(Duration::from_secs(30)),
     };
     stream.set_read_timeout(timeout)?;

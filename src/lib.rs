@@ -20,6 +20,7 @@
 //! - `fsck`      – `bcachefs-lite fsck`: checks (and repairs) a cache file that is not mounted.
 //! - `metrics`   – Prometheus text format, the metrics HTTP endpoint, the `stats --watch` view.
 //! - `poison`    – the cache set's one failure signal.
+//! - `warm`      – `bcachefs-lite warm`: reads trees into the cache through the control socket.
 //! - `sys`       – raw syscalls below everything (fstat, pread/pwrite loops).
 //! - `key`       – vocabulary types below everything: file id, key position, bucket pointer.
 //! - `error`     – the core error type and its errno class.
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod options;
 pub mod poison;
 pub mod sys;
+pub mod warm;
 
 pub use alloc::{Allocator, BucketPtr, KeyPos, Reserve};
 pub use error::{Error, Result};

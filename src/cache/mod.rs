@@ -938,6 +938,55 @@ impl CacheSet {
         true
     }
 
+    // ---- `bcachefs-lite warm` ----
+
+    /// Reads `[offset, offset + len)` of `file` (open as `fd`, attributes `st`) into the
+    /// cache (`bcachefs-lite warm`): first the validator check an open does (an outside
+    /// change drops the file's extents; a file never seen gets its validator, so nothing is
+    /// filled without one), then the read path with the warm write point, which the
+    /// sequential cutoff never bypasses; misses are filled before this returns. Cached
+    /// pieces are hits, never read from the backing. Returns (bytes hit, bytes read from the
+    /// backing).
+    pub fn warm(
+        &self,
+        file: &FileState,
+        fd: RawFd,
+        st: &libc::stat,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<(u64, u64)> {
+        self.check_validator(file, st);
+        let end = offset.saturating_add(len).min(st.st_size as u64);
+        let (mut hit, mut read) = (0u64, 0u64);
+        let mut at = offset;
+        while at < end {
+            let size = (end - at).min(1 << 20) as u32;
+            // what the index holds of this piece now is what the read serves from the cache
+            let cached: u64 = self
+                .index
+                .lookup(file.id, at, u64::from(size))
+                .iter()
+                .map(|e| {
+                    e.end()
+                        .min(at + u64::from(size))
+                        .saturating_sub(e.offset.max(at))
+                })
+                .sum();
+            let r = self.read(file, fd, at, size, seq::WARM_PID)?;
+            if let Some(fill) = r.fill {
+                self.fill(file, fill);
+            }
+            if r.data.is_empty() {
+                break;
+            }
+            let n = r.data.len() as u64;
+            hit += cached.min(n);
+            read += n - cached.min(n);
+            at += n;
+        }
+        Ok((hit, read))
+    }
+
     // ---- `bcachefs-lite drop` ----
 
     /// Drops every cached extent of `file` and its validator (`bcachefs-lite drop`), as a

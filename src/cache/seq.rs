@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+/// The write point (pseudo PID) of `bcachefs-lite warm`: never bypassed, whatever the cutoff.
+pub const WARM_PID: u32 = u32::MAX;
+
 /// Runs idle this long are forgotten.
 const IDLE: Duration = Duration::from_secs(5);
 const MAX_TRACKED: usize = 1024;
@@ -60,7 +63,7 @@ impl SequentialCutoff {
     /// process has now streamed past the cutoff and this read should bypass.
     pub fn should_bypass(&self, pid: u32, file: u64, offset: u64, len: u64) -> bool {
         let cutoff = self.cutoff();
-        if cutoff == 0 {
+        if cutoff == 0 || pid == WARM_PID {
             return false;
         }
         let now = Instant::now();
