@@ -280,6 +280,23 @@ pub fn handle(line: &str, server: &Server) -> serde_json::Value {
             }
             Err(e) => return reply_err(e),
         },
+        "pin_sync" => {
+            if let Err(e) = cache.sync_pins() {
+                return reply_err(format!("gens checkpoint: {e}"));
+            }
+            m.insert("pinned_bytes".into(), cache.pinned_bytes().into());
+        }
+        "unpin" => match for_each_file(server, &req.args, |state| cache.unpin_file(state) as u64) {
+            Ok((_, buckets)) => {
+                if let Err(e) = cache.sync_pins() {
+                    return reply_err(format!("gens checkpoint: {e}"));
+                }
+                tracing::info!(buckets, paths = ?req.args, "unpinned");
+                m.insert("buckets".into(), buckets.into());
+                m.insert("pinned_bytes".into(), cache.pinned_bytes().into());
+            }
+            Err(e) => return reply_err(e),
+        },
         "drop" => match drop_tree(server, &req.args) {
             Ok((files, bytes)) => {
                 m.insert("files".into(), files.into());
@@ -293,9 +310,8 @@ pub fn handle(line: &str, server: &Server) -> serde_json::Value {
 }
 
 /// `drop`: every cached extent of the files under `rels` (paths relative to the mount
-/// point; none: every file). Returns (files, bytes) dropped. Walks the backing tree on the
-/// control thread, not following symlinks. The metadata cache (issue 11) drops its entries
-/// for the same paths here.
+/// point; none: every file). Returns (files, bytes) dropped. The metadata cache (issue 11)
+/// drops its entries for the same paths here.
 fn drop_tree(server: &Server, rels: &[String]) -> Result<(u64, u64), String> {
     let cache = &server.cache;
     if rels.is_empty() {
@@ -303,13 +319,30 @@ fn drop_tree(server: &Server, rels: &[String]) -> Result<(u64, u64), String> {
         tracing::info!(files, bytes, "dropped every file's cached data");
         return Ok((files, bytes));
     }
+    let (files, bytes) = for_each_file(server, rels, |state| cache.drop_file(state))?;
+    tracing::info!(files, bytes, paths = ?rels, "dropped cached data");
+    Ok((files, bytes))
+}
+
+/// Runs `f` on the cache state of every regular file under `rels` (paths relative to the
+/// mount point; none: the whole tree) in the backing, not following symlinks, on the
+/// calling thread. Returns (files where `f` returned more than 0, sum of what it returned).
+fn for_each_file(
+    server: &Server,
+    rels: &[String],
+    mut f: impl FnMut(&crate::cache::FileState) -> u64,
+) -> Result<(u64, u64), String> {
+    let cache = &server.cache;
     let mut roots = Vec::new();
     for rel in rels {
         let full = backing_path(server, rel)?;
         std::fs::symlink_metadata(&full).map_err(|e| format!("'{rel}': {e}"))?;
         roots.push(full);
     }
-    let (mut files, mut bytes) = (0u64, 0u64);
+    if roots.is_empty() {
+        roots.push(server.backing.clone());
+    }
+    let (mut files, mut total) = (0u64, 0u64);
     let mut stack = roots;
     while let Some(path) = stack.pop() {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -322,27 +355,26 @@ fn drop_tree(server: &Server, rels: &[String]) -> Result<(u64, u64), String> {
         } else if meta.is_file() {
             use std::os::fd::AsRawFd;
             use std::os::unix::fs::OpenOptionsExt;
-            let Ok(f) = std::fs::OpenOptions::new()
+            let Ok(file) = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
                 .open(&path)
             else {
                 continue;
             };
-            let Ok(st) = crate::sys::fstat_fd(f.as_raw_fd()) else {
+            let Ok(st) = crate::sys::fstat_fd(file.as_raw_fd()) else {
                 continue;
             };
-            if let Some(state) = cache.file_state(f.as_raw_fd(), &st) {
-                let b = cache.drop_file(&state);
-                if b > 0 {
+            if let Some(state) = cache.file_state(file.as_raw_fd(), &st) {
+                let n = f(&state);
+                if n > 0 {
                     files += 1;
-                    bytes += b;
+                    total += n;
                 }
             }
         }
     }
-    tracing::info!(files, bytes, paths = ?rels, "dropped cached data");
-    Ok((files, bytes))
+    Ok((files, total))
 }
 
 /// Makes the socket directory, or checks the one that is there: a real directory (not a
@@ -404,13 +436,18 @@ fn backing_path(server: &Server, rel: &str) -> Result<PathBuf, String> {
     Ok(server.backing.join(p))
 }
 
-/// `warm`: args `[path, offset, len]`, the path relative to the mount point. Reads that
-/// range of the file into the cache ([`CacheSet::warm`]). Returns (bytes hit, bytes read).
+/// `warm`: args `[path, offset, len]` or `[path, offset, len, "pin"]`, the path relative to
+/// the mount point. Reads that range of the file into the cache ([`CacheSet::warm`]), and
+/// pins it. Returns (bytes hit, bytes read).
 fn warm_chunk(server: &Server, args: &[String]) -> Result<(u64, u64), String> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    let [rel, offset, len] = args else {
-        return Err("warm: expected [path, offset, len]".into());
+    let (rel, offset, len, pin) = match args {
+        [rel, offset, len] => (rel, offset, len, false),
+        [rel, offset, len, p] if p == "pin" => (rel, offset, len, true),
+        _ => {
+            return Err("warm: expected [path, offset, len] or [path, offset, len, \"pin\"]".into())
+        }
     };
     let num = |s: &str| {
         s.parse::<u64>()
@@ -432,7 +469,7 @@ fn warm_chunk(server: &Server, args: &[String]) -> Result<(u64, u64), String> {
     };
     server
         .cache
-        .warm(&state, f.as_raw_fd(), &st, offset, len)
+        .warm(&state, f.as_raw_fd(), &st, offset, len, pin)
         .map_err(|e| format!("'{rel}': {e}"))
 }
 
@@ -518,7 +555,7 @@ pub fn request_args(
     let path = socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| connect_error(mountpoint, &path, e))?;
     let timeout = match cmd {
-        "gc" | "drop" | "warm" => None,
+        "gc" | "drop" | "warm" | "unpin" | "pin_sync" => None,
         _ => Some(Duration::from_secs(30)),
     };
     stream.set_read_timeout(timeout)?;
@@ -606,6 +643,8 @@ fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_jso
         put("failure", why.into());
     }
     put("sequential_cutoff", cache.sequential_cutoff().into());
+    put("pinned_bytes", cache.pinned_bytes().into());
+    put("pin_limit", cache.pin_limit().into());
     put("cache_file", cache.path().to_string_lossy().into());
     let w = &cache.windows;
     put(

@@ -102,6 +102,7 @@ pub fn validate(req: &mut MountRequest) -> Result<(), MountError> {
             ("discard", o.discard.is_some()),
             ("reformat", o.reformat),
             ("metrics", o.metrics.is_some()),
+            ("pin_limit", o.pin_limit.is_some()),
         ];
         if let Some((name, _)) = cache_only.iter().find(|(_, set)| *set) {
             return Err(MountError::usage(format!(
@@ -465,6 +466,7 @@ fn open_cache(req: &MountRequest) -> Result<Option<std::sync::Arc<CacheSet>>, St
     cfg.sequential_cutoff = o.sequential_cutoff;
     cfg.readahead = o.readahead;
     cfg.reformat = o.reformat;
+    cfg.pin_limit = o.pin_limit;
     cfg.revalidate = o.attr_timeout;
     CacheSet::open(&cfg, &backing_identity(&req.backing))
         .map(|c| Some(std::sync::Arc::new(c)))

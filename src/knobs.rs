@@ -229,6 +229,18 @@ pub const KNOBS: &[Knob] = &[
         base: Origin::CacheFile,
     },
     Knob {
+        name: "pin_limit",
+        help: "most bytes warm --pin may pin (what is pinned stays pinned when lowered)",
+        persistent: false,
+        parse: bytes,
+        get: |t| Value::Bytes(t.cache.pin_limit()),
+        set: |t, v| {
+            t.cache.set_pin_limit(want_bytes(v)?);
+            Ok(())
+        },
+        base: Origin::Default,
+    },
+    Knob {
         name: "attr_timeout",
         help: "seconds the kernel may trust attributes (replies from now on); also how \
                often reads re-check an open file against the backing",

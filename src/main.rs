@@ -92,9 +92,18 @@ enum Cmd {
         /// Parallel requests.
         #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
         jobs: usize,
+        /// Pin the data against eviction (bounded by the mount's pin_limit; kept across
+        /// remounts; `unpin` releases it).
+        #[arg(long)]
+        pin: bool,
         /// Print the summary as JSON (no progress bar).
         #[arg(long)]
         json: bool,
+    },
+    /// Release the pins `warm --pin` set on files or trees inside a mount.
+    Unpin {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
     /// Check a cache file that is not mounted: superblock, journal, gens and index
     /// checkpoints, every key against the design's invariants, every block's crc32c.
@@ -314,7 +323,7 @@ fn control(cmd: Cmd) -> ExitCode {
     }
 }
 
-fn warm(paths: &[PathBuf], jobs: usize, json: bool) -> ExitCode {
+fn warm(paths: &[PathBuf], jobs: usize, pin: bool, json: bool) -> ExitCode {
     let bar = if json {
         indicatif::ProgressBar::hidden()
     } else {
@@ -327,7 +336,7 @@ fn warm(paths: &[PathBuf], jobs: usize, json: bool) -> ExitCode {
         );
         bar
     };
-    let result = bcachefs_lite::warm::warm(paths, jobs.clamp(1, 64), &bar);
+    let result = bcachefs_lite::warm::warm(paths, jobs.clamp(1, 64), pin, &bar);
     bar.finish_and_clear();
     match result {
         Ok(s) => {
@@ -452,7 +461,24 @@ fn main() -> ExitCode {
         Cmd::Mount(args) => return mount(args),
         Cmd::Format { cache_file, args } => cli_cache::format(&cache_file, &args),
         Cmd::ShowSuper { cache_file, json } => cli_cache::show_super(&cache_file, json),
-        Cmd::Warm { paths, jobs, json } => return warm(&paths, jobs, json),
+        Cmd::Warm {
+            paths,
+            jobs,
+            pin,
+            json,
+        } => return warm(&paths, jobs, pin, json),
+        Cmd::Unpin { paths } => {
+            return match bcachefs_lite::warm::unpin(&paths) {
+                Ok(n) => {
+                    println!("unpinned {n} buckets");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bcachefs-lite unpin: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Fsck {
             cache_file,
             repair,

@@ -39,6 +39,8 @@ pub struct MountOptions {
     /// `discard` / `nodiscard`; None keeps what the cache file says.
     pub discard: Option<bool>,
     pub reformat: bool,
+    /// `pin_limit=SIZE`: most bytes `warm --pin` may pin (default: a quarter of the cache).
+    pub pin_limit: Option<u64>,
     /// `metrics=ADDR`: serve Prometheus metrics over HTTP on this address.
     pub metrics: Option<std::net::SocketAddr>,
     /// Names of the options the `-o` list set (`nodiscard` counts as `discard`), so
@@ -67,6 +69,7 @@ impl Default for MountOptions {
             discard: None,
             reformat: false,
             metrics: None,
+            pin_limit: None,
             given: Default::default(),
         }
     }
@@ -137,6 +140,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "nodiscard",
     "reformat",
     "metrics",
+    "pin_limit",
     "rw",
     "defaults",
     "auto",
@@ -209,6 +213,7 @@ impl MountOptions {
             "discard" => self.discard = Some(flag(value)?),
             "nodiscard" => self.discard = Some(!flag(value)?),
             "reformat" => self.reformat = flag(value)?,
+            "pin_limit" => self.pin_limit = Some(parse_bytes(name, value)?),
             "metrics" => {
                 let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
                 self.metrics =

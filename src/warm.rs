@@ -1,6 +1,6 @@
-//! `bcachefs-lite warm PATH... [--jobs N]`: reads trees or files into the cache before they
-//! are needed (JuiceFS's `warmup`), with a progress bar (files, bytes, rate, ETA) and a
-//! summary.
+//! `bcachefs-lite warm PATH... [--pin] [--jobs N]`: reads trees or files into the cache before
+//! they are needed (JuiceFS's `warmup`), with a progress bar (files, bytes, rate, ETA) and a
+//! summary; `--pin` pins them against eviction. `unpin PATH...` releases them.
 //!
 //! # Model
 //!
@@ -108,9 +108,12 @@ fn plan(paths: &[PathBuf]) -> Result<(VecDeque<Work>, u64, u64), String> {
 }
 
 /// Warms `paths` with `jobs` workers; `bar` is told files done and bytes done.
+/// With `pin`, the warmed data is pinned against eviction (bounded by the mount's
+/// `pin_limit`) and the pins are made durable at the end (`pin_sync`).
 pub fn warm(
     paths: &[PathBuf],
     jobs: usize,
+    pin: bool,
     bar: &indicatif::ProgressBar,
 ) -> Result<Summary, String> {
     let started = Instant::now();
@@ -130,7 +133,10 @@ pub fn warm(
                 let Some(w) = queue.lock().pop_front() else {
                     return;
                 };
-                let args = vec![w.rel.clone(), w.offset.to_string(), w.len.to_string()];
+                let mut args = vec![w.rel.clone(), w.offset.to_string(), w.len.to_string()];
+                if pin {
+                    args.push("pin".into());
+                }
                 match crate::control::request_args(&w.mountpoint, "warm", args) {
                     Ok(r) => {
                         hit.fetch_add(r["hit_bytes"].as_u64().unwrap_or(0), Ordering::Relaxed);
@@ -156,12 +162,44 @@ pub fn warm(
         }
     });
     bar.set_position(done_bytes.load(Ordering::Relaxed));
+    let mut errors = errors.into_inner();
+    if pin {
+        let mounts: std::collections::BTreeSet<PathBuf> = paths
+            .iter()
+            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .filter_map(|p| mount_of(&p))
+            .collect();
+        for m in mounts {
+            if let Err(e) = crate::control::request_args(&m, "pin_sync", Vec::new()) {
+                errors.push(format!("{}: {e}", m.display()));
+            }
+        }
+    }
     Ok(Summary {
         files,
         bytes,
         hit_bytes: hit.into_inner(),
         read_bytes: read.into_inner(),
-        errors: errors.into_inner(),
+        errors,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// `unpin PATH...`: releases the pins of the files under each path. Returns buckets unpinned.
+pub fn unpin(paths: &[PathBuf]) -> Result<u64, String> {
+    let mut total = 0;
+    for p in paths {
+        let canon = std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let mnt = mount_of(&canon)
+            .ok_or_else(|| format!("{}: not inside a bcachefs-lite mount", p.display()))?;
+        let rel = canon
+            .strip_prefix(&mnt)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let rel = if rel.is_empty() { ".".to_string() } else { rel };
+        let r =
+            crate::control::request_args(&mnt, "unpin", vec![rel]).map_err(|e| e.to_string())?;
+        total += r["buckets"].as_u64().unwrap_or(0);
+    }
+    Ok(total)
 }

@@ -135,3 +135,134 @@ fn paths_outside_a_mount_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not inside a bcachefs-lite mount"), "{err}");
 }
+
+fn cat_all(m: &Mount, names: &[String]) {
+    for n in names {
+        let out = Command::new("cat").arg(m.m(n)).output().unwrap();
+        assert!(out.status.success());
+    }
+}
+
+fn missed_reading(m: &Mount, names: &[&str]) -> u64 {
+    drop_caches();
+    let before = stat(&m.mnt, "bytes_missed");
+    for n in names {
+        fs::read(m.m(n)).unwrap();
+    }
+    stat(&m.mnt, "bytes_missed") - before
+}
+
+#[test]
+fn a_pinned_tree_survives_cache_filling_scans_and_remounts_until_unpinned() {
+    require_fuse!();
+    let (dir, backing, cache) = common::backing_and_cache("bcl-pin");
+    for d in ["pinned", "plain", "scan"] {
+        fs::create_dir(backing.join(d)).unwrap();
+    }
+    for i in 0..2 {
+        fs::write(backing.join(format!("pinned/{i}")), pattern(1 << 20, i)).unwrap();
+        fs::write(backing.join(format!("plain/{i}")), pattern(1 << 20, 10 + i)).unwrap();
+    }
+    let scan: Vec<String> = (0..24).map(|i| format!("scan/{i}")).collect();
+    for (i, n) in scan.iter().enumerate() {
+        fs::write(backing.join(n), pattern(2 << 20, 100 + i as u64)).unwrap();
+    }
+    // 16 MiB cache, 48 MiB scanned: everything unpinned is evicted. FIFO, because LRU's
+    // prio order alone would spare the pinned buckets (their prio is the highest) and the
+    // test would not see the pin's own protection.
+    let opts = format!(
+        "cache={},cache_size=16M,sequential_cutoff=0,pin_limit=4M,replacement=fifo",
+        cache.display()
+    );
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    common::stats(&m.mnt);
+    let s = {
+        let out = Command::new(BIN)
+            .args(["warm", "--pin", "--json"])
+            .arg(m.m("pinned"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(s["read_bytes"], 2 << 20);
+    warm_json(&[&m.m("plain")]);
+    let pinned = stat(&m.mnt, "pinned_bytes");
+    assert!(pinned >= 2 << 20, "pinned_bytes {pinned}");
+    // the pins are durable at once (warm --pin ends with a gens checkpoint)
+    let (status, dir) = m.unmount_keep();
+    assert!(status.success());
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    assert_eq!(stat(&m.mnt, "pinned_bytes"), pinned, "pins lost at remount");
+    cat_all(&m, &scan);
+    assert!(
+        stat(&m.mnt, "buckets_invalidated") > 128,
+        "the scan did not cycle the cache"
+    );
+    let pinned_names = ["pinned/0", "pinned/1"];
+    assert_eq!(
+        missed_reading(&m, &["plain/0", "plain/1"]),
+        2 << 20,
+        "scan evicted nothing"
+    );
+    assert_eq!(
+        missed_reading(&m, &pinned_names),
+        0,
+        "the pinned tree was evicted"
+    );
+    // across a remount (the gens checkpoint keeps the pins), and another scan
+    let (status, dir) = m.unmount_keep();
+    assert!(status.success());
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    assert_eq!(stat(&m.mnt, "pinned_bytes"), pinned, "pins lost at remount");
+    cat_all(&m, &scan);
+    assert_eq!(
+        missed_reading(&m, &pinned_names),
+        0,
+        "evicted after the remount"
+    );
+    for (i, n) in pinned_names.iter().enumerate() {
+        assert!(fs::read(m.m(n)).unwrap() == pattern(1 << 20, i as u64));
+    }
+    // unpinned, it goes like any other data
+    let out = Command::new(BIN)
+        .arg("unpin")
+        .arg(m.m("pinned"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stat(&m.mnt, "pinned_bytes"), 0);
+    cat_all(&m, &scan);
+    assert_eq!(
+        missed_reading(&m, &pinned_names),
+        2 << 20,
+        "unpin kept it pinned"
+    );
+}
+
+#[test]
+fn pinning_past_pin_limit_is_refused_clearly() {
+    require_fuse!();
+    let (dir, backing, cache) = common::backing_and_cache("bcl-pin");
+    fs::write(backing.join("big"), pattern(4 << 20, 1)).unwrap();
+    let opts = format!("cache={},cache_size=64M,pin_limit=1M", cache.display());
+    let m = Mount::over(dir, backing, &opts, &[]);
+    common::stats(&m.mnt);
+    let out = Command::new(BIN)
+        .args(["warm", "--pin"])
+        .arg(m.m("big"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pin_limit reached"), "{err}");
+    assert!(stat(&m.mnt, "pinned_bytes") <= 1 << 20);
+}

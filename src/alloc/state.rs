@@ -13,6 +13,10 @@ use crate::device::format::{gens_buckets, Replacement, Superblock};
 pub const INITIAL_PRIO: u16 = 32768;
 /// Prio of metadata buckets (bcache `BTREE_PRIO`); never rescaled.
 pub const BTREE_PRIO: u16 = u16::MAX;
+/// Prio of a data bucket pinned by `bcachefs-lite warm --pin`: never rescaled, never reset by a
+/// hit, never invalidated while it holds data (an emptied one may be). Kept across remounts by
+/// the gens checkpoint, which records every prio.
+pub const PINNED_PRIO: u16 = u16::MAX - 1;
 /// A bucket's gen may run at most this far ahead of the oldest gen a key still points at
 /// (bcache `BUCKET_GC_GEN_MAX`).
 pub const BUCKET_GC_GEN_MAX: u8 = 96;
@@ -206,6 +210,7 @@ impl AllocState {
         k.loc == Loc::Idle
             && k.pins == 0
             && matches!(k.mark, Mark::Free | Mark::Data)
+            && (k.prio != PINNED_PRIO || k.sectors == 0)
             && k.gen.wrapping_sub(k.last_gc) < BUCKET_GC_GEN_MAX
     }
 
@@ -388,7 +393,7 @@ impl AllocState {
         }
         self.rescale_left = self.rescale_every;
         for k in &mut self.buckets {
-            if k.prio != 0 && k.prio != BTREE_PRIO && k.mark != Mark::Metadata {
+            if k.prio != 0 && k.prio < PINNED_PRIO && k.mark != Mark::Metadata {
                 k.prio -= 1;
             }
         }
@@ -400,7 +405,7 @@ impl AllocState {
         self.min_prio = self
             .buckets
             .iter()
-            .filter(|k| matches!(k.mark, Mark::Data | Mark::Dirty))
+            .filter(|k| matches!(k.mark, Mark::Data | Mark::Dirty) && k.prio < PINNED_PRIO)
             .map(|k| k.prio)
             .min()
             .unwrap_or(0);

@@ -112,6 +112,8 @@ pub struct CacheConfig {
     pub readahead: u64,
     /// Reformat a cache file that serves another backing tree (or is unreadable).
     pub reformat: bool,
+    /// Most bytes `warm --pin` may pin (None: a quarter of the cache file).
+    pub pin_limit: Option<u64>,
     /// How often the read path re-checks an open file against the backing (the attribute
     /// timeout): a change made elsewhere is seen within this time, also by descriptors
     /// opened before it.
@@ -128,6 +130,7 @@ impl CacheConfig {
             sequential_cutoff: 4 << 20,
             readahead: 0,
             reformat: false,
+            pin_limit: None,
             revalidate: Duration::from_secs(1),
         }
     }
@@ -251,6 +254,8 @@ pub struct CacheSet {
     readahead: AtomicU64,
     /// Changeable at run time ([`CacheSet::set_revalidate_interval`]).
     revalidate_ns: AtomicU64,
+    /// Most bytes pinned (`warm --pin`); changeable at run time.
+    pin_limit: AtomicU64,
     epoch: Instant,
     pub counters: Arc<Counters>,
     pub windows: Arc<Windows>,
@@ -311,6 +316,9 @@ impl CacheSet {
         // First GC: marks every bucket from the index; allocation starts after it.
         gc::run(&alloc, &index, &journal, &counters);
         journal.checkpoint_now()?;
+        let pin_limit = cfg
+            .pin_limit
+            .unwrap_or_else(|| alloc.superblock().file_size().unwrap_or(0) / 4);
         let set = CacheSet {
             block: u64::from(alloc.superblock().block_size),
             alloc,
@@ -319,6 +327,7 @@ impl CacheSet {
             journal,
             files: Arc::new(DashMap::new()),
             seq: SequentialCutoff::new(cfg.sequential_cutoff),
+            pin_limit: AtomicU64::new(pin_limit),
             readahead: AtomicU64::new(cfg.readahead.min(MAX_READAHEAD)),
             revalidate_ns: AtomicU64::new(
                 cfg.revalidate.as_nanos().min(u128::from(u64::MAX)) as u64
@@ -947,6 +956,10 @@ impl CacheSet {
     /// sequential cutoff never bypasses; misses are filled before this returns. Cached
     /// pieces are hits, never read from the backing. Returns (bytes hit, bytes read from the
     /// backing).
+    ///
+    /// With `pin`, the buckets holding the range are pinned against eviction afterwards
+    /// ([`Allocator::pin_bucket`], bounded by [`CacheSet::pin_limit`]); a later
+    /// [`CacheSet::sync_pins`] makes the pins durable.
     pub fn warm(
         &self,
         file: &FileState,
@@ -954,7 +967,8 @@ impl CacheSet {
         st: &libc::stat,
         offset: u64,
         len: u64,
-    ) -> io::Result<(u64, u64)> {
+        pin: bool,
+    ) -> Result<(u64, u64)> {
         self.check_validator(file, st);
         let end = offset.saturating_add(len).min(st.st_size as u64);
         let (mut hit, mut read) = (0u64, 0u64);
@@ -972,9 +986,14 @@ impl CacheSet {
                         .saturating_sub(e.offset.max(at))
                 })
                 .sum();
-            let r = self.read(file, fd, at, size, seq::WARM_PID)?;
+            let r = self
+                .read(file, fd, at, size, seq::WARM_PID)
+                .map_err(|e| Error::io("read the backing", e))?;
             if let Some(fill) = r.fill {
                 self.fill(file, fill);
+            }
+            if pin {
+                self.pin_range(file.id, at, u64::from(size))?;
             }
             if r.data.is_empty() {
                 break;
@@ -985,6 +1004,46 @@ impl CacheSet {
             at += n;
         }
         Ok((hit, read))
+    }
+
+    /// Most bytes that may be pinned.
+    pub fn pin_limit(&self) -> u64 {
+        self.pin_limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the pin limit; what is pinned already stays pinned.
+    pub fn set_pin_limit(&self, bytes: u64) {
+        self.pin_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes in pinned buckets.
+    pub fn pinned_bytes(&self) -> u64 {
+        self.alloc.pinned_buckets() as u64 * u64::from(self.alloc.superblock().bucket_size)
+    }
+
+    fn pin_range(&self, file: FileId, offset: u64, len: u64) -> Result<()> {
+        let limit = (self.pin_limit() / u64::from(self.alloc.superblock().bucket_size)) as usize;
+        for e in self.index.lookup(file, offset, len) {
+            self.alloc.pin_bucket(e.ptr.bucket, e.ptr.gen, limit)?;
+        }
+        Ok(())
+    }
+
+    /// Unpins the buckets that hold `file`'s data (`bcachefs-lite unpin`). Returns how many
+    /// were pinned.
+    pub fn unpin_file(&self, file: &FileState) -> usize {
+        let mut n = 0;
+        for e in self.index.extents(file.id) {
+            if self.alloc.unpin_bucket(e.ptr.bucket).unwrap_or(false) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Makes pins durable: a gens checkpoint now (it records every bucket's prio).
+    pub fn sync_pins(&self) -> Result<()> {
+        self.alloc.write_gens_checkpoint_now()
     }
 
     // ---- `bcachefs-lite drop` ----
