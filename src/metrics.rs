@@ -273,6 +273,18 @@ pub const METRICS: &[Metric] = &[
         "Sequential cutoff in force (0: off)",
     ),
     m(
+        "pinned_bytes",
+        "bcachefs_lite_pinned_bytes",
+        Gauge,
+        "Bytes in buckets pinned by warm --pin",
+    ),
+    m(
+        "pin_limit",
+        "bcachefs_lite_pin_limit_bytes",
+        Gauge,
+        "Most bytes warm --pin may pin",
+    ),
+    m(
         "inodes_known",
         "bcachefs_lite_inodes_known",
         Gauge,

@@ -265,4 +265,23 @@ fn pinning_past_pin_limit_is_refused_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pin_limit reached"), "{err}");
     assert!(stat(&m.mnt, "pinned_bytes") <= 1 << 20);
+    // raised live, the same warm pins it all
+    let out = Command::new(BIN)
+        .arg("set")
+        .arg(&m.mnt)
+        .arg("pin_limit=8M")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = Command::new(BIN)
+        .args(["warm", "--pin"])
+        .arg(m.m("big"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stat(&m.mnt, "pinned_bytes") >= 4 << 20);
 }
