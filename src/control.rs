@@ -8,8 +8,10 @@
 //! Protocol (version 2, docs/ADMIN.md "Control protocol"): newline-delimited JSON. The
 //! client sends one request line, `{"v":2,"cmd":"stats"}`, `{"v":2,"cmd":"gc"}`,
 //! `{"v":2,"cmd":"get","args":["readahead"]}`, `{"v":2,"cmd":"set","args":["readahead=1M"]}`
-//! `{"v":2,"cmd":"drop","args":["src"]}` or `{"v":2,"cmd":"warm","args":["src/a",
-//! "0","8388608"]}`; the server answers one line,
+//! `{"v":2,"cmd":"drop","args":["src"]}`, `{"v":2,"cmd":"warm","args":["src/a",
+//! "0","8388608"]}` or `{"v":2,"cmd":"set_cache_mode","mode":"writearound"}` (reply
+//! `previous`: the mode it replaced; `set cache_mode=` does the same); the server answers
+//! one line,
 //! `{"v":2,"ok":true,"daemon_version":"...",...}` with the command's fields, or
 //! `{"v":2,"ok":false,"error":"..."}`, then closes the connection. A request of another
 //! version is refused with an error reply naming the version served, and the client refuses
@@ -187,6 +189,9 @@ pub struct Request {
     /// relative to the mount point for `drop`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// The mode of `set_cache_mode` (`writethrough`, `writearound`, `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 impl Request {
@@ -199,6 +204,7 @@ impl Request {
             v: PROTOCOL_VERSION,
             cmd: cmd.to_string(),
             args,
+            mode: None,
         }
     }
 }
@@ -304,6 +310,21 @@ pub fn handle(line: &str, server: &Server) -> serde_json::Value {
             }
             Err(e) => return reply_err(e),
         },
+        "set_cache_mode" => {
+            let Some(name) = req.mode.as_deref() else {
+                return reply_err("set_cache_mode needs \"mode\"".into());
+            };
+            let mode = match name.parse() {
+                Ok(m) => m,
+                Err(e) => return reply_err(e),
+            };
+            match cache.set_cache_mode(mode) {
+                Ok(old) => {
+                    m.insert("previous".into(), old.name().into());
+                }
+                Err(e) => return reply_err(e.to_string()),
+            }
+        }
         other => return reply_err(format!("unknown command '{other}'")),
     };
     reply_ok(m)
@@ -552,22 +573,27 @@ pub fn request_args(
     cmd: &str,
     args: Vec<String>,
 ) -> io::Result<serde_json::Value> {
+    send(mountpoint, &Request::with_args(cmd, args))
+}
+
+/// Sends `req` to the daemon serving `mountpoint` and returns its reply (an error reply, or
+/// one of another protocol version, becomes an error).
+pub fn send(mountpoint: &Path, req: &Request) -> io::Result<serde_json::Value> {
     let path = socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| connect_error(mountpoint, &path, e))?;
-    let timeout = match cmd {
+    let timeout = match req.cmd.as_str() {
         "gc" | "drop" | "warm" | "unpin" | "pin_sync" => None,
         _ => Some(Duration::from_secs(30)),
     };
     stream.set_read_timeout(timeout)?;
-    let mut line =
-        serde_json::to_string(&Request::with_args(cmd, args)).map_err(io::Error::other)?;
+    let mut line = serde_json::to_string(req).map_err(io::Error::other)?;
     line.push('\n');
     stream.write_all(line.as_bytes())?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply)?;
     let v: serde_json::Value = serde_json::from_str(reply.trim())
         .map_err(|e| io::Error::other(format!("bad reply from the daemon: {e}")))?;
-    check_reply(cmd, v)
+    check_reply(&req.cmd, v)
 }
 
 /// Every figure `stats` shows, in order, as (name, value).
@@ -603,6 +629,11 @@ fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_jso
     put("bytes_hit", get(&c.bytes_hit).into());
     put("bytes_missed", get(&c.bytes_missed).into());
     put("bytes_filled", get(&c.bytes_filled).into());
+    // admission (issue 12)
+    put(
+        "probation_bytes_filled",
+        get(&c.probation_bytes_filled).into(),
+    );
     put("fills_skipped", get(&c.fills_skipped).into());
     put("invalidations", get(&c.invalidations).into());
     let a = cache.alloc().stats();
@@ -618,6 +649,10 @@ fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_jso
     put("buckets_invalidated", a.invalidated.into());
     put("gens_checkpoints", a.checkpoints.into());
     put("discards", a.discards.into());
+    put("probation_buckets", a.probation_buckets.into());
+    put("probation_promotions", a.promotions.into());
+    put("evicted_never_hit", a.evicted_never_hit.into());
+    put("evicted_probation", a.evicted_probation.into());
     put("journal_entries", get(&c.journal_entries).into());
     put("index_checkpoints", get(&c.index_checkpoints).into());
     put("gc_runs", get(&c.gc_runs).into());
@@ -642,9 +677,11 @@ fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_jso
     if let Some(why) = cache.failure() {
         put("failure", why.into());
     }
+    put("cache_mode", cache.cache_mode().name().into());
     put("sequential_cutoff", cache.sequential_cutoff().into());
     put("pinned_bytes", cache.pinned_bytes().into());
     put("pin_limit", cache.pin_limit().into());
+    put("probation_after", cache.probation_after().into());
     put("cache_file", cache.path().to_string_lossy().into());
     let w = &cache.windows;
     put(

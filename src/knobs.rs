@@ -35,7 +35,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::cache::{CacheSet, MAX_READAHEAD};
-use crate::device::format::Replacement;
+use crate::device::format::{CacheMode, Replacement};
 use crate::fs::Ttls;
 use crate::options::{parse_seconds, parse_size};
 
@@ -72,6 +72,7 @@ pub enum Value {
     Seconds(Duration),
     Bool(bool),
     Replacement(Replacement),
+    CacheMode(CacheMode),
 }
 
 impl Value {
@@ -82,6 +83,7 @@ impl Value {
             Value::Seconds(d) => d.as_secs_f64().into(),
             Value::Bool(b) => (*b).into(),
             Value::Replacement(r) => r.name().into(),
+            Value::CacheMode(m) => m.name().into(),
         }
     }
 }
@@ -102,6 +104,7 @@ impl fmt::Display for Value {
             Value::Seconds(d) => write!(f, "{}", d.as_secs_f64()),
             Value::Bool(b) => write!(f, "{}", if *b { "on" } else { "off" }),
             Value::Replacement(r) => write!(f, "{}", r.name()),
+            Value::CacheMode(m) => write!(f, "{}", m.name()),
         }
     }
 }
@@ -155,6 +158,12 @@ fn replacement(v: &str) -> Result<Value, String> {
         .map_err(|_| format!("{v:?}: must be lru, fifo or random"))
 }
 
+fn cache_mode(v: &str) -> Result<Value, String> {
+    v.parse::<CacheMode>()
+        .map(Value::CacheMode)
+        .map_err(|e| format!("{v:?}: {e}"))
+}
+
 fn want_bytes(v: &Value) -> Result<u64, String> {
     match v {
         Value::Bytes(b) => Ok(*b),
@@ -183,6 +192,34 @@ pub const KNOBS: &[Knob] = &[
             Ok(())
         },
         base: Origin::Default,
+    },
+    Knob {
+        name: "probation_after",
+        help: "a process streaming more than this is cached on probation, evicted first (0: off)",
+        persistent: false,
+        parse: bytes,
+        get: |t| Value::Bytes(t.cache.probation_after()),
+        set: |t, v| {
+            t.cache.set_probation_after(want_bytes(v)?);
+            Ok(())
+        },
+        base: Origin::Default,
+    },
+    Knob {
+        name: "cache_mode",
+        help: "how writes use the cache: writethrough, writearound or none (writeback: not built)",
+        persistent: false,
+        parse: cache_mode,
+        get: |t| Value::CacheMode(t.cache.cache_mode()),
+        set: |t, v| match v {
+            Value::CacheMode(m) => t
+                .cache
+                .set_cache_mode(*m)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            other => Err(format!("expected a cache mode, got {other}")),
+        },
+        base: Origin::CacheFile,
     },
     Knob {
         name: "readahead",

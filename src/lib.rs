@@ -32,6 +32,9 @@ pub mod device;
 pub mod error;
 pub mod fs;
 pub mod fsck;
+/// Decoder harnesses for the fuzz targets and tests/decoders.rs; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod journal;
 pub mod key;

@@ -273,6 +273,42 @@ pub const METRICS: &[Metric] = &[
         "Sequential cutoff in force (0: off)",
     ),
     m(
+        "probation_bytes_filled",
+        "bcachefs_lite_probation_filled_bytes_total",
+        Counter,
+        "Bytes filled on probation (streams past probation_after)",
+    ),
+    m(
+        "probation_buckets",
+        "bcachefs_lite_probation_buckets_opened_total",
+        Counter,
+        "Buckets opened at probation prio (streaming fills)",
+    ),
+    m(
+        "probation_promotions",
+        "bcachefs_lite_probation_promotions_total",
+        Counter,
+        "Probation buckets promoted by a hit",
+    ),
+    m(
+        "evicted_never_hit",
+        "bcachefs_lite_evicted_never_hit_total",
+        Counter,
+        "Buckets evicted without a hit since they were filled",
+    ),
+    m(
+        "evicted_probation",
+        "bcachefs_lite_evicted_probation_total",
+        Counter,
+        "Buckets evicted while on probation",
+    ),
+    m(
+        "probation_after",
+        "bcachefs_lite_probation_after_bytes",
+        Gauge,
+        "probation_after in force (0: off)",
+    ),
+    m(
         "pinned_bytes",
         "bcachefs_lite_pinned_bytes",
         Gauge,

@@ -39,7 +39,8 @@
 //! Knobs (environment):
 //! - `BCL_FSX_OPS` ops per configuration (default 2000),
 //! - `BCL_FSX_SEED` base seed (default fixed; each configuration derives its own from it),
-//! - `BCL_FSX_CONFIG` run only this configuration (nocache, lru, fifo, random, tiny, seq0),
+//! - `BCL_FSX_CONFIG` run only this configuration (nocache, lru, fifo, random, tiny, seq0,
+//!   writearound, none),
 //! - `BCL_FSX_EXTERNAL=0` no outside changes, `BCL_FSX_MMAP=0` no mmap,
 //! - `BCL_FSX_SKIP=op,op` leave out operations by name (see [`OPS`], the outside change
 //!   kinds `ext_same`, `ext_grow`, `ext_shrink`, `ext_rename`, `ext_touch`, and the
@@ -132,6 +133,16 @@ const CONFIGS: &[Config] = &[
     Config {
         name: "seq0",
         options: "cache=CACHE,cache_size=64M,sequential_cutoff=0",
+    },
+    // cache modes (issue 13): writes to the backing only, reads still cached
+    Config {
+        name: "writearound",
+        options: "cache=CACHE,cache_size=8M,cache_mode=writearound,sequential_cutoff=0",
+    },
+    // a cache file named but not opened: plain passthrough
+    Config {
+        name: "none",
+        options: "cache=CACHE,cache_size=64M,cache_mode=none",
     },
 ];
 
@@ -1854,4 +1865,16 @@ fn fsx_tiny_cache_reuses_buckets() {
 fn fsx_cache_without_sequential_cutoff() {
     require_fuse!();
     run_config("seq0");
+}
+
+#[test]
+fn fsx_cache_mode_writearound() {
+    require_fuse!();
+    run_config("writearound");
+}
+
+#[test]
+fn fsx_cache_mode_none() {
+    require_fuse!();
+    run_config("none");
 }

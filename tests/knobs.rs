@@ -84,7 +84,11 @@ fn get_shows_every_knob_and_where_it_came_from() {
     );
     assert_eq!(
         g["sequential_cutoff"],
-        (serde_json::json!(4 << 20), "default".into())
+        (serde_json::json!(0), "default".into())
+    );
+    assert_eq!(
+        g["cache_mode"],
+        (serde_json::json!("writethrough"), "cache file".into())
     );
     assert_eq!(
         g["replacement"],
@@ -304,4 +308,40 @@ fn the_man_page_and_admin_guide_document_every_knob() {
             k.name
         );
     }
+}
+
+#[test]
+fn cache_mode_set_live_changes_what_writes_fill() {
+    require_fuse!();
+    let (dir, backing, cache) = common::backing_and_cache("bcl-knobs");
+    let m = mount_cached(dir, &backing, &cache, "");
+    let filled = |m: &Mount| stat(&m.mnt, "bytes_filled");
+    let write = |name: &str| {
+        fs::write(m.m(name), pattern(1 << 20, 3)).unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // fills run after the reply
+    };
+    let before = filled(&m);
+    write("wt");
+    assert!(
+        filled(&m) >= before + (1 << 20),
+        "writethrough did not fill"
+    );
+    set_ok(&m.mnt, &["cache_mode=writearound"]);
+    assert_eq!(
+        get(&m.mnt)["cache_mode"],
+        (serde_json::json!("writearound"), "set".into())
+    );
+    let before = filled(&m);
+    write("wa");
+    assert_eq!(filled(&m), before, "writearound set live still filled");
+    // writeback is not built: refused, nothing changed
+    let (code, _, err) = set(&m.mnt, &["readahead=1M", "cache_mode=writeback"]);
+    assert_eq!(code, 1, "{err}");
+    let g = get(&m.mnt);
+    assert_eq!(g["cache_mode"].0, serde_json::json!("writearound"));
+    assert_eq!(
+        g["readahead"].0,
+        serde_json::json!(0),
+        "half a refused set was applied"
+    );
 }
