@@ -6,6 +6,8 @@
 #   make fsx     long differential random-op runs of tests/fsx.rs (BCL_FSX_OPS per config, BCL_FSX_SEEDS)
 #   make fuzz    cargo-fuzz on every decoder, FUZZ_SECONDS (60) each (nightly; installs cargo-fuzz)
 #   make torture long crash / corruption runs (BCL_TORTURE_ROUNDS, default 100)
+#   make soak    fio with verify through a mount (cache 1/8 of the working set) with outside
+#                rewrites, for SOAK_SECONDS (120); prints daemon RSS / descriptors over time
 #   make lint    rustfmt check and clippy with -D warnings
 #   make bench   benchmarks against backing/ssd/bindfs/rclone (bench-quick: 2-3 min; see bench/README.md)
 #   make sim     the trace simulator (bench/sim.rs): every replacement policy and the default
@@ -38,7 +40,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BINARY     ?=
 DEBDIR     ?= $(TARGET_DIR)/debian
 
-.PHONY: all build release demo test test-only fsx fuzz torture lint deps fmt clean \
+.PHONY: all build release demo test test-only fsx fuzz torture soak lint deps fmt clean \
 	install uninstall bin deb deb-deps bench bench-quick bench-scale sim pjdfstest pjdfstest-install
 
 all: build
@@ -50,7 +52,7 @@ release:
 	$(CARGO) build --release
 
 # Debian packages the tests and the demo use; installed only when missing.
-DEB_DEPS = fuse3 git tar util-linux coreutils procps attr man-db curl tmux python3 python3-prometheus-client
+DEB_DEPS = fuse3 git tar util-linux coreutils procps attr man-db fio curl tmux python3 python3-prometheus-client
 
 deps:
 	@missing=""; for p in $(DEB_DEPS); do \
@@ -127,6 +129,12 @@ torture: deps
 	BCL_TORTURE_ROUNDS=$(BCL_TORTURE_ROUNDS) BCL_CORRUPT_ROUNDS=$(BCL_TORTURE_ROUNDS) \
 	BCL_DECODER_CASES=$$(( $(BCL_TORTURE_ROUNDS) * 100 )) \
 	    $(CARGO) test --test torture --test corruption --test decoders -- --nocapture
+
+# The soak (tests/soak.rs) for longer; make test runs it for 15 s.
+SOAK_SECONDS ?= 120
+
+soak: deps
+	BCL_SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --test soak -- --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check

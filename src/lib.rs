@@ -22,10 +22,14 @@
 //! - `poison`    – the cache set's one failure signal.
 //! - `warm`      – `bcachefs-lite warm`: reads trees into the cache through the control socket.
 //! - `sys`       – raw syscalls below everything (fstat, pread/pwrite loops).
+//! - `backing_faults` – (tests only, feature `fault-injection`) a seam that fails chosen
+//!   backing calls with a chosen errno.
 //! - `key`       – vocabulary types below everything: file id, key position, bucket pointer.
 //! - `error`     – the core error type and its errno class.
 
 pub mod alloc;
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod backing_faults;
 pub mod cli_cache;
 pub mod daemon;
 pub mod device;

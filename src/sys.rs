@@ -1,9 +1,57 @@
 //! Raw syscalls that more than one layer needs, below everything (the request path in
 //! `cache/` and the FUSE adapter in `fs/` both use them). Each `unsafe` block says why it
 //! is sound. Nothing here locks; everything here may block on the filesystem it calls.
+//! In a `fault-injection` build `fstat_fd`, `pread_full`, `pwrite_full` and `append_full` ask
+//! the test seam (`crate::backing_faults`) first ([`FaultOp`] names the calls); its rules match
+//! descriptor paths, so tests name backing files (the cache file's I/O goes through
+//! `device::FileDevice` and has its own seam, `device::FaultyDevice`).
 
 use std::io;
 use std::os::fd::RawFd;
+
+/// A backing call the test seam (`backing_faults`, feature `fault-injection`) can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOp {
+    Read,
+    Write,
+    Fsync,
+    Open,
+    Getattr,
+    Lookup,
+    Readdir,
+}
+
+impl FaultOp {
+    /// The name a control-file line uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultOp::Read => "read",
+            FaultOp::Write => "write",
+            FaultOp::Fsync => "fsync",
+            FaultOp::Open => "open",
+            FaultOp::Getattr => "getattr",
+            FaultOp::Lookup => "lookup",
+            FaultOp::Readdir => "readdir",
+        }
+    }
+}
+
+#[cfg(any(test, feature = "fault-injection"))]
+pub use crate::backing_faults::{fault_fd, fault_name};
+
+/// The backing fault hook: compiled out without the `fault-injection` feature.
+#[cfg(not(any(test, feature = "fault-injection")))]
+#[inline(always)]
+pub fn fault_fd(_op: FaultOp, _fd: RawFd) -> io::Result<()> {
+    Ok(())
+}
+
+/// The backing fault hook for a name: compiled out without the `fault-injection` feature.
+#[cfg(not(any(test, feature = "fault-injection")))]
+#[inline(always)]
+pub fn fault_name(_op: FaultOp, _name: &std::ffi::CStr) -> io::Result<()> {
+    Ok(())
+}
 
 /// `-1` → the thread's errno.
 pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -26,6 +74,7 @@ pub fn cvt_size(ret: isize) -> io::Result<usize> {
 /// `fstatat(fd, "", AT_EMPTY_PATH)`: works on `O_PATH` descriptors and open files alike,
 /// needs no permission.
 pub fn fstat_fd(fd: RawFd) -> io::Result<libc::stat> {
+    fault_fd(FaultOp::Getattr, fd)?;
     // SAFETY: stat is plain old data; all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
@@ -63,6 +112,7 @@ fn io_loop(
 
 /// pread that fills as much of `buf` as the file has, retrying short reads.
 pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    fault_fd(FaultOp::Read, fd)?;
     let len = buf.len();
     io_loop(len, true, "read", |done| {
         let rest = &mut buf[done..];
@@ -74,6 +124,7 @@ pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 
 /// pwrite of all of `buf`, retrying short writes.
 pub fn pwrite_full(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
+    fault_fd(FaultOp::Write, fd)?;
     io_loop(buf.len(), false, "write", |done| {
         let rest = &buf[done..];
         let off = (offset + done as u64) as libc::off_t;
@@ -85,6 +136,7 @@ pub fn pwrite_full(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
 /// Appends all of `buf` at the file's end, atomically per call as `O_APPEND` would
 /// (`pwritev2` with `RWF_APPEND`), on a descriptor opened without `O_APPEND`.
 pub fn append_full(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    fault_fd(FaultOp::Write, fd)?;
     io_loop(buf.len(), false, "append", |done| {
         let rest = &buf[done..];
         let iov = libc::iovec {

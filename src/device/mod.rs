@@ -4,8 +4,10 @@
 //! and writes, `fdatasync`, and `punch_hole` (discard). [`FileDevice`] is the real file;
 //! `FaultyDevice` (in `faulty.rs`, built only for tests and with the `fault-injection` feature,
 //! never part of the library's public API otherwise) wraps any device and, after N mutating
-//! operations, fails, tears or silently drops writes, so tests can simulate I/O errors and
-//! power loss at every point.
+//! operations (or of one call site), fails with a chosen errno, tears or silently drops writes,
+//! and fails chosen reads; `PowerCutDevice` loses every write not yet fsync'd at a chosen sync
+//! point and tears the last one. Tests put either under a whole `CacheSet`
+//! (`CacheSet::open_device`) to simulate I/O errors and power loss at every point.
 //!
 //! Assumptions about the medium (what the crash ordering relies on): a write that returned is
 //! durable only after a later `fdatasync` returned Ok; a write may be torn at any byte when power
@@ -19,7 +21,7 @@
 mod faulty;
 pub mod format;
 #[cfg(any(test, feature = "fault-injection"))]
-pub use faulty::{FaultKind, FaultyDevice};
+pub use faulty::{FaultKind, FaultyDevice, PowerCutDevice, Site};
 
 use std::fs::File;
 use std::io;

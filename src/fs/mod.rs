@@ -119,6 +119,11 @@ impl DirStream {
 
     /// The next entry, or None at the end of the directory.
     fn next_entry(&mut self) -> io::Result<Option<DirEntry>> {
+        // the backing fault seam (a no-op without the `fault-injection` feature)
+        // SAFETY: as in `rewind`: a live stream, used by one thread.
+        crate::sys::fault_fd(crate::sys::FaultOp::Readdir, unsafe {
+            libc::dirfd(self.dir)
+        })?;
         // readdir returns NULL both at the end and on error; only errno tells them apart.
         // SAFETY: __errno_location returns this thread's errno, valid for the thread's life.
         unsafe { *libc::__errno_location() = 0 };

@@ -5,7 +5,9 @@
 //! Every backing inode is reached through an `O_PATH` descriptor; operations that
 //! cannot take an `O_PATH` descriptor directly go through its `/proc/self/fd/N`
 //! magic link, as libfuse's passthrough_hp does. Nothing here locks; everything
-//! here may block on the backing filesystem.
+//! here may block on the backing filesystem. Built with the `fault-injection` feature, `open`,
+//! `open_at`, `open_path_at`, `fsync` and `fdatasync` first ask the test seam
+//! (`crate::backing_faults`) whether to fail; otherwise the hook is an empty inline function.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -16,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo};
 
 pub use crate::sys::{cvt, cvt_size, pread_full, pwrite_full};
+use crate::sys::{fault_fd, fault_name, FaultOp};
 
 /// A name from the kernel as a C string; names never contain NUL, but if one did
 /// it would be EINVAL, not a panic.
@@ -30,6 +33,7 @@ pub fn proc_path(fd: RawFd) -> CString {
 
 /// Opens `name` in `dir` as an `O_PATH` handle, never following a final symlink.
 pub fn open_path_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
+    fault_name(FaultOp::Lookup, name)?;
     let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: `name` is a NUL-terminated string borrowed for the call.
     let fd = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags) })?;
@@ -38,6 +42,7 @@ pub fn open_path_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
 }
 
 pub fn open_at(dir: RawFd, name: &CString, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    fault_name(FaultOp::Open, name)?;
     // SAFETY: `name` is a NUL-terminated string borrowed for the call; `mode` is passed
     // as the variadic argument openat reads when `flags` create a file.
     let fd = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
@@ -57,6 +62,7 @@ pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
 /// `open(2)` of a path (a `/proc/self/fd/N` magic link, as the callers use it) with
 /// exactly `flags` (no mode: never called with `O_CREAT`).
 pub fn open(path: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    fault_name(FaultOp::Open, path)?;
     // SAFETY: `path` is a NUL-terminated string borrowed for the call.
     let fd = cvt(unsafe { libc::open(path.as_ptr(), flags) })?;
     // SAFETY: open just returned this new descriptor; nothing else owns it.
@@ -78,6 +84,7 @@ pub fn close(fd: OwnedFd) -> io::Result<()> {
 }
 
 pub fn fsync(fd: RawFd) -> io::Result<()> {
+    fault_fd(FaultOp::Fsync, fd)?;
     // SAFETY: fsync takes no pointers; an invalid `fd` is EBADF.
     cvt(unsafe { libc::fsync(fd) }).map(drop)
 }
@@ -92,6 +99,7 @@ pub fn sync(fd: RawFd, datasync: bool) -> io::Result<()> {
 }
 
 pub fn fdatasync(fd: RawFd) -> io::Result<()> {
+    fault_fd(FaultOp::Fsync, fd)?;
     // SAFETY: fdatasync takes no pointers; an invalid `fd` is EBADF.
     cvt(unsafe { libc::fdatasync(fd) }).map(drop)
 }

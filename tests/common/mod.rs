@@ -56,6 +56,14 @@ pub fn umount_lazy(path: &Path) {
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
 }
 
+/// Aborts the FUSE connection of a mount this test made (`umount2(MNT_FORCE)` calls the
+/// kernel's `fuse_abort_conn`; it may also unmount, or fail with EBUSY after aborting).
+pub fn abort_connection(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated CString that outlives the call.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) };
+}
+
 /// umount(2) of a mount this test made; panics if it fails.
 pub fn umount(path: &Path) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -223,6 +231,10 @@ impl Mount {
     pub fn crash(mut self) -> tempfile::TempDir {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
+            // A killed daemon whose thread sleeps in the kernel on a page lock held by a
+            // read that waits for this very daemon's reply never exits, and its /dev/fuse
+            // stays open: abort the connection, so the read fails and the thread goes on.
+            abort_connection(&self.mnt);
             let _ = child.wait();
         }
         self.child = None;
@@ -252,6 +264,7 @@ impl Drop for Mount {
         if let Some(mut child) = self.child.take() {
             if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
                 let _ = child.kill();
+                abort_connection(&self.mnt);
                 let _ = child.wait();
             }
         }
