@@ -52,7 +52,7 @@ release:
 	$(CARGO) build --release
 
 # Debian packages the tests and the demo use; installed only when missing.
-DEB_DEPS = fuse3 git tar util-linux coreutils procps attr man-db fio
+DEB_DEPS = fuse3 git tar util-linux coreutils procps attr man-db fio curl tmux python3 python3-prometheus-client
 
 deps:
 	@missing=""; for p in $(DEB_DEPS); do \

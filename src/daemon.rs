@@ -102,6 +102,8 @@ pub fn validate(req: &mut MountRequest) -> Result<(), MountError> {
             ("replacement", o.replacement.is_some()),
             ("discard", o.discard.is_some()),
             ("reformat", o.reformat),
+            ("metrics", o.metrics.is_some()),
+            ("pin_limit", o.pin_limit.is_some()),
             ("cache_mode", o.cache_mode.is_some()),
         ];
         if let Some((name, _)) = cache_only.iter().find(|(_, set)| *set) {
@@ -334,6 +336,7 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     let invalidations = fs.invalidation_channel();
     let watcher = fs.open_file_watcher();
     let fd_cache = fs.fd_cache();
+    let ttls = fs.ttls();
     let sigset = block_signals();
     let config = fuse_config(req);
     let (mut session, mounted_by_us) = match mount_session(fs, req, &config) {
@@ -357,8 +360,30 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     }
     let socket = match &cache {
         Some(cache) => {
-            match crate::control::serve(&req.mountpoint, cache.clone(), Some(fd_cache)) {
-                Ok(path) => Some(path),
+            if let Some(addr) = req.options.metrics {
+                let source = crate::metrics::Source {
+                    cache: cache.clone(),
+                    inodes: Some(fd_cache.clone()),
+                };
+                match crate::metrics::serve_http(addr, source) {
+                    Ok(bound) => tracing::info!("metrics on http://{bound}/metrics"),
+                    Err(e) => tracing::warn!("no metrics endpoint on {addr}: {e}"),
+                }
+            }
+            let server = crate::control::Server {
+                cache: cache.clone(),
+                inodes: Some(fd_cache),
+                knobs: crate::knobs::Knobs::new(
+                    crate::knobs::Targets {
+                        cache: cache.clone(),
+                        ttls,
+                    },
+                    &req.options.given,
+                ),
+                backing: req.backing.clone(),
+            };
+            match crate::control::serve(&req.mountpoint, server) {
+                Ok(guard) => Some(guard),
                 Err(e) => {
                     tracing::warn!("no control socket (stats unavailable): {e}");
                     None
@@ -401,9 +426,8 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     if let Some(cache) = &cache {
         cache.close();
     }
-    if let Some(path) = socket {
-        let _ = std::fs::remove_file(path);
-    }
+    // removes the socket only if it is still ours (a newer daemon may have replaced it)
+    drop(socket);
     match served {
         Ok(()) => {
             tracing::info!("unmounted");
@@ -454,6 +478,7 @@ fn open_cache(req: &MountRequest) -> Result<Option<std::sync::Arc<CacheSet>>, St
     cfg.probation_after = o.probation_after;
     cfg.readahead = o.readahead;
     cfg.reformat = o.reformat;
+    cfg.pin_limit = o.pin_limit;
     cfg.revalidate = o.attr_timeout;
     cfg.mode = mode;
     CacheSet::open(&cfg, &backing_identity(&req.backing))

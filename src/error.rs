@@ -35,6 +35,8 @@ pub enum Error {
     AlreadyExists(String),
     /// No free bucket is available and the caller asked not to wait.
     NoFreeBucket,
+    /// Pinning more would pass the pin limit (in buckets).
+    PinLimit(usize),
     /// A failed write or fsync of the cache file stopped caching; nothing more is allocated.
     Poisoned,
     /// The cache is shutting down.
@@ -75,7 +77,7 @@ impl Error {
             | Error::Poisoned => libc::EIO,
             Error::InvalidGeometry(_) | Error::InvalidArgument(_) => libc::EINVAL,
             Error::AlreadyExists(_) => libc::EEXIST,
-            Error::NoFreeBucket => libc::ENOSPC,
+            Error::NoFreeBucket | Error::PinLimit(_) => libc::ENOSPC,
             Error::Shutdown => libc::ESHUTDOWN,
             Error::Busy(_) => libc::EBUSY,
             Error::Config(_) => libc::EINVAL,
@@ -112,6 +114,10 @@ impl fmt::Display for Error {
             Error::InvalidGeometry(m) => write!(f, "{m}"),
             Error::AlreadyExists(m) => write!(f, "{m}"),
             Error::NoFreeBucket => write!(f, "no free bucket available"),
+            Error::PinLimit(n) => write!(
+                f,
+                "pin_limit reached ({n} buckets pinned); unpin a tree or raise pin_limit"
+            ),
             Error::Poisoned => {
                 write!(
                     f,

@@ -15,8 +15,12 @@
 //! - `device`    – the cache file behind the `CacheDevice` seam (fault injection), superblock.
 //! - `cache`     – the request path: hits, misses and fills, the change protocol, file identity,
 //!   journal writer and replay, GC, stats.
-//! - `control`   – the stats socket and its client.
+//! - `control`   – the control socket (stats, set/get, gc, drop) and its client.
+//! - `knobs`     – the table of runtime knobs `set` and `get` change and show.
+//! - `fsck`      – `bcachefs-lite fsck`: checks (and repairs) a cache file that is not mounted.
+//! - `metrics`   – Prometheus text format, the metrics HTTP endpoint, the `stats --watch` view.
 //! - `poison`    – the cache set's one failure signal.
+//! - `warm`      – `bcachefs-lite warm`: reads trees into the cache through the control socket.
 //! - `sys`       – raw syscalls below everything (fstat, pread/pwrite loops).
 //! - `backing_faults` – (tests only, feature `fault-injection`) a seam that fails chosen
 //!   backing calls with a chosen errno.
@@ -31,15 +35,19 @@ pub mod daemon;
 pub mod device;
 pub mod error;
 pub mod fs;
+pub mod fsck;
 /// Decoder harnesses for the fuzz targets and tests/decoders.rs; not an API.
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod index;
 pub mod journal;
 pub mod key;
+pub mod knobs;
+pub mod metrics;
 pub mod options;
 pub mod poison;
 pub mod sys;
+pub mod warm;
 
 pub use alloc::{Allocator, BucketPtr, KeyPos, Reserve};
 pub use error::{Error, Result};

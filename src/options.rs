@@ -41,6 +41,13 @@ pub struct MountOptions {
     /// `discard` / `nodiscard`; None keeps what the cache file says.
     pub discard: Option<bool>,
     pub reformat: bool,
+    /// `pin_limit=SIZE`: most bytes `warm --pin` may pin (default: a quarter of the cache).
+    pub pin_limit: Option<u64>,
+    /// `metrics=ADDR`: serve Prometheus metrics over HTTP on this address.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Names of the options the `-o` list set (`nodiscard` counts as `discard`), so
+    /// `bcachefs-lite get` can say a value came from a mount option.
+    pub given: std::collections::BTreeSet<String>,
     /// `cache_mode=`; None: the cache file's default (its superblock), itself writethrough
     /// unless formatted otherwise.
     pub cache_mode: Option<CacheMode>,
@@ -67,6 +74,9 @@ impl Default for MountOptions {
             readahead: 0,
             discard: None,
             reformat: false,
+            metrics: None,
+            pin_limit: None,
+            given: Default::default(),
             cache_mode: None,
         }
     }
@@ -137,6 +147,8 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "discard",
     "nodiscard",
     "reformat",
+    "metrics",
+    "pin_limit",
     "cache_mode",
     "rw",
     "defaults",
@@ -219,13 +231,29 @@ impl MountOptions {
             "discard" => self.discard = Some(flag(value)?),
             "nodiscard" => self.discard = Some(!flag(value)?),
             "reformat" => self.reformat = flag(value)?,
+            "pin_limit" => self.pin_limit = Some(parse_bytes(name, value)?),
+            "metrics" => {
+                let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+                self.metrics =
+                    Some(
+                        crate::metrics::parse_addr(v).map_err(|_| OptionError::BadValue {
+                            option: name.to_string(),
+                            value: v.to_string(),
+                            why: "not an address (e.g. 127.0.0.1:9477, or a port)",
+                        })?,
+                    );
+            }
             "fsname" => match value {
                 Some(v) if !v.is_empty() => self.fsname = Some(v.to_string()),
                 _ => return Err(OptionError::MissingValue(name.to_string())),
             },
-            n if IGNORED.contains(&n) || IGNORED_PREFIXES.iter().any(|p| n.starts_with(p)) => {}
+            n if IGNORED.contains(&n) || IGNORED_PREFIXES.iter().any(|p| n.starts_with(p)) => {
+                return Ok(());
+            }
             _ => return Err(OptionError::Unknown(name.to_string())),
         }
+        self.given
+            .insert(if name == "nodiscard" { "discard" } else { name }.to_string());
         Ok(())
     }
 }
@@ -263,7 +291,7 @@ fn parse_bytes(name: &str, value: Option<&str>) -> Result<u64, OptionError> {
 }
 
 /// Seconds as an integer or decimal (`0`, `1`, `0.5`, `3600`).
-fn parse_seconds(name: &str, value: Option<&str>) -> Result<Duration, OptionError> {
+pub fn parse_seconds(name: &str, value: Option<&str>) -> Result<Duration, OptionError> {
     let value = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
     let bad = |why| OptionError::BadValue {
         option: name.to_string(),
@@ -300,6 +328,10 @@ mod tests {
     #[test]
     fn defaults_are_one_second_ttls_and_no_sharing() {
         let o = parse("").unwrap();
+        assert!(o.given.is_empty());
+        let o2 = parse("nodiscard,readahead=1M").unwrap();
+        let given: Vec<&str> = o2.given.iter().map(String::as_str).collect();
+        assert_eq!(given, ["discard", "readahead"]);
         assert_eq!(o, MountOptions::default());
         assert_eq!(o.attr_timeout, Duration::from_secs(1));
         assert!(!o.allow_other);

@@ -427,3 +427,167 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one() {
     assert_eq!(now, prev, "gens not from the previous valid checkpoint");
     c.check_invariants().unwrap();
 }
+
+/// `bcachefs-lite set replacement=...` calls `Allocator::set_policy`: the next allocator step
+/// invalidates by the new policy, and the superblock says it from then on.
+#[test]
+fn set_policy_changes_which_buckets_the_next_step_invalidates() {
+    let run = |set: Option<Replacement>| -> Vec<u32> {
+        let (_d, p, c) = fresh(Replacement::Lru);
+        // every data bucket holds a key; the higher the bucket, the fewer sectors (cheaper
+        // for LRU), while FIFO starts at bucket 0
+        let ckpt = c.checkpoint_buckets();
+        let mut r = c.gc_begin();
+        for b in 0..N as u32 {
+            if !ckpt.contains(&b) {
+                r.add_key(b, c.bucket_gen(b).unwrap(), (N as u32 - b) * 4, false);
+            }
+        }
+        c.gc_finish(r).unwrap();
+        if let Some(rep) = set {
+            c.set_policy(Some(rep), None).unwrap();
+            assert_eq!(c.replacement(), rep);
+            let sb = bcachefs_lite::alloc::read_superblock(&file_dev(&p)).unwrap();
+            assert_eq!(sb.replacement, rep, "not written into the superblock");
+        }
+        let before: Vec<u8> = (0..N as u32).map(|b| c.bucket_gen(b).unwrap()).collect();
+        c.allocator_step().unwrap();
+        c.check_invariants().unwrap();
+        (0..N as u32)
+            .filter(|&b| c.bucket_gen(b).unwrap() != before[b as usize])
+            .collect()
+    };
+    let lru = run(None);
+    let fifo = run(Some(Replacement::Fifo));
+    assert!(!lru.is_empty() && !fifo.is_empty());
+    assert!(
+        lru.iter().all(|&b| b >= N as u32 / 2),
+        "lru took expensive buckets: {lru:?}"
+    );
+    assert!(
+        fifo.iter().all(|&b| b < N as u32 / 2),
+        "after set_policy(fifo) the step still invalidated by lru: {fifo:?}"
+    );
+}
+
+/// `set discard=off` on a live cache: buckets freed from then on are not punched out.
+#[test]
+fn set_policy_turns_discard_off_for_the_next_frees() {
+    let d = tempfile::tempdir().unwrap();
+    let p = format(d.path(), N, BUCKET, Replacement::Fifo, true);
+    let c = open_manual(&p);
+    gc_empty(&c);
+    c.set_policy(None, Some(false)).unwrap();
+    assert!(!c.discard());
+    for _ in 0..20 {
+        while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+            c.unpin(b).unwrap();
+        }
+        c.allocator_run_until_idle(100).unwrap();
+    }
+    assert!(c.stats().invalidated > 0);
+    assert_eq!(c.stats().discards, 0, "discarded after discard was set off");
+    let sb = bcachefs_lite::alloc::read_superblock(&file_dev(&p)).unwrap();
+    assert!(!sb.discard);
+}
+
+/// `warm --pin`: a pinned bucket holding data is never invalidated, by any policy, while every
+/// other data bucket is; once emptied (its data dropped) it may be; the pin limit holds; a
+/// gens checkpoint written on demand keeps the pin across a reopen.
+#[test]
+fn pinned_buckets_are_never_invalidated_and_their_pins_survive_a_reopen() {
+    use bcachefs_lite::alloc::PINNED_PRIO;
+    for rep in [Replacement::Lru, Replacement::Fifo, Replacement::Random] {
+        let (_d, p, c) = fresh(rep);
+        let ckpt = c.checkpoint_buckets();
+        // keys in every other bucket: the rest keep the reserves filled
+        let data: Vec<u32> = (0..N as u32)
+            .filter(|b| !ckpt.contains(b) && b % 2 == 0)
+            .collect();
+        let mut r = c.gc_begin();
+        for &b in &data {
+            r.add_key(b, c.bucket_gen(b).unwrap(), 8, false);
+        }
+        c.gc_finish(r).unwrap();
+        let (pinned, other) = (data[3], data[4]);
+        assert!(c
+            .pin_bucket(pinned, c.bucket_gen(pinned).unwrap(), 1)
+            .unwrap());
+        assert!(
+            matches!(
+                c.pin_bucket(other, c.bucket_gen(other).unwrap(), 1),
+                Err(Error::PinLimit(1))
+            ),
+            "the pin limit let a second bucket in"
+        );
+        assert!(!c
+            .pin_bucket(other, c.bucket_gen(other).unwrap().wrapping_add(1), 9)
+            .unwrap());
+        c.write_gens_checkpoint_now().unwrap();
+        assert_eq!(
+            read_newest_checkpoint_prio(&p, pinned),
+            PINNED_PRIO,
+            "not written"
+        );
+        let gen = c.bucket_gen(pinned).unwrap();
+        for _ in 0..200 {
+            while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+                c.unpin(b).unwrap();
+            }
+            c.allocator_run_until_idle(100).unwrap();
+        }
+        assert_eq!(
+            c.bucket_gen(pinned).unwrap(),
+            gen,
+            "{rep:?} invalidated a pinned bucket"
+        );
+        if rep != Replacement::Lru {
+            // (LRU reuses the emptied buckets first and would reach a pinned one last anyway)
+            let reached = data
+                .iter()
+                .filter(|&&b| b != pinned && c.bucket_gen(b).unwrap() != 0)
+                .count();
+            assert!(
+                reached > 0,
+                "{rep:?}: no data bucket was invalidated (test is void)"
+            );
+        }
+        c.check_invariants().unwrap();
+        drop(c);
+        let c = open_manual(&p);
+        assert_eq!(
+            c.bucket_info(pinned).unwrap().prio,
+            PINNED_PRIO,
+            "pin lost at reopen"
+        );
+        assert_eq!(
+            c.pinned_buckets(),
+            0,
+            "counted before GC says it holds data"
+        );
+        // its data gone (GC finds no key): it may be reused
+        gc_empty(&c);
+        for _ in 0..200 {
+            while let Ok((b, _)) = c.bucket_alloc(Reserve::MovingGc, false) {
+                c.unpin(b).unwrap();
+            }
+            c.allocator_run_until_idle(100).unwrap();
+        }
+        if rep != Replacement::Lru {
+            assert_ne!(
+                c.bucket_gen(pinned).unwrap(),
+                gen,
+                "{rep:?}: an empty pinned bucket stuck"
+            );
+        }
+    }
+}
+
+fn read_newest_checkpoint_prio(p: &std::path::Path, b: u32) -> u16 {
+    let dev = file_dev(p);
+    let ck = bcachefs_lite::alloc::read_newest_checkpoint(&dev)
+        .unwrap()
+        .1
+        .checkpoint;
+    ck.prios[b as usize]
+}

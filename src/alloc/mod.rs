@@ -43,7 +43,8 @@
 //!
 //! * 2: a bucket leaves `free_inc` only after its gen is durable (`Bucket::disk_gen == gen`,
 //!   asserted in `push_free` and checked by [`Allocator::check_invariants`]).
-//! * 4: open, pinned, dirty and metadata buckets are never invalidated (`can_invalidate`).
+//! * 4: open, pinned (in-flight I/O, or `warm --pin`: prio `PINNED_PRIO` while it holds data), dirty
+//!   and metadata buckets are never invalidated (`can_invalidate`).
 //! * 5: a bucket is on at most one list and is handed out only by popping a free list, which it
 //!   reaches only through invalidation, which requires that nobody holds it.
 //! * 6: a gen is bumped only while `gen - last_gc < 96`, `last_gc` being the oldest gen any key
@@ -79,7 +80,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::device::format::{Geometry, Superblock};
+use crate::device::format::{Geometry, Replacement, Superblock};
 use crate::device::CacheDevice;
 use crate::error::{Error, Result};
 use crate::journal::format::Record;
@@ -88,7 +89,9 @@ pub use data::CacheData;
 pub use open::MAX_OPEN_BUCKETS;
 pub use recovery::{read_newest_checkpoint, read_superblock, NewestCheckpoint};
 use state::AllocState;
-pub use state::{Loc, Mark, Reserve, BTREE_PRIO, BUCKET_GC_GEN_MAX, INITIAL_PRIO, PRIO_PROBATION};
+pub use state::{
+    Loc, Mark, Reserve, BTREE_PRIO, BUCKET_GC_GEN_MAX, INITIAL_PRIO, PINNED_PRIO, PRIO_PROBATION,
+};
 pub use thread::StepOutcome;
 
 /// The write point moving GC writes through (no process has this PID).
@@ -184,7 +187,11 @@ impl GcReport {
 
 pub(crate) struct Shared {
     pub dev: Arc<dyn CacheDevice>,
+    /// The superblock as opened. Its `replacement` and `discard` may be stale: the live
+    /// values are `state.replacement` and `discard` ([`Allocator::set_policy`]).
     pub sb: Superblock,
+    /// Discard freed buckets (punch holes); changeable at run time.
+    pub discard: AtomicBool,
     pub state: Mutex<AllocState>,
     /// The allocator thread sleeps here; `bucket_alloc` and `gc_finish` wake it.
     pub alloc_wait: Condvar,
@@ -263,6 +270,7 @@ impl Allocator {
         );
         let shared = Arc::new(Shared {
             dev,
+            discard: AtomicBool::new(r.sb.discard),
             sb: r.sb,
             state: Mutex::new(st),
             alloc_wait: Condvar::new(),
@@ -298,6 +306,40 @@ impl Allocator {
     /// How many newer gens checkpoints were found invalid and skipped when opening.
     pub fn skipped_checkpoints(&self) -> usize {
         self.skipped_checkpoints
+    }
+
+    /// The replacement policy in force.
+    pub fn replacement(&self) -> Replacement {
+        self.shared.state.lock().replacement
+    }
+
+    /// Whether freed buckets are discarded (punched out of the cache file).
+    pub fn discard(&self) -> bool {
+        self.shared.discard.load(Ordering::Relaxed)
+    }
+
+    /// Changes the replacement policy and/or discard of a live cache (`bcachefs-lite set`):
+    /// writes them into the superblock first (fdatasync), so they are the cache file's from
+    /// now on, as the mount options `replacement=` and `discard` make them, then applies
+    /// them to the next allocator step. On an I/O error nothing changed. Takes the step
+    /// lock, so it never runs inside an allocator step.
+    pub fn set_policy(
+        &self,
+        replacement: Option<Replacement>,
+        discard: Option<bool>,
+    ) -> Result<()> {
+        let _step = self.shared.step.lock();
+        let mut sb = self.shared.sb.clone();
+        sb.replacement = replacement.unwrap_or_else(|| self.replacement());
+        sb.discard = discard.unwrap_or_else(|| self.discard());
+        self.shared
+            .dev
+            .pwrite(&sb.encode(), 0)
+            .and_then(|()| self.shared.dev.fdatasync())
+            .map_err(|e| Error::io("write superblock", e))?;
+        self.shared.state.lock().replacement = sb.replacement;
+        self.shared.discard.store(sb.discard, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Number of buckets.
@@ -562,6 +604,65 @@ impl Allocator {
         self.check_bucket(bucket)?;
         self.shared.state.lock().hit(bucket);
         Ok(())
+    }
+
+    // ---- pinning (`bcachefs-lite warm --pin`, `unpin`) ----
+
+    /// Pins `bucket` against eviction while it holds data at `gen` (prio [`PINNED_PRIO`]),
+    /// unless that would make more than `limit` buckets pinned. Ok(false): the bucket no longer
+    /// holds that data (nothing pinned); Err(PinLimit): the limit is reached. Durable with the
+    /// next gens checkpoint ([`Allocator::write_gens_checkpoint_now`]).
+    pub fn pin_bucket(&self, bucket: u32, gen: u8, limit: usize) -> Result<bool> {
+        self.check_bucket(bucket)?;
+        let mut st = self.shared.state.lock();
+        let k = st.buckets[bucket as usize];
+        if k.gen != gen || !matches!(k.mark, Mark::Data | Mark::Dirty) {
+            return Ok(false);
+        }
+        if k.prio == PINNED_PRIO {
+            return Ok(true);
+        }
+        if pinned_in(&st) >= limit {
+            return Err(Error::PinLimit(limit));
+        }
+        st.buckets[bucket as usize].prio = PINNED_PRIO;
+        Ok(true)
+    }
+
+    /// Unpins `bucket` (back to the initial prio, evictable as any other). True if it was pinned.
+    pub fn unpin_bucket(&self, bucket: u32) -> Result<bool> {
+        self.check_bucket(bucket)?;
+        let mut st = self.shared.state.lock();
+        let k = &mut st.buckets[bucket as usize];
+        if k.prio != PINNED_PRIO {
+            return Ok(false);
+        }
+        k.prio = INITIAL_PRIO;
+        Ok(true)
+    }
+
+    /// Buckets pinned that hold data.
+    pub fn pinned_buckets(&self) -> usize {
+        pinned_in(&self.shared.state.lock())
+    }
+
+    /// Writes a gens checkpoint now (so pins survive a crash or remount), between allocator
+    /// steps. Needs a bucket in the prio reserve (else `NoFreeBucket`); returns without writing
+    /// when allocation has not started yet (before the first GC).
+    pub fn write_gens_checkpoint_now(&self) -> Result<()> {
+        let _step = self.shared.step.lock();
+        if self.shared.poison.is_set() {
+            return Err(Error::Poisoned);
+        }
+        let st = self.shared.state.lock();
+        if !st.gc_mark_valid {
+            return Ok(());
+        }
+        match thread::write_gens_checkpoint(&self.shared, st)? {
+            StepOutcome::Progress => Ok(()),
+            // the prio reserve was empty (only when nearly every bucket holds data)
+            _ => Err(Error::NoFreeBucket),
+        }
     }
 
     /// Start a GC pass: a report sized for this cache with every bucket's current gen.
@@ -833,6 +934,13 @@ impl Allocator {
             let _ = h.join();
         }
     }
+}
+
+fn pinned_in(st: &AllocState) -> usize {
+    st.buckets
+        .iter()
+        .filter(|k| k.prio == PINNED_PRIO && matches!(k.mark, Mark::Data | Mark::Dirty))
+        .count()
 }
 
 impl Drop for Allocator {

@@ -19,6 +19,10 @@ pub const INITIAL_PRIO: u16 = 32768;
 pub const PRIO_PROBATION: u16 = INITIAL_PRIO / 2;
 /// Prio of metadata buckets (bcache `BTREE_PRIO`); never rescaled.
 pub const BTREE_PRIO: u16 = u16::MAX;
+/// Prio of a data bucket pinned by `bcachefs-lite warm --pin`: never rescaled, never reset by a
+/// hit, never invalidated while it holds data (an emptied one may be). Kept across remounts by
+/// the gens checkpoint, which records every prio.
+pub const PINNED_PRIO: u16 = u16::MAX - 1;
 /// A bucket's gen may run at most this far ahead of the oldest gen a key still points at
 /// (bcache `BUCKET_GC_GEN_MAX`).
 pub const BUCKET_GC_GEN_MAX: u8 = 96;
@@ -228,6 +232,7 @@ impl AllocState {
         k.loc == Loc::Idle
             && k.pins == 0
             && matches!(k.mark, Mark::Free | Mark::Data)
+            && (k.prio != PINNED_PRIO || k.sectors == 0)
             && k.gen.wrapping_sub(k.last_gc) < BUCKET_GC_GEN_MAX
     }
 
@@ -430,7 +435,9 @@ impl AllocState {
         if !matches!(k.mark, Mark::Data | Mark::Dirty) {
             return;
         }
-        k.prio = INITIAL_PRIO;
+        if k.prio != PINNED_PRIO {
+            k.prio = INITIAL_PRIO; // a pinned bucket keeps its pin
+        }
         k.hit = true;
         if k.probation {
             k.probation = false;
@@ -447,7 +454,7 @@ impl AllocState {
         }
         self.rescale_left = self.rescale_every;
         for k in &mut self.buckets {
-            if k.prio != 0 && k.prio != BTREE_PRIO && k.mark != Mark::Metadata {
+            if k.prio != 0 && k.prio < PINNED_PRIO && k.mark != Mark::Metadata {
                 k.prio -= 1;
             }
         }
@@ -459,7 +466,7 @@ impl AllocState {
         self.min_prio = self
             .buckets
             .iter()
-            .filter(|k| matches!(k.mark, Mark::Data | Mark::Dirty))
+            .filter(|k| matches!(k.mark, Mark::Data | Mark::Dirty) && k.prio < PINNED_PRIO)
             .map(|k| k.prio)
             .min()
             .unwrap_or(0);

@@ -83,7 +83,7 @@ pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
         batch.push(b);
     }
     if !batch.is_empty() {
-        if sh.sb.discard {
+        if sh.discard.load(Ordering::Relaxed) {
             drop(st);
             let mut discarded = 0u64;
             for &b in &batch {
@@ -141,6 +141,16 @@ pub(crate) fn step(sh: &Shared) -> Result<StepOutcome> {
     }
 
     // 3. gens checkpoint.
+    write_gens_checkpoint(sh, st)
+}
+
+/// Step 3 of the loop: writes a gens checkpoint of every bucket's gen and prio, appends its
+/// journal entry, then marks the gens durable and releases the previous checkpoint's buckets.
+/// The caller holds the step lock and hands over the state guard.
+pub(crate) fn write_gens_checkpoint(
+    sh: &Shared,
+    mut st: parking_lot::MutexGuard<'_, super::state::AllocState>,
+) -> Result<StepOutcome> {
     let parts = st.gens_parts;
     let mut new_buckets = Vec::with_capacity(parts);
     for _ in 0..parts {

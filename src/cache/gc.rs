@@ -74,7 +74,9 @@ pub fn moving(
     for b in 0..alloc.nbuckets() {
         if let Ok(k) = alloc.bucket_info(b) {
             let idle = k.loc == crate::alloc::Loc::Idle && k.pins == 0;
-            if idle && k.mark == Mark::Data && k.sectors > 0 && k.sectors <= limit {
+            // a pinned bucket stays where it is: moving would lose its pin
+            let pinned = k.prio == crate::alloc::PINNED_PRIO;
+            if idle && !pinned && k.mark == Mark::Data && k.sectors > 0 && k.sectors <= limit {
                 sparse.push((b, k.gen));
                 if sparse.len() == MOVE_MAX {
                     break;

@@ -128,6 +128,8 @@ pub struct CacheConfig {
     pub readahead: u64,
     /// Reformat a cache file that serves another backing tree (or is unreadable).
     pub reformat: bool,
+    /// Most bytes `warm --pin` may pin (None: a quarter of the cache file).
+    pub pin_limit: Option<u64>,
     /// How often the read path re-checks an open file against the backing (the attribute
     /// timeout): a change made elsewhere is seen within this time, also by descriptors
     /// opened before it.
@@ -149,6 +151,7 @@ impl CacheConfig {
             probation_after: DEFAULT_PROBATION_AFTER,
             readahead: 0,
             reformat: false,
+            pin_limit: None,
             revalidate: Duration::from_secs(1),
             mode: CacheMode::Writethrough,
         }
@@ -275,8 +278,12 @@ pub struct CacheSet {
     files: Arc<Registry>,
     block: u64,
     seq: SequentialCutoff,
-    readahead: u64,
-    revalidate_ns: u64,
+    /// Changeable at run time ([`CacheSet::set_readahead`]).
+    readahead: AtomicU64,
+    /// Changeable at run time ([`CacheSet::set_revalidate_interval`]).
+    revalidate_ns: AtomicU64,
+    /// Most bytes pinned (`warm --pin`); changeable at run time.
+    pin_limit: AtomicU64,
     epoch: Instant,
     pub counters: Arc<Counters>,
     pub windows: Arc<Windows>,
@@ -400,6 +407,9 @@ impl CacheSet {
         // First GC: marks every bucket from the index; allocation starts after it.
         gc::run(&alloc, &index, &journal, &counters);
         journal.checkpoint_now()?;
+        let pin_limit = cfg
+            .pin_limit
+            .unwrap_or_else(|| alloc.superblock().file_size().unwrap_or(0) / 4);
         let set = CacheSet {
             block: u64::from(alloc.superblock().block_size),
             alloc,
@@ -408,8 +418,11 @@ impl CacheSet {
             journal,
             files: Arc::new(DashMap::new()),
             seq: SequentialCutoff::new(cfg.sequential_cutoff, cfg.probation_after),
-            readahead: cfg.readahead.min(MAX_READAHEAD),
-            revalidate_ns: cfg.revalidate.as_nanos().min(u128::from(u64::MAX)) as u64,
+            pin_limit: AtomicU64::new(pin_limit),
+            readahead: AtomicU64::new(cfg.readahead.min(MAX_READAHEAD)),
+            revalidate_ns: AtomicU64::new(
+                cfg.revalidate.as_nanos().min(u128::from(u64::MAX)) as u64
+            ),
             epoch: Instant::now(),
             counters,
             windows: Arc::new(Windows::default()),
@@ -522,6 +535,29 @@ impl CacheSet {
     /// probation, 0 = off (plain LRU).
     pub fn set_probation_after(&self, bytes: u64) {
         self.seq.set_probation_after(bytes);
+    }
+
+    pub fn readahead(&self) -> u64 {
+        self.readahead.load(Ordering::Relaxed)
+    }
+
+    /// Changes the readahead of the next misses (at most [`MAX_READAHEAD`]).
+    pub fn set_readahead(&self, bytes: u64) {
+        self.readahead
+            .store(bytes.min(MAX_READAHEAD), Ordering::Relaxed);
+    }
+
+    /// How often the read path re-checks an open file against the backing.
+    pub fn revalidate_interval(&self) -> Duration {
+        Duration::from_nanos(self.revalidate_ns.load(Ordering::Relaxed))
+    }
+
+    /// Changes the read path's re-check interval (follows the attribute timeout).
+    pub fn set_revalidate_interval(&self, d: Duration) {
+        self.revalidate_ns.store(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// True while the cache file works; false after a failure (mode none).
@@ -796,7 +832,7 @@ impl CacheSet {
     fn revalidate_on_read(&self, file: &FileState, backing_fd: RawFd) -> bool {
         let now = self.now_ns();
         let last = file.checked_ns.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < self.revalidate_ns {
+        if now.saturating_sub(last) < self.revalidate_ns.load(Ordering::Relaxed) {
             return false;
         }
         match crate::sys::fstat_fd(backing_fd) {
@@ -893,6 +929,7 @@ impl CacheSet {
         }
         let mut chunks = Vec::new();
         let gap_count = gaps.len();
+        let readahead = self.readahead.load(Ordering::Relaxed);
         for (i, (s, e)) in gaps.into_iter().enumerate() {
             let piece = &mut buf[(s - a) as usize..(e - a) as usize];
             crate::sys::pread_full(backing_fd, piece, s)?;
@@ -902,8 +939,8 @@ impl CacheSet {
             }
             let mut data = piece.to_vec();
             // readahead after the last gap, when it reaches the end of the request
-            if i + 1 == gap_count && e == b && self.readahead > 0 && b < file_size {
-                let extra_end = round_up((b + self.readahead).min(file_size), self.block);
+            if i + 1 == gap_count && e == b && readahead > 0 && b < file_size {
+                let extra_end = round_up((b + readahead).min(file_size), self.block);
                 let mut extra = vec![0u8; (extra_end - b) as usize];
                 // speculative: a backing error here fails nothing the caller asked for,
                 // and caches nothing of the range that was not read
@@ -1088,6 +1125,139 @@ impl CacheSet {
             crcs,
         });
         true
+    }
+
+    // ---- `bcachefs-lite warm` ----
+
+    /// Reads `[offset, offset + len)` of `file` (open as `fd`, attributes `st`) into the
+    /// cache (`bcachefs-lite warm`): first the validator check an open does (an outside
+    /// change drops the file's extents; a file never seen gets its validator, so nothing is
+    /// filled without one), then the read path with the warm write point, which the
+    /// sequential cutoff never bypasses; misses are filled before this returns. Cached
+    /// pieces are hits, never read from the backing. Returns (bytes hit, bytes read from the
+    /// backing).
+    ///
+    /// With `pin`, the buckets holding the range are pinned against eviction afterwards
+    /// ([`Allocator::pin_bucket`], bounded by [`CacheSet::pin_limit`]); a later
+    /// [`CacheSet::sync_pins`] makes the pins durable.
+    pub fn warm(
+        &self,
+        file: &FileState,
+        fd: RawFd,
+        st: &libc::stat,
+        offset: u64,
+        len: u64,
+        pin: bool,
+    ) -> Result<(u64, u64)> {
+        self.check_validator(file, st);
+        let end = offset.saturating_add(len).min(st.st_size as u64);
+        let (mut hit, mut read) = (0u64, 0u64);
+        let mut at = offset;
+        while at < end {
+            let size = (end - at).min(1 << 20) as u32;
+            // what the index holds of this piece now is what the read serves from the cache
+            let cached: u64 = self
+                .index
+                .lookup(file.id, at, u64::from(size))
+                .iter()
+                .map(|e| {
+                    e.end()
+                        .min(at + u64::from(size))
+                        .saturating_sub(e.offset.max(at))
+                })
+                .sum();
+            let r = self
+                .read(file, fd, at, size, seq::WARM_PID)
+                .map_err(|e| Error::io("read the backing", e))?;
+            if let Some(fill) = r.fill {
+                self.fill(file, fill);
+            }
+            if pin {
+                self.pin_range(file.id, at, u64::from(size))?;
+            }
+            if r.data.is_empty() {
+                break;
+            }
+            let n = r.data.len() as u64;
+            hit += cached.min(n);
+            read += n - cached.min(n);
+            at += n;
+        }
+        Ok((hit, read))
+    }
+
+    /// Most bytes that may be pinned.
+    pub fn pin_limit(&self) -> u64 {
+        self.pin_limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the pin limit; what is pinned already stays pinned.
+    pub fn set_pin_limit(&self, bytes: u64) {
+        self.pin_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes in pinned buckets.
+    pub fn pinned_bytes(&self) -> u64 {
+        self.alloc.pinned_buckets() as u64 * u64::from(self.alloc.superblock().bucket_size)
+    }
+
+    fn pin_range(&self, file: FileId, offset: u64, len: u64) -> Result<()> {
+        let limit = (self.pin_limit() / u64::from(self.alloc.superblock().bucket_size)) as usize;
+        for e in self.index.lookup(file, offset, len) {
+            self.alloc.pin_bucket(e.ptr.bucket, e.ptr.gen, limit)?;
+        }
+        Ok(())
+    }
+
+    /// Unpins the buckets that hold `file`'s data (`bcachefs-lite unpin`). Returns how many
+    /// were pinned.
+    pub fn unpin_file(&self, file: &FileState) -> usize {
+        let mut n = 0;
+        for e in self.index.extents(file.id) {
+            if self.alloc.unpin_bucket(e.ptr.bucket).unwrap_or(false) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Makes pins durable: a gens checkpoint now (it records every bucket's prio).
+    pub fn sync_pins(&self) -> Result<()> {
+        self.alloc.write_gens_checkpoint_now()
+    }
+
+    // ---- `bcachefs-lite drop` ----
+
+    /// Drops every cached extent of `file` and its validator (`bcachefs-lite drop`), as a
+    /// change does: under the file's lock, with its change sequence bumped so a fill in
+    /// flight is not inserted, journaled. Returns the bytes dropped. Metadata caching (issue
+    /// 11) adds its own drop next to the call of this in `control.rs` (`drop_tree`).
+    pub fn drop_file(&self, file: &FileState) -> u64 {
+        let _changes = self.changes.read();
+        let mut seq = file.seq.lock();
+        seq.bump();
+        let bytes = self
+            .index
+            .extents(file.id)
+            .iter()
+            .map(|e| e.len)
+            .sum::<u64>();
+        self.drop_all_locked(file);
+        bytes
+    }
+
+    /// Drops every file's cached data ([`CacheSet::drop_file`] for each file in the index).
+    /// Returns (files, bytes) dropped.
+    pub fn drop_everything(&self) -> (u64, u64) {
+        let mut ids = std::collections::BTreeSet::new();
+        self.index.for_each_extent(|id, _| {
+            ids.insert(id);
+        });
+        let mut bytes = 0;
+        for &id in &ids {
+            bytes += self.drop_file(&self.state_of(id));
+        }
+        (ids.len() as u64, bytes)
     }
 
     /// Runs GC and moving GC now (the control socket's `gc`). Returns bytes compacted.

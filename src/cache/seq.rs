@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+/// The write point (pseudo PID) of `bcachefs-lite warm`: always admitted normally (never
+/// bypassed, never on probation), whatever the cutoffs.
+pub const WARM_PID: u32 = u32::MAX;
+
 /// Runs idle this long are forgotten.
 const IDLE: Duration = Duration::from_secs(5);
 const MAX_TRACKED: usize = 1024;
@@ -93,7 +97,7 @@ impl SequentialCutoff {
     /// how its data enters the cache.
     pub fn admit(&self, pid: u32, file: u64, offset: u64, len: u64) -> Admission {
         let (cutoff, probation_after) = (self.cutoff(), self.probation_after());
-        if cutoff == 0 && probation_after == 0 {
+        if pid == WARM_PID || (cutoff == 0 && probation_after == 0) {
             return Admission::Normal;
         }
         let now = Instant::now();

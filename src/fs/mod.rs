@@ -199,8 +199,41 @@ pub struct PassthroughFs {
     files: Arc<DashMap<u64, Arc<FileHandleState>>>,
     dirs: DashMap<u64, Arc<DirHandleState>>,
     next_handle: AtomicU64,
-    attr_ttl: Duration,
-    entry_ttl: Duration,
+    /// The kernel TTLs put in replies; changeable at run time (`bcachefs-lite set`).
+    ttls: Arc<Ttls>,
+}
+
+/// The attribute and entry TTLs the kernel is told, read on every reply, so a change made
+/// with `bcachefs-lite set attr_timeout=...` applies to the replies from then on.
+#[derive(Debug)]
+pub struct Ttls {
+    attr_ns: AtomicU64,
+    entry_ns: AtomicU64,
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+impl Ttls {
+    pub fn new(attr: Duration, entry: Duration) -> Ttls {
+        Ttls {
+            attr_ns: AtomicU64::new(duration_ns(attr)),
+            entry_ns: AtomicU64::new(duration_ns(entry)),
+        }
+    }
+    pub fn attr(&self) -> Duration {
+        Duration::from_nanos(self.attr_ns.load(Ordering::Relaxed))
+    }
+    pub fn entry(&self) -> Duration {
+        Duration::from_nanos(self.entry_ns.load(Ordering::Relaxed))
+    }
+    pub fn set_attr(&self, d: Duration) {
+        self.attr_ns.store(duration_ns(d), Ordering::Relaxed);
+    }
+    pub fn set_entry(&self, d: Duration) {
+        self.entry_ns.store(duration_ns(d), Ordering::Relaxed);
+    }
 }
 
 fn errno(e: io::Error) -> Errno {
@@ -236,8 +269,7 @@ impl PassthroughFs {
             files: Arc::new(DashMap::new()),
             dirs: DashMap::new(),
             next_handle: AtomicU64::new(1),
-            attr_ttl: options.attr_timeout,
-            entry_ttl: options.entry_timeout,
+            ttls: Arc::new(Ttls::new(options.attr_timeout, options.entry_timeout)),
         })
     }
 
@@ -245,6 +277,11 @@ impl PassthroughFs {
     pub fn with_cache(mut self, cache: Arc<CacheSet>) -> PassthroughFs {
         self.cache = Some(cache);
         self
+    }
+
+    /// The kernel TTLs (shared with the control socket's `set`).
+    pub fn ttls(&self) -> Arc<Ttls> {
+        self.ttls.clone()
     }
 
     pub fn cache(&self) -> Option<&Arc<CacheSet>> {
@@ -393,7 +430,7 @@ impl PassthroughFs {
     fn reply_entry(&self, result: io::Result<FileAttr>, reply: ReplyEntry) {
         match result {
             Ok(attr) => {
-                reply.entry_with_ttls(&self.attr_ttl, &self.entry_ttl, &attr, Generation(0))
+                reply.entry_with_ttls(&self.ttls.attr(), &self.ttls.entry(), &attr, Generation(0))
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -684,7 +721,7 @@ impl Filesystem for PassthroughFs {
             Ok(sys::attr_from_stat(&st, inode.id))
         });
         match result {
-            Ok(attr) => reply.attr(&self.attr_ttl, &attr),
+            Ok(attr) => reply.attr(&self.ttls.attr(), &attr),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -721,7 +758,7 @@ impl Filesystem for PassthroughFs {
             })
         });
         match result {
-            Ok(attr) => reply.attr(&self.attr_ttl, &attr),
+            Ok(attr) => reply.attr(&self.ttls.attr(), &attr),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1127,7 +1164,7 @@ impl Filesystem for PassthroughFs {
                     attr.ino,
                     e.next_offset as u64,
                     name,
-                    &self.entry_ttl,
+                    &self.ttls.entry(),
                     &attr,
                     Generation(0),
                 );
@@ -1278,9 +1315,13 @@ impl Filesystem for PassthroughFs {
             })
         });
         match result {
-            Ok((attr, fh, fopen)) => {
-                reply.created(&self.entry_ttl, &attr, Generation(0), FileHandle(fh), fopen)
-            }
+            Ok((attr, fh, fopen)) => reply.created(
+                &self.ttls.entry(),
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                fopen,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1387,7 +1428,8 @@ pub struct OpenFileWatcher {
     files: Arc<DashMap<u64, Arc<FileHandleState>>>,
     cache: Option<Arc<CacheSet>>,
     invalidate: std::sync::mpsc::Sender<u64>,
-    interval: Duration,
+    /// The pass interval is the attribute TTL in force (at least 100 ms).
+    ttls: Arc<Ttls>,
 }
 
 impl PassthroughFs {
@@ -1398,7 +1440,7 @@ impl PassthroughFs {
             files: self.files.clone(),
             cache: self.cache.clone(),
             invalidate,
-            interval: self.attr_ttl.max(Duration::from_millis(100)),
+            ttls: self.ttls.clone(),
         })
     }
 }
@@ -1440,7 +1482,7 @@ impl OpenFileWatcher {
         let spawned = std::thread::Builder::new()
             .name("bcl-watch".into())
             .spawn(move || loop {
-                std::thread::sleep(self.interval);
+                std::thread::sleep(self.ttls.attr().max(Duration::from_millis(100)));
                 self.check_once();
             });
         if let Err(e) = spawned {

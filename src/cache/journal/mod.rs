@@ -46,7 +46,7 @@ mod checkpoint;
 mod replay;
 
 pub use checkpoint::CheckpointState;
-pub use replay::{replay, Replayed};
+pub use replay::{replay, ReplayReport, Replayed};
 
 /// Queue length (records) that wakes the writer before its timer.
 const WAKE_AT: usize = 4096;

@@ -23,6 +23,21 @@ pub struct Replayed {
     pub dirty_bytes: u64,
     pub identity: Identity,
     pub checkpoint: CheckpointState,
+    /// What replay found and left out, for `fsck` (the mount only logs it).
+    pub report: ReplayReport,
+}
+
+/// What replay skipped or dropped.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Index checkpoints named by a journal entry that did not load: (seq, why).
+    pub unreadable_checkpoints: Vec<(u64, String)>,
+    /// Malformed key records refused.
+    pub refused_records: usize,
+    /// Keys dropped because their gen is not their bucket's (or their slot is unknown).
+    pub stale: Vec<(crate::index::FileId, Extent)>,
+    /// Journal entries scanned.
+    pub entries: usize,
 }
 
 /// Rebuilds the index from the newest readable checkpoint and the journal after it
@@ -40,6 +55,10 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     }
     // newest checkpoint that loads
     let mut start = None;
+    let mut report = ReplayReport {
+        entries: entries.len(),
+        ..ReplayReport::default()
+    };
     'find: for (pos, s) in entries.iter().enumerate().rev() {
         for r in &s.entry.records {
             if let Record::IndexCheckpoint { seq, buckets, len } = r {
@@ -56,7 +75,10 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
                         ));
                         break 'find;
                     }
-                    Err(e) => tracing::warn!(seq, "skipping unreadable index checkpoint: {e}"),
+                    Err(e) => {
+                        tracing::warn!(seq, "skipping unreadable index checkpoint: {e}");
+                        report.unreadable_checkpoints.push((*seq, e.to_string()));
+                    }
                 }
             }
         }
@@ -112,11 +134,14 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
         extents = index.stats().extents,
         "journal replayed"
     );
+    report.refused_records = refused;
+    report.stale = stale;
     Ok(Replayed {
         index,
         dirty_bytes,
         identity,
         checkpoint: ckpt,
+        report,
     })
 }
 
