@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::cache::stats::{get, HitSnapshot};
 use crate::cache::CacheSet;
 use crate::fs::inode::FdCache;
+use crate::meta::MetaCache;
 
 pub const RUN_DIR: &str = "/run/bcachefs-lite";
 
@@ -54,6 +55,7 @@ pub fn serve(
     mountpoint: &Path,
     cache: Arc<CacheSet>,
     inodes: Option<Arc<FdCache>>,
+    meta: Option<Arc<MetaCache>>,
 ) -> io::Result<PathBuf> {
     std::fs::create_dir_all(RUN_DIR)?;
     std::fs::set_permissions(RUN_DIR, std::fs::Permissions::from_mode(0o700))?;
@@ -65,7 +67,7 @@ pub fn serve(
         .name("bcl-control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, &cache, inodes.as_deref()) {
+                if let Err(e) = answer(stream, &cache, inodes.as_deref(), meta.as_deref()) {
                     tracing::debug!("control request: {e}");
                 }
             }
@@ -105,7 +107,12 @@ fn reply_err(msg: String) -> serde_json::Value {
 }
 
 /// Answers one request line (the server side of the protocol, apart from the socket).
-pub fn handle(line: &str, cache: &CacheSet, inodes: Option<&FdCache>) -> serde_json::Value {
+pub fn handle(
+    line: &str,
+    cache: &CacheSet,
+    inodes: Option<&FdCache>,
+    meta: Option<&MetaCache>,
+) -> serde_json::Value {
     let req: Request = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => return reply_err(format!("bad request: {e}")),
@@ -118,18 +125,23 @@ pub fn handle(line: &str, cache: &CacheSet, inodes: Option<&FdCache>) -> serde_j
     }
     let mut m = serde_json::Map::new();
     match req.cmd.as_str() {
-        "stats" => m.insert("stats".into(), stats_value(cache, inodes)),
+        "stats" => m.insert("stats".into(), stats_value(cache, inodes, meta)),
         "gc" => m.insert("moved_bytes".into(), cache.gc_now().into()),
         other => return reply_err(format!("unknown command '{other}'")),
     };
     reply_ok(m)
 }
 
-fn answer(stream: UnixStream, cache: &CacheSet, inodes: Option<&FdCache>) -> io::Result<()> {
+fn answer(
+    stream: UnixStream,
+    cache: &CacheSet,
+    inodes: Option<&FdCache>,
+    meta: Option<&MetaCache>,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(&stream).take(4096).read_line(&mut line)?;
-    let mut reply = handle(&line, cache, inodes).to_string();
+    let mut reply = handle(&line, cache, inodes, meta).to_string();
     reply.push('\n');
     (&stream).write_all(reply.as_bytes())
 }
@@ -170,7 +182,11 @@ pub fn request(mountpoint: &Path, cmd: &str) -> io::Result<serde_json::Value> {
 }
 
 /// Every figure `stats` shows, in order, as (name, value).
-fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_json::Value)> {
+fn figures(
+    cache: &CacheSet,
+    inodes: Option<&FdCache>,
+    meta: Option<&MetaCache>,
+) -> Vec<(String, serde_json::Value)> {
     let c = &cache.counters;
     let total = c.hit_snapshot();
     let mut f: Vec<(String, serde_json::Value)> = Vec::new();
@@ -254,12 +270,19 @@ fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_jso
     if let Some(inodes) = inodes {
         f.extend(inodes.figures());
     }
+    if let Some(meta) = meta {
+        f.extend(meta.figures());
+    }
     f
 }
 
 /// Every figure as one JSON object, in display order.
-pub fn stats_value(cache: &CacheSet, inodes: Option<&FdCache>) -> serde_json::Value {
-    serde_json::Value::Object(figures(cache, inodes).into_iter().collect())
+pub fn stats_value(
+    cache: &CacheSet,
+    inodes: Option<&FdCache>,
+    meta: Option<&MetaCache>,
+) -> serde_json::Value {
+    serde_json::Value::Object(figures(cache, inodes, meta).into_iter().collect())
 }
 
 /// `stats --json`: the figures, pretty-printed.

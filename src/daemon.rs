@@ -17,6 +17,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
 
@@ -328,9 +329,17 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     };
     if let Some(cache) = &cache {
         fs = fs.with_cache(cache.clone());
+        let o = &req.options;
+        if o.metadata_cache_size > 0 {
+            let meta =
+                crate::meta::MetaCache::new(o.coherence, o.metadata_ttl, o.metadata_cache_size);
+            fs = fs.with_meta(Arc::new(meta));
+        }
     }
     let invalidations = fs.invalidation_channel();
     let watcher = fs.open_file_watcher();
+    let sweeper = fs.meta_sweeper();
+    let meta = fs.meta().cloned();
     let fd_cache = fs.fd_cache();
     let sigset = block_signals();
     let config = fuse_config(req);
@@ -353,9 +362,12 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     if let Some(w) = watcher {
         w.spawn();
     }
+    if let Some(s) = sweeper {
+        s.spawn();
+    }
     let socket = match &cache {
         Some(cache) => {
-            match crate::control::serve(&req.mountpoint, cache.clone(), Some(fd_cache)) {
+            match crate::control::serve(&req.mountpoint, cache.clone(), Some(fd_cache), meta) {
                 Ok(path) => Some(path),
                 Err(e) => {
                     tracing::warn!("no control socket (stats unavailable): {e}");

@@ -18,6 +18,7 @@
 //! - `control`   – the stats socket and its client.
 //! - `poison`    – the cache set's one failure signal.
 //! - `sys`       – raw syscalls below everything (fstat, pread/pwrite loops).
+//! - `meta`      – the metadata cache: attributes, listings, negative entries, symlinks.
 //! - `key`       – vocabulary types below everything: file id, key position, bucket pointer.
 //! - `error`     – the core error type and its errno class.
 
@@ -30,6 +31,7 @@ pub mod fs;
 pub mod index;
 pub mod journal;
 pub mod key;
+pub mod meta;
 pub mod options;
 pub mod poison;
 pub mod sys;

@@ -39,6 +39,12 @@ pub struct MountOptions {
     /// `discard` / `nodiscard`; None keeps what the cache file says.
     pub discard: Option<bool>,
     pub reformat: bool,
+    /// `coherence=shared|exclusive`: who else may change the backing (metadata cache).
+    pub coherence: crate::meta::Coherence,
+    /// `metadata_ttl=` (shared mode: how long metadata is trusted before a stat).
+    pub metadata_ttl: Duration,
+    /// `metadata_cache_size=` (bytes; 0 turns the metadata cache off).
+    pub metadata_cache_size: u64,
 }
 
 impl Default for MountOptions {
@@ -61,6 +67,9 @@ impl Default for MountOptions {
             readahead: 0,
             discard: None,
             reformat: false,
+            coherence: crate::meta::Coherence::Shared,
+            metadata_ttl: crate::meta::DEFAULT_TTL,
+            metadata_cache_size: crate::meta::DEFAULT_BUDGET,
         }
     }
 }
@@ -129,6 +138,9 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "discard",
     "nodiscard",
     "reformat",
+    "coherence",
+    "metadata_ttl",
+    "metadata_cache_size",
     "rw",
     "defaults",
     "auto",
@@ -201,6 +213,16 @@ impl MountOptions {
             "discard" => self.discard = Some(flag(value)?),
             "nodiscard" => self.discard = Some(!flag(value)?),
             "reformat" => self.reformat = flag(value)?,
+            "coherence" => {
+                let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+                self.coherence = v.parse().map_err(|_| OptionError::BadValue {
+                    option: name.to_string(),
+                    value: v.to_string(),
+                    why: "must be shared or exclusive",
+                })?;
+            }
+            "metadata_ttl" => self.metadata_ttl = parse_seconds(name, value)?,
+            "metadata_cache_size" => self.metadata_cache_size = parse_bytes(name, value)?,
             "fsname" => match value {
                 Some(v) if !v.is_empty() => self.fsname = Some(v.to_string()),
                 _ => return Err(OptionError::MissingValue(name.to_string())),
@@ -365,6 +387,23 @@ mod tests {
     }
 
     #[test]
+    fn metadata_options() {
+        let o = parse("coherence=exclusive,metadata_ttl=0.5,metadata_cache_size=1M").unwrap();
+        assert_eq!(o.coherence, crate::meta::Coherence::Exclusive);
+        assert_eq!(o.metadata_ttl, Duration::from_millis(500));
+        assert_eq!(o.metadata_cache_size, 1 << 20);
+        assert_eq!(
+            MountOptions::default().coherence,
+            crate::meta::Coherence::Shared
+        );
+        assert_eq!(MountOptions::default().metadata_ttl, Duration::from_secs(3));
+        assert!(matches!(
+            parse("coherence=sometimes"),
+            Err(OptionError::BadValue { .. })
+        ));
+    }
+
+    #[test]
     fn every_known_option_is_accepted() {
         for name in KNOWN_OPTIONS {
             let mut o = MountOptions::default();
@@ -373,10 +412,10 @@ mod tests {
                 // options that need a value are known too: try a plausible one
                 Err(OptionError::MissingValue(_)) => {
                     let mut o = MountOptions::default();
-                    let ok = ["1", "x", "1M", "lru"]
+                    let ok = ["1", "x", "1M", "lru", "shared"]
                         .iter()
                         .any(|v| o.apply(&format!("{name}={v}")).is_ok());
-                    assert!(ok, "{name}= accepts none of 1, x, 1M, lru");
+                    assert!(ok, "{name}= accepts none of 1, x, 1M, lru, shared");
                 }
                 Err(e) => panic!("KNOWN_OPTIONS lists '{name}' but apply refuses it: {e}"),
             }

@@ -415,6 +415,18 @@ impl CacheSet {
         Some(self.state_of(id))
     }
 
+    /// As [`CacheSet::file_state`] without a descriptor, when that needs no syscall (the
+    /// file's filesystem has a live slot); the outer None: it would need one.
+    pub fn file_state_known(&self, st: &libc::stat) -> Option<Option<Arc<FileState>>> {
+        match self.identity.file_id_known(st)? {
+            Some(id) => Some(Some(self.state_of(id))),
+            None => {
+                bump(&self.counters.uncacheable_files);
+                Some(None)
+            }
+        }
+    }
+
     /// The shared state of `id`, created on first use.
     pub fn state_of(&self, id: FileId) -> Arc<FileState> {
         use dashmap::mapref::entry::Entry;
