@@ -79,7 +79,10 @@ SHELL := /bin/bash
 
 test-only:
 	mkdir -p $(TARGET_DIR)
-	$(CARGO) test --no-fail-fast 2>&1 | tee $(TARGET_DIR)/test.log; exit $${PIPESTATUS[0]}
+	$(CARGO) test --no-fail-fast 2>&1 | tee $(TARGET_DIR)/test.log; rc=$${PIPESTATUS[0]}; \
+	skipped=$$(grep -c 'SKIPPED (not root)' $(TARGET_DIR)/test.log); \
+	if [ "$$skipped" -gt 0 ]; then echo "$$skipped mount tests were SKIPPED: not run as root"; fi; \
+	exit $$rc
 
 # tests/fsx.rs for longer: every configuration, each seed in turn (make test runs it short).
 # Other BCL_FSX_* knobs (CONFIG, EXTERNAL, MMAP, SKIP, ...) pass through from the environment.

@@ -1,8 +1,10 @@
 //! The control socket: live stats and a few commands (bcache's sysfs), over a
-//! root-only Unix socket, and the client side used by `bcachefs-lite stats`.
+//! Unix socket, and the client side used by `bcachefs-lite stats`.
 //!
 //! The socket lives at `/run/bcachefs-lite/<mount point, escaped>.sock`, so a client
-//! finds it from the mount point alone. The directory is 0700 and the socket 0600.
+//! finds it from the mount point alone. The directory is 0700, owned by the daemon's user
+//! and never a symlink; the socket 0600. Every connection's peer credentials
+//! (`SO_PEERCRED`) are checked: only root and the daemon's own user are answered.
 //! Protocol (version 1): newline-delimited JSON. The client sends one request line,
 //! `{"v":1,"cmd":"stats"}` or `{"v":1,"cmd":"gc"}`; the server answers one line,
 //! `{"v":1,"ok":true,...}` with the command's fields, or `{"v":1,"ok":false,"error":"..."}`,
@@ -57,8 +59,7 @@ pub fn serve(
     inodes: Option<Arc<FdCache>>,
     meta: Option<Arc<MetaCache>>,
 ) -> io::Result<PathBuf> {
-    std::fs::create_dir_all(RUN_DIR)?;
-    std::fs::set_permissions(RUN_DIR, std::fs::Permissions::from_mode(0o700))?;
+    prepare_run_dir(Path::new(RUN_DIR))?;
     let path = socket_path(mountpoint);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
@@ -132,6 +133,49 @@ pub fn handle(
     reply_ok(m)
 }
 
+/// Makes the socket directory, or checks the one that is there: a real directory (not a
+/// symlink someone planted), owned by this process's user and writable by nobody else, so
+/// no other user can replace the socket with one of their own.
+fn prepare_run_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = std::fs::symlink_metadata(dir)?;
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "control socket directory {}: {why}; refusing to use it",
+                dir.display()
+            ),
+        ))
+    };
+    if !m.file_type().is_dir() {
+        return refuse("it is not a directory (a symlink?)".into());
+    }
+    if m.uid() != crate::sys::euid() {
+        return refuse(format!(
+            "it is owned by uid {}, not by this daemon's user",
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o077 != 0 {
+        // ours, only too open (an older version made it so): close it
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Who may ask: root, and the user running the daemon (the one who mounted).
+fn peer_allowed(stream: &UnixStream) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let uid = crate::sys::peer_uid(stream.as_raw_fd())?;
+    Ok(uid == 0 || uid == crate::sys::euid())
+}
+
 fn answer(
     stream: UnixStream,
     cache: &CacheSet,
@@ -139,6 +183,15 @@ fn answer(
     meta: Option<&MetaCache>,
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    if !peer_allowed(&stream)? {
+        let mut reply = reply_err(
+            "permission denied: only root and the user who mounted may use the control socket"
+                .into(),
+        )
+        .to_string();
+        reply.push('\n');
+        return (&stream).write_all(reply.as_bytes());
+    }
     let mut line = String::new();
     BufReader::new(&stream).take(4096).read_line(&mut line)?;
     let mut reply = handle(&line, cache, inodes, meta).to_string();
@@ -350,5 +403,74 @@ mod tests {
         let long = "/x".repeat(200);
         let p = socket_path(Path::new(&long));
         assert!(p.to_string_lossy().len() < 108, "sun_path limit");
+    }
+
+    #[test]
+    fn the_socket_directory_must_be_a_private_directory_of_ours() {
+        let t = tempfile::tempdir().unwrap();
+        let fresh = t.path().join("fresh");
+        prepare_run_dir(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // ours but too open: closed
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o777)).unwrap();
+        prepare_run_dir(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // a planted symlink is not followed
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let e = prepare_run_dir(&link).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        if crate::sys::euid() == 0 {
+            // someone else's directory is refused
+            let theirs = t.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            let e = prepare_run_dir(&theirs).unwrap_err();
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        }
+    }
+
+    /// Another user who reaches the socket (here one in an open directory) is refused by
+    /// its credentials, whatever the file modes say.
+    #[test]
+    fn only_root_and_the_daemons_user_may_ask() {
+        if crate::sys::euid() != 0 {
+            eprintln!("SKIPPED (not root): needs setpriv to another uid");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = t.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let verdicts = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            for stream in listener.incoming().take(2) {
+                out.push(peer_allowed(&stream.unwrap()).unwrap());
+            }
+            out
+        });
+        let connect = format!(
+            "import socket; s = socket.socket(socket.AF_UNIX); s.connect('{}')",
+            path.display()
+        );
+        let run = |prefix: &[&str]| {
+            let status = std::process::Command::new(prefix[0])
+                .args(&prefix[1..])
+                .args(["/usr/bin/python3", "-c", &connect])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        };
+        run(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]);
+        run(&["env"]);
+        assert_eq!(verdicts.join().unwrap(), vec![false, true]);
     }
 }

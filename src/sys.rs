@@ -96,3 +96,28 @@ pub fn append_full(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
         unsafe { libc::pwritev2(fd, &iov, 1, -1, libc::RWF_APPEND) }
     })
 }
+
+/// The uid of the process at the other end of a connected Unix socket (`SO_PEERCRED`:
+/// the kernel's record of who connected, which the peer cannot forge).
+pub fn peer_uid(fd: RawFd) -> io::Result<libc::uid_t> {
+    // SAFETY: ucred is plain old data; all-zero is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid out pointers and `len` is the size of `cred`.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.uid)
+}
+
+/// The effective uid of this process.
+pub fn euid() -> libc::uid_t {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}

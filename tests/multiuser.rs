@@ -34,8 +34,17 @@ fn as_user(cmd: &str, groups: &[u32]) -> (i32, String, String) {
     )
 }
 
-fn check_identity_through(options: &str) {
-    let mount = Mount::new(options);
+/// With `cached`, the mount has a cache and root reads every private file through it
+/// first, so the unprivileged reads below would be cache hits: a hit must not skip a
+/// permission check that a miss would make.
+fn check_identity_through(options: &str, cached: bool) {
+    let mount = if cached {
+        let (dir, backing, cache) = common::backing_and_cache("bcl-test");
+        let options = format!("{options},cache={},cache_size=16M", cache.display());
+        Mount::over(dir, backing, &options, &[])
+    } else {
+        Mount::new(options)
+    };
     fs::set_permissions(mount.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&mount.backing, fs::Permissions::from_mode(0o1777)).unwrap();
     // another user's private file, and a file only group GROUP may read
@@ -50,6 +59,19 @@ fn check_identity_through(options: &str) {
     fs::set_permissions(mount.b("private"), fs::Permissions::from_mode(0o700)).unwrap();
 
     let m = mount.mnt.display();
+    if cached {
+        // the kernel keeps the pages too: drop them after each read, so the second read
+        // and the unprivileged ones below come to the daemon
+        for _ in 0..2 {
+            assert_eq!(fs::read(mount.m("secret")).unwrap(), b"top secret");
+            assert_eq!(fs::read(mount.m("team")).unwrap(), b"team notes");
+            std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+        }
+        assert!(
+            common::stat_u64(&mount.mnt, "cache_hits") >= 2,
+            "the files are cached"
+        );
+    }
     // creation: file, directory, symlink, fifo all owned by the caller
     let (code, _, err) = as_user(
         &format!(
@@ -113,7 +135,7 @@ fn check_identity_through(options: &str) {
 #[test]
 fn unprivileged_user_with_kernel_permission_checks() {
     require_fuse!();
-    check_identity_through("allow_other,default_permissions");
+    check_identity_through("allow_other,default_permissions", false);
 }
 
 #[test]
@@ -121,7 +143,19 @@ fn unprivileged_user_with_backing_permission_checks() {
     require_fuse!();
     // Without default_permissions every check is the backing's, made with the
     // caller's fsuid/fsgid/groups.
-    check_identity_through("allow_other");
+    check_identity_through("allow_other", false);
+}
+
+#[test]
+fn unprivileged_user_with_kernel_permission_checks_with_a_warm_cache() {
+    require_fuse!();
+    check_identity_through("allow_other,default_permissions", true);
+}
+
+#[test]
+fn unprivileged_user_with_backing_permission_checks_with_a_warm_cache() {
+    require_fuse!();
+    check_identity_through("allow_other", true);
 }
 
 #[test]

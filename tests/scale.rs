@@ -30,7 +30,7 @@ fn number(mnt: &Path, key: &str) -> u64 {
 fn limited(soft: u64, hard: u64) -> Daemon {
     Daemon {
         nofile: Some((soft, hard)),
-        env: Vec::new(),
+        ..Daemon::default()
     }
 }
 
@@ -120,6 +120,7 @@ fn open_file_survives_backing_rename_and_unlink_after_its_descriptor_was_evicted
     let daemon = Daemon {
         nofile: Some((1024, 1024)),
         env: vec![("BCACHEFS_LITE_FD_CACHE".into(), "16".into())],
+        ..Daemon::default()
     };
     let cache = dir.path().join("cache");
     let opts = format!("cache={},cache_size=16M", cache.display());

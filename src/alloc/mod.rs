@@ -225,6 +225,7 @@ impl Allocator {
             .write(true)
             .open(path)
             .map_err(|e| Error::io("open cache file", e))?;
+        check_cache_file_access(path, &f)?;
         Self::open_device(Arc::new(crate::device::FileDevice::new(f)), opts)
     }
 
@@ -810,4 +811,40 @@ impl Drop for Allocator {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// The cache file holds copies of backing data that the backing's permission checks no
+/// longer guard, so only the user running the daemon may read or change it: a file owned
+/// by someone else, or open to its group or others, is refused with a line that says how
+/// to fix it (`format` creates it 0600).
+///
+/// A file that is not a cache file at all is left to recovery, which says so (that is
+/// the more useful message, and nothing in it is ours to protect).
+fn check_cache_file_access(path: &Path, f: &std::fs::File) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let mut magic = [0u8; 8];
+    let read = crate::sys::pread_full(f.as_raw_fd(), &mut magic, 0)
+        .map_err(|e| Error::io("read cache file", e))?;
+    if read < magic.len() || magic != crate::device::format::SB_MAGIC {
+        return Ok(());
+    }
+    let m = f.metadata().map_err(|e| Error::io("stat cache file", e))?;
+    let euid = crate::sys::euid();
+    let shown = path.display();
+    if m.uid() != euid {
+        return Err(Error::Config(format!(
+            "cache file {shown} is owned by uid {}, not by uid {euid} that runs the daemon; \
+             refusing it (its owner could read or change cached data): chown it or use another file",
+            m.uid()
+        )));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(Error::Config(format!(
+            "cache file {shown} is accessible by its group or others (mode {:04o}); refusing it \
+             (it holds copies of backing data): chmod 600 {shown}",
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }

@@ -14,7 +14,7 @@
 //! No locks; everything here runs before the cache is shared. What may block: file I/O.
 
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::format::{decode_part, encode, entries_per_part, GensCheckpoint, PartExpect};
@@ -233,6 +233,10 @@ pub(crate) fn format_path(path: &Path, g: &Geometry, force: bool) -> Result<Supe
         .mode(0o600)
         .open(path)
         .map_err(|e| Error::io("create cache file", e))?;
+    // `mode` applies only when the file is created; a file overwritten with --force gets
+    // the same 0600 (see `check_cache_file_access`).
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io("chmod cache file", e))?;
     let size = sb.file_size().unwrap_or(0);
     f.set_len(size)
         .map_err(|e| Error::io("set cache file size", e))?;

@@ -22,12 +22,19 @@ pub fn is_root() -> bool {
 
 /// Skips (returns early from) a test that needs root and /dev/fuse.
 #[macro_export]
+/// Mount tests need root and /dev/fuse. Run by a user they skip, each printing one
+/// `SKIPPED (not root)` line that `make test` counts; run by root (as in CI) a missing
+/// /dev/fuse is a failure, never a silent pass.
 macro_rules! require_fuse {
     () => {
-        if !common::is_root() || !std::path::Path::new("/dev/fuse").exists() {
-            eprintln!("skipped: needs root and /dev/fuse");
+        if !common::is_root() {
+            eprintln!("SKIPPED (not root): this test mounts and needs root and /dev/fuse");
             return;
         }
+        assert!(
+            std::path::Path::new("/dev/fuse").exists(),
+            "running as root but /dev/fuse is missing: load the fuse module (modprobe fuse)"
+        );
     };
 }
 
@@ -55,6 +62,8 @@ pub struct Daemon {
     /// RLIMIT_NOFILE (soft, hard) to start it with.
     pub nofile: Option<(u64, u64)>,
     pub env: Vec<(String, String)>,
+    /// A file the daemon's stderr (its log) goes to, instead of the test's stderr.
+    pub log: Option<PathBuf>,
 }
 
 pub struct Mount {
@@ -97,6 +106,9 @@ impl Mount {
             cmd.arg("-o").arg(options);
         }
         cmd.args(extra).stdin(Stdio::null());
+        if let Some(log) = &daemon.log {
+            cmd.stderr(std::fs::File::create(log).expect("create the daemon log"));
+        }
         for (k, v) in &daemon.env {
             cmd.env(k, v);
         }
