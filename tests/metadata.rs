@@ -367,3 +367,41 @@ fn a_crash_during_namespace_changes_leaves_a_mount_that_agrees_with_the_backing(
         );
     }
 }
+
+#[test]
+fn a_reused_inode_number_is_never_served_as_the_old_inode() {
+    require_fuse!();
+    // git's index.lock renamed over index: the backing reuses freed inode numbers for new
+    // files while the kernel and the caches still know the old inodes under them (the
+    // dev-box bench's sequence, where `tar` once got ESTALE opening .git/index)
+    let (dir, backing, cache) = backing_and_cache("bcl-meta-reuse");
+    let src = std::env::current_dir().unwrap();
+    let repo = backing.join("repo");
+    sh_ok(
+        &format!(
+            "git clone -q --no-hardlinks {} {}",
+            src.display(),
+            repo.display()
+        ),
+        Path::new("/"),
+    );
+    let opts = format!(
+        "cache={},cache_size=64M,coherence=exclusive",
+        cache.display()
+    );
+    let m = Mount::over(dir, backing, &opts, &[]);
+    let repo = m.m("repo");
+    for cmd in [
+        "git status --porcelain",
+        "grep -r -c NEEDLE_TODO . || true",
+        "find . -printf '%s %m\\n'",
+        "tar cf - .",
+    ] {
+        for _ in 0..2 {
+            drop_kernel_caches();
+            sh_ok(&format!("{cmd} >/dev/null"), &repo);
+            sh_ok(&format!("{cmd} >/dev/null"), &repo);
+        }
+    }
+    assert_eq!(tree(&repo), tree(&m.b("repo")));
+}

@@ -434,6 +434,9 @@ pub struct InodeTable {
     root_ino: u64,
     maps: RwLock<Maps>,
     fds: Arc<FdCache>,
+    /// Told the node id of an inode whose handle turned out stale (the metadata cache
+    /// forgets it, so the kernel's retry of the lookup reaches the backing).
+    stale_hook: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl InodeTable {
@@ -492,7 +495,13 @@ impl InodeTable {
                 next_synthetic: SYNTHETIC_BASE,
             }),
             fds,
+            stale_hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Calls `hook(node id)` whenever an inode's handle is found stale (once per mount).
+    pub fn set_stale_hook(&self, hook: Box<dyn Fn(u64) + Send + Sync>) {
+        let _ = self.stale_hook.set(hook);
     }
 
     /// The descriptor cache and its figures (for `stats`).
@@ -520,7 +529,17 @@ impl InodeTable {
                 return Ok(InodeFd(fd));
             }
         }
-        let fd = Arc::new(self.fds.reopen(inode)?);
+        let fd = match self.fds.reopen(inode) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::ESTALE) {
+                    if let Some(hook) = self.stale_hook.get() {
+                        hook(inode.id);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let push = {
             let mut slot = inode.slot.lock();
             if let Some(existing) = &slot.fd {
@@ -670,10 +689,21 @@ impl InodeTable {
         file: impl FnOnce() -> Option<Option<Arc<FileState>>>,
     ) -> Option<Arc<Inode>> {
         let key = (st.st_dev, st.st_ino);
+        // A known entry is this inode only if the handles agree: a backing inode number can
+        // be reused by a new file once the old one is deleted (git's index.lock renamed
+        // over index), and the table may still hold the old one.
+        let same = |inode: &Inode| {
+            (inode.dev, inode.backing_ino) == key
+                && match (&inode.handle, &handle) {
+                    (Some((_, a)), Some(b)) => a.handle_type == b.handle_type && a.bytes == b.bytes,
+                    (None, None) => true,
+                    _ => false,
+                }
+        };
         {
             let mut maps = self.maps.write();
             if let Some(entry) = maps.by_id.get_mut(&id) {
-                if (entry.inode.dev, entry.inode.backing_ino) != key {
+                if !same(&entry.inode) {
                     return None;
                 }
                 entry.lookups += 1;
@@ -696,7 +726,7 @@ impl InodeTable {
         let mut maps = self.maps.write();
         if let Some(entry) = maps.by_id.get_mut(&id) {
             // another thread made it meanwhile
-            if (entry.inode.dev, entry.inode.backing_ino) != key {
+            if entry.inode.dev != st.st_dev || entry.inode.backing_ino != st.st_ino {
                 return None;
             }
             entry.lookups += 1;

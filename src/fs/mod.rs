@@ -301,6 +301,9 @@ impl PassthroughFs {
 
     /// Serves metadata through `meta`.
     pub fn with_meta(mut self, meta: Arc<MetaCache>) -> PassthroughFs {
+        let m = meta.clone();
+        self.inodes
+            .set_stale_hook(Box::new(move |id| m.forget_inode(id)));
         self.meta = Some(meta);
         self
     }

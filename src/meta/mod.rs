@@ -559,6 +559,18 @@ impl MetaCache {
         d.names.into_keys().collect()
     }
 
+    /// Forgets everything about inode `id` (its handle was found stale: the inode is gone,
+    /// so what names it must be looked up again) and counts it as an outside change.
+    pub fn forget_inode(&self, id: u64) {
+        let mut s = self.state.lock();
+        if s.inodes.contains_key(&id) {
+            s.drop_inode(id);
+            s.drop_dir_entry(id);
+            bump(&self.counters.outside_changes);
+            tracing::debug!(id, "stale handle: its cached metadata dropped");
+        }
+    }
+
     /// Notes an outside change found by a sweep or a check (stats and log).
     pub fn outside_change(&self, dir: u64, what: &str) {
         bump(&self.counters.outside_changes);
