@@ -330,8 +330,16 @@ fn a_crash_during_namespace_changes_leaves_a_mount_that_agrees_with_the_backing(
         cache.display()
     );
     make_tree(&backing, 3, 5);
+    // a clean unmount first leaves a metadata checkpoint, which the crash makes out of date
     let m = Mount::over(dir, backing.clone(), &opts, &[]);
     tree(&m.mnt);
+    tree(&m.mnt);
+    let (_, dir) = m.unmount_keep();
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    tree(&m.mnt);
+    // a change no directory's times show: only the crash rule (an out-of-date checkpoint
+    // is not trusted) keeps the old mode from coming back
+    std::fs::set_permissions(m.m("d0/sub/deep"), PermissionsExt::from_mode(0o604)).unwrap();
     let mnt = m.mnt.clone();
     let worker = std::thread::spawn(move || {
         for i in 0..400 {
@@ -404,4 +412,76 @@ fn a_reused_inode_number_is_never_served_as_the_old_inode() {
         }
     }
     assert_eq!(tree(&repo), tree(&m.b("repo")));
+}
+
+/// find + stat + ls -R + readlink of the tree (not `ls -l`: it asks for each file's ACL
+/// xattr, which is not cached).
+const WALK: &str = "find . >/dev/null; find . -exec stat {} + >/dev/null; ls -R . >/dev/null; \
+                    find . -type l -exec readlink {} + >/dev/null";
+
+/// Backing metadata calls `walk` makes through `m` (the stats reading's own cost taken off).
+fn calls_of(m: &Mount, walk: &str) -> u64 {
+    let c0 = stat_u64(&m.mnt, "backing_metadata_calls");
+    let c1 = stat_u64(&m.mnt, "backing_metadata_calls");
+    sh_ok(walk, &m.mnt);
+    stat_u64(&m.mnt, "backing_metadata_calls") - c1 - (c1 - c0)
+}
+
+#[test]
+fn exclusive_mode_after_a_remount_serves_the_tree_with_no_backing_calls() {
+    require_fuse!();
+    let (dir, backing, cache) = backing_and_cache("bcl-meta-remount");
+    let opts = format!(
+        "cache={},cache_size=64M,coherence=exclusive",
+        cache.display()
+    );
+    make_tree(&backing, 20, 20);
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    sh_ok(WALK, &m.mnt);
+    sh_ok(WALK, &m.mnt);
+    let before = tree(&m.mnt);
+    let (status, dir) = m.unmount_keep();
+    assert!(status.success());
+    let m = Mount::over(dir, backing, &opts, &[]);
+    assert_eq!(
+        calls_of(&m, WALK),
+        0,
+        "a remounted exclusive cache asked the backing"
+    );
+    assert_eq!(tree(&m.mnt), before);
+    assert_eq!(before, tree(&m.backing));
+    assert!(stat_u64(&m.mnt, "metadata_hits") > 0);
+}
+
+#[test]
+fn after_a_remount_outside_changes_are_found_in_both_modes() {
+    require_fuse!();
+    for mode in ["shared", "exclusive"] {
+        let (dir, backing, cache) = backing_and_cache("bcl-meta-remount-out");
+        let opts = format!(
+            "cache={},cache_size=64M,coherence={mode},metadata_ttl=0.1",
+            cache.display()
+        );
+        make_tree(&backing, 3, 4);
+        let m = Mount::over(dir, backing.clone(), &opts, &[]);
+        tree(&m.mnt);
+        tree(&m.mnt);
+        let (_, dir) = m.unmount_keep();
+        // changed while unmounted: the checkpoint is out of date for d0 and d1
+        std::fs::write(backing.join("d0/while-unmounted"), b"x").unwrap();
+        std::fs::remove_file(backing.join("d1/f0")).unwrap();
+        std::fs::set_permissions(backing.join("d2"), PermissionsExt::from_mode(0o711)).unwrap();
+        let m = Mount::over(dir, backing, &opts, &[]);
+        converges(
+            &m,
+            &format!("{mode}: changes while unmounted"),
+            Duration::from_secs(5),
+        );
+        if mode == "shared" {
+            // entries start expired; the unchanged directories were kept by one stat each
+            assert!(stat_u64(&m.mnt, "metadata_revalidations") > 0);
+        } else {
+            assert!(stat_u64(&m.mnt, "metadata_outside_changes") > 0);
+        }
+    }
 }

@@ -260,7 +260,16 @@ pub struct CacheSet {
     changes: Arc<parking_lot::RwLock<()>>,
     /// Holds the cache file's exclusive flock while open.
     _lock: Option<std::fs::File>,
+    /// The metadata checkpoint replay found (blob, trusted), until the metadata cache
+    /// takes it.
+    meta_checkpoint: Mutex<Option<(Vec<u8>, bool)>>,
+    /// Makes the metadata checkpoint written at a clean unmount (set by the FUSE layer).
+    meta_saver: Mutex<Option<MetaSaver>>,
 }
+
+/// Returns the metadata cache's checkpoint blob (see `meta::format`), called once at a
+/// clean unmount after the final index checkpoint.
+pub type MetaSaver = Box<dyn FnOnce() -> Option<Vec<u8>> + Send>;
 
 fn validator_of(st: &libc::stat) -> Validator {
     Validator {
@@ -327,6 +336,8 @@ impl CacheSet {
             path: cfg.path.clone(),
             changes: Arc::new(parking_lot::RwLock::new(())),
             _lock: lock,
+            meta_checkpoint: Mutex::new(replayed.meta),
+            meta_saver: Mutex::new(None),
         };
         set.start_threads();
         Ok(set)
@@ -413,6 +424,17 @@ impl CacheSet {
             return None;
         };
         Some(self.state_of(id))
+    }
+
+    /// The metadata checkpoint found at mount (blob, trusted: written at a clean unmount
+    /// with nothing after it); once.
+    pub fn take_meta_checkpoint(&self) -> Option<(Vec<u8>, bool)> {
+        self.meta_checkpoint.lock().take()
+    }
+
+    /// What makes the metadata checkpoint at a clean unmount.
+    pub fn set_meta_saver(&self, saver: MetaSaver) {
+        *self.meta_saver.lock() = Some(saver);
     }
 
     /// As [`CacheSet::file_state`] without a descriptor, when that needs no syscall (the
@@ -948,6 +970,12 @@ impl CacheSet {
                 .and_then(|()| self.journal.checkpoint_now())
             {
                 tracing::error!("final index checkpoint failed: {e}");
+            } else if let Some(blob) = self.meta_saver.lock().take().and_then(|f| f()) {
+                // last, so that it is the newest entry: the next mount trusts it only then
+                match self.journal.write_meta_checkpoint(&blob) {
+                    Ok(()) => tracing::info!(bytes = blob.len(), "metadata checkpoint written"),
+                    Err(e) => tracing::warn!("no metadata checkpoint: {e}"),
+                }
             }
         }
         self.alloc.close();

@@ -304,8 +304,54 @@ impl PassthroughFs {
         let m = meta.clone();
         self.inodes
             .set_stale_hook(Box::new(move |id| m.forget_inode(id)));
+        if let Err(e) = self.persist_meta(&meta) {
+            tracing::warn!("metadata cache not persisted: {e}");
+        }
         self.meta = Some(meta);
         self
+    }
+
+    /// With a cache file: loads the metadata checkpoint the mount found (a remount starts
+    /// warm) and arranges for one at a clean unmount. The crash rule: a checkpoint is
+    /// written only after `syncfs` made the backing state it describes durable, and it is
+    /// trusted only when it is the journal's newest entry (nothing changed after it);
+    /// otherwise its entries start expired and each is checked with one stat at first use.
+    fn persist_meta(&self, meta: &Arc<MetaCache>) -> io::Result<()> {
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        let root = self
+            .inodes
+            .get(inode::ROOT_ID)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        let fd = self.inodes.fd(&root)?;
+        let st = sys::fstat_path(fd.as_raw_fd())?;
+        // the root's filesystem gets its slot now: cached files then need no syscall for it
+        drop(cache.file_state(fd.as_raw_fd(), &st));
+        let mount = sys::name_to_handle(fd.as_raw_fd()).ok().map(|(_, m)| m);
+        if let Some((blob, trusted)) = cache.take_meta_checkpoint() {
+            match meta::format::Checkpoint::decode(&blob) {
+                Ok(c) => {
+                    let n = meta.load(c, st.st_ino, st.st_dev, mount, trusted);
+                    tracing::info!(entries = n, trusted, "metadata checkpoint loaded");
+                }
+                Err(e) => tracing::warn!("metadata checkpoint not loaded: {e}"),
+            }
+        }
+        // syncfs refuses an O_PATH descriptor: a real one of the root directory
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        let keep = sys::open(&sys::proc_path(fd.as_raw_fd()), flags)?;
+        let m = meta.clone();
+        let (dev, ino) = (st.st_dev, st.st_ino);
+        cache.set_meta_saver(Box::new(move || {
+            // what the checkpoint describes must be durable in the backing before it is
+            if let Err(e) = sys::syncfs(keep.as_raw_fd()) {
+                tracing::warn!("syncfs of the backing failed ({e}); no metadata checkpoint");
+                return None;
+            }
+            Some(m.checkpoint(dev, ino).encode())
+        }));
+        Ok(())
     }
 
     pub fn meta(&self) -> Option<&Arc<MetaCache>> {

@@ -55,6 +55,12 @@ pub fn count_meta_call() {
     BACKING_META_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// `syncfs(fd)`: everything of the filesystem `fd` is on reaches its storage.
+pub fn syncfs(fd: RawFd) -> io::Result<()> {
+    // SAFETY: syncfs takes a descriptor and touches no memory of ours.
+    cvt(unsafe { libc::syncfs(fd) }).map(drop)
+}
+
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
 pub fn fstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
     count_meta_call();

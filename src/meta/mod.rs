@@ -52,6 +52,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+pub mod format;
+
 /// How far the backing may change behind the mount's back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coherence {
@@ -209,6 +211,8 @@ struct DirEntry {
     settled: bool,
     /// When the validator was last confirmed against the backing.
     checked: Instant,
+    /// Loaded from a checkpoint and not yet confirmed: not to be used before a check.
+    unchecked: bool,
     /// Bumped on every drop or change of the names (see the module invariants).
     gen: u64,
     names: HashMap<Box<[u8]>, Name>,
@@ -295,6 +299,11 @@ impl MetaCache {
 
     fn exclusive(&self) -> bool {
         self.coherence == Coherence::Exclusive
+    }
+
+    /// Whether a directory's names may be used now.
+    fn dir_fresh(&self, d: &DirEntry) -> bool {
+        !d.unchecked && (self.exclusive() || self.remaining(d.checked).is_some())
     }
 
     /// How long from now an entry fetched at `at` stays trusted (None: not any more).
@@ -384,9 +393,7 @@ impl MetaCache {
     pub fn dir_check(&self, dir: u64) -> DirCheck {
         let s = self.state.lock();
         match s.dirs.get(&dir) {
-            Some(d) if self.exclusive() || self.remaining(d.checked).is_some() => {
-                DirCheck::Fresh(d.gen)
-            }
+            Some(d) if self.dir_fresh(d) => DirCheck::Fresh(d.gen),
             _ => DirCheck::Stale,
         }
     }
@@ -405,6 +412,7 @@ impl MetaCache {
             validator: v,
             settled: settled_now,
             checked: Instant::now(),
+            unchecked: false,
             gen,
             names: HashMap::new(),
             listing: None,
@@ -415,6 +423,7 @@ impl MetaCache {
             Some(d) if d.validator == v && d.settled => {
                 bump(&self.counters.revalidations);
                 d.checked = Instant::now();
+                d.unchecked = false;
                 (
                     Some(std::mem::replace(&mut d.tick, tick)),
                     d.bytes,
@@ -454,10 +463,7 @@ impl MetaCache {
     /// A name missing from a complete listing is absent.
     pub fn name(&self, dir: u64, name: &[u8]) -> Option<Name> {
         let mut s = self.state.lock();
-        let fresh = s
-            .dirs
-            .get(&dir)
-            .is_some_and(|d| self.exclusive() || self.remaining(d.checked).is_some());
+        let fresh = s.dirs.get(&dir).is_some_and(|d| self.dir_fresh(d));
         let found = s
             .dirs
             .get(&dir)
@@ -483,6 +489,7 @@ impl MetaCache {
         let s = self.state.lock();
         s.dirs
             .get(&dir)
+            .filter(|d| !d.unchecked)
             .and_then(|d| self.remaining(d.checked))
             .unwrap_or(Duration::ZERO)
     }
@@ -511,7 +518,7 @@ impl MetaCache {
         let found = s
             .dirs
             .get(&dir)
-            .filter(|d| self.exclusive() || self.remaining(d.checked).is_some())
+            .filter(|d| self.dir_fresh(d))
             .and_then(|d| d.listing.clone());
         match found {
             Some(_) => {
@@ -695,6 +702,183 @@ impl MetaCache {
         self.evict(&mut s);
     }
 
+    /// The whole cache as a checkpoint: the entries of the backing root's filesystem
+    /// (`root_dev`; node ids elsewhere are not stable across mounts).
+    pub fn checkpoint(&self, root_dev: u64, root_ino: u64) -> format::Checkpoint {
+        use format::{DirRec, InodeRec, NameRec};
+        let s = self.state.lock();
+        let stable =
+            |id: u64| id < (1 << 63) && s.inodes.get(&id).is_none_or(|e| e.st.st_dev == root_dev);
+        let mut c = format::Checkpoint {
+            root_ino,
+            ..Default::default()
+        };
+        for (&id, e) in &s.inodes {
+            if e.expired || !stable(id) || e.st.st_dev != root_dev {
+                continue;
+            }
+            let st = &e.st;
+            c.inodes.push(InodeRec {
+                id,
+                ino: st.st_ino,
+                mode: st.st_mode,
+                uid: st.st_uid,
+                gid: st.st_gid,
+                nlink: st.st_nlink,
+                size: st.st_size,
+                blocks: st.st_blocks,
+                rdev: st.st_rdev,
+                blksize: st.st_blksize,
+                times: [
+                    (st.st_atime, st.st_atime_nsec),
+                    (st.st_mtime, st.st_mtime_nsec),
+                    (st.st_ctime, st.st_ctime_nsec),
+                ],
+                handle: e.handle.as_ref().map(|h| (h.handle_type, h.bytes.to_vec())),
+                link: e.link.as_ref().map(|l| l.to_vec()),
+            });
+        }
+        for (&id, d) in &s.dirs {
+            if d.unchecked || !stable(id) {
+                continue;
+            }
+            let names = d
+                .names
+                .iter()
+                .map(|(n, what)| {
+                    let (kind, child) = match *what {
+                        Name::Absent => (0, 0),
+                        Name::Child(c) if stable(c) => (1, c),
+                        _ => (2, 0),
+                    };
+                    NameRec {
+                        name: n.to_vec(),
+                        kind,
+                        child,
+                    }
+                })
+                .collect();
+            c.dirs.push(DirRec {
+                id,
+                mtime: (d.validator.0, d.validator.1),
+                ctime: (d.validator.2, d.validator.3),
+                names,
+                listing: d.listing.as_ref().map(|l| {
+                    l.iter()
+                        .map(|e| (e.name.to_vec(), e.backing_ino, e.d_type))
+                        .collect()
+                }),
+            });
+        }
+        c
+    }
+
+    /// Fills the cache from checkpoint `c` of this backing tree (refused when it describes
+    /// another root). `trusted`: written at a clean unmount with nothing after it; in
+    /// exclusive mode its entries are then valid at once, else (and always in shared mode)
+    /// they start expired, so the first use checks them with one stat. `root_dev` and
+    /// `mount` replace the device number and mount id, which change between mounts.
+    /// Returns the entries loaded.
+    pub fn load(
+        &self,
+        c: format::Checkpoint,
+        root_ino: u64,
+        root_dev: u64,
+        mount: Option<i32>,
+        trusted: bool,
+    ) -> usize {
+        if c.root_ino != root_ino {
+            tracing::warn!("metadata checkpoint of another backing root; not loaded");
+            return 0;
+        }
+        let valid = trusted && self.exclusive();
+        let mut s = self.state.lock();
+        let mut n = 0;
+        for i in c.inodes {
+            // SAFETY: stat is plain old data (integers only); all-zero is valid.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            st.st_dev = root_dev;
+            st.st_ino = i.ino;
+            st.st_mode = i.mode;
+            st.st_uid = i.uid;
+            st.st_gid = i.gid;
+            st.st_nlink = i.nlink;
+            st.st_size = i.size;
+            st.st_blocks = i.blocks;
+            st.st_rdev = i.rdev;
+            st.st_blksize = i.blksize;
+            (st.st_atime, st.st_atime_nsec) = i.times[0];
+            (st.st_mtime, st.st_mtime_nsec) = i.times[1];
+            (st.st_ctime, st.st_ctime_nsec) = i.times[2];
+            let handle = match (mount, i.handle) {
+                (Some(mount), Some((handle_type, bytes))) => Some(HandleRef {
+                    mount,
+                    handle_type,
+                    bytes: bytes.into(),
+                }),
+                _ => None,
+            };
+            s.put_inode(i.id, &st, handle);
+            if let Some(e) = s.inodes.get_mut(&i.id) {
+                e.expired = !valid;
+                e.link = i.link.map(Into::into);
+                let bytes = inode_bytes(e);
+                let old = std::mem::replace(&mut e.bytes, bytes);
+                s.bytes = s.bytes + bytes - old;
+            }
+            n += 1;
+        }
+        for d in c.dirs {
+            let gen = s.next_gen();
+            let tick = s.tick();
+            let mut v_st: libc::stat = unsafe_zeroed_stat();
+            (v_st.st_mtime, v_st.st_mtime_nsec) = d.mtime;
+            (v_st.st_ctime, v_st.st_ctime_nsec) = d.ctime;
+            let mut e = DirEntry {
+                validator: validator(&v_st),
+                settled: settled(&v_st),
+                checked: Instant::now(),
+                unchecked: !valid,
+                gen,
+                names: d
+                    .names
+                    .into_iter()
+                    .map(|r| {
+                        let what = match r.kind {
+                            0 => Name::Absent,
+                            1 => Name::Child(r.child),
+                            _ => Name::Listed,
+                        };
+                        (r.name.into_boxed_slice(), what)
+                    })
+                    .collect(),
+                listing: d.listing.map(|l| {
+                    Arc::new(
+                        l.into_iter()
+                            .map(|(name, backing_ino, d_type)| Dirent {
+                                name: name.into_boxed_slice(),
+                                backing_ino,
+                                d_type,
+                            })
+                            .collect(),
+                    )
+                }),
+                tick,
+                bytes: 0,
+            };
+            e.bytes = dir_bytes(&e);
+            s.bytes += e.bytes;
+            if let Some(old) = s.dirs.insert(d.id, e) {
+                s.lru.remove(&old.tick);
+                s.bytes -= old.bytes;
+            }
+            s.lru.insert(tick, Key::Dir(d.id));
+            n += 1;
+        }
+        self.evict(&mut s);
+        n
+    }
+
     /// Whatever is cached about `name` in `dir`, however old, and since when it was last
     /// known good: for serving metadata while the backing is unreachable (offline mode).
     pub fn lookup_cached(&self, dir: u64, name: &[u8]) -> Option<(Name, Instant)> {
@@ -770,6 +954,11 @@ impl MetaCache {
             ("metadata_budget_bytes".into(), self.budget.into()),
         ]
     }
+}
+
+fn unsafe_zeroed_stat() -> libc::stat {
+    // SAFETY: stat is plain old data (integers only); all-zero is valid.
+    unsafe { std::mem::zeroed() }
 }
 
 /// The `d_type` of a file of mode `mode`.

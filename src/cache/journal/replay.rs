@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::checkpoint::{load_checkpoint, CheckpointState};
+use super::checkpoint::{load_blob, load_checkpoint, CheckpointState};
 use crate::alloc::{Allocator, BucketPtr};
 use crate::cache::identity::{FsKey, Identity};
 use crate::cache::stats::Counters;
@@ -19,6 +19,9 @@ pub struct Replayed {
     pub index: Index,
     pub identity: Identity,
     pub checkpoint: CheckpointState,
+    /// The newest metadata cache checkpoint's blob, and whether it is trusted: it is the
+    /// newest entry of the journal (written at a clean unmount, nothing happened after).
+    pub meta: Option<(Vec<u8>, bool)>,
 }
 
 /// Rebuilds the index from the newest readable checkpoint and the journal after it
@@ -102,10 +105,12 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
         extents = index.stats().extents,
         "journal replayed"
     );
+    let meta = newest_meta_checkpoint(alloc, &entries);
     Ok(Replayed {
         index,
         identity,
         checkpoint: ckpt,
+        meta,
     })
 }
 
@@ -174,7 +179,29 @@ fn apply(index: &Index, r: &Record, sb: &crate::device::format::Superblock) -> b
                 ctime_ns: *ctime_ns,
             },
         ),
-        Record::GensCheckpoint { .. } | Record::IndexCheckpoint { .. } | Record::FsSlot { .. } => {}
+        Record::GensCheckpoint { .. }
+        | Record::IndexCheckpoint { .. }
+        | Record::MetaCheckpoint { .. }
+        | Record::FsSlot { .. } => {}
     }
     true
+}
+
+/// The newest metadata checkpoint that loads, and whether it is the journal's newest entry.
+fn newest_meta_checkpoint(
+    alloc: &Allocator,
+    entries: &[crate::journal::Scanned],
+) -> Option<(Vec<u8>, bool)> {
+    let last = entries.last()?.entry.seq;
+    for s in entries.iter().rev() {
+        for r in &s.entry.records {
+            if let Record::MetaCheckpoint { seq, buckets, len } = r {
+                match load_blob(alloc, buckets, *len, &crate::meta::format::META_MAGIC) {
+                    Ok(blob) => return Some((blob, s.entry.seq == last)),
+                    Err(e) => tracing::warn!(seq, "skipping unreadable metadata checkpoint: {e}"),
+                }
+            }
+        }
+    }
+    None
 }
