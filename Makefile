@@ -4,8 +4,12 @@
 #   make pjdfstest  the POSIX suite (crate pjdfstest) through a mount with a cache and on a
 #                plain /tmp directory, side by side (root; tests/conformance/pjdfstest.sh)
 #   make fsx     long differential random-op runs of tests/fsx.rs (BCL_FSX_OPS per config, BCL_FSX_SEEDS)
+#   make fuzz    cargo-fuzz on every decoder, FUZZ_SECONDS (60) each (nightly; installs cargo-fuzz)
+#   make torture long crash / corruption runs (BCL_TORTURE_ROUNDS, default 100)
 #   make lint    rustfmt check and clippy with -D warnings
 #   make bench   benchmarks against backing/ssd/bindfs/rclone (bench-quick: 2-3 min; see bench/README.md)
+#   make sim     the trace simulator (bench/sim.rs): every replacement policy and the default
+#                probation admission against Belady's OPT; writes bench/results/sim.md (~1-2 min)
 #   make bench-scale  a walk of 1,000,000 files under ulimit -n 1024 (BCL_SCALE_FILES=N)
 #   make install / uninstall   PREFIX (default /usr/local) and DESTDIR honoured
 #   make deb     a Debian package in $(DEBDIR) (installs dpkg-dev if missing)
@@ -34,8 +38,8 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BINARY     ?=
 DEBDIR     ?= $(TARGET_DIR)/debian
 
-.PHONY: all build release demo test test-only fsx lint deps fmt clean \
-	install uninstall bin deb deb-deps bench bench-quick bench-scale pjdfstest pjdfstest-install
+.PHONY: all build release demo test test-only fsx fuzz torture lint deps fmt clean \
+	install uninstall bin deb deb-deps bench bench-quick bench-scale sim pjdfstest pjdfstest-install
 
 all: build
 
@@ -95,6 +99,35 @@ fsx: deps
 	    BCL_FSX_SEED=$$s BCL_FSX_OPS=$(BCL_FSX_OPS) $(CARGO) test --test fsx -- --nocapture || fail=1; \
 	done; exit $$fail
 
+# cargo-fuzz targets (fuzz/, nightly), each for FUZZ_SECONDS, from the committed corpus
+# (fuzz/corpus/TARGET, read-only) plus a working corpus in fuzz/target/corpus; a malloc over
+# FUZZ_MALLOC_MB is a failure, as is any panic. make test runs the same harnesses briefly on
+# stable (tests/decoders.rs).
+FUZZ_SECONDS   ?= 60
+FUZZ_MALLOC_MB ?= 64
+FUZZ_TARGETS   ?= superblock journal_entry gens_part index_checkpoint mount_options
+CARGO_FUZZ     ?= $(or $(shell command -v cargo-fuzz 2>/dev/null),$(HOME)/.cargo/bin/cargo-fuzz)
+
+fuzz:
+	@[ -x "$(CARGO_FUZZ)" ] || $(CARGO) install --locked cargo-fuzz
+	@cd fuzz && for t in $(FUZZ_TARGETS); do \
+	    mkdir -p target/corpus/$$t && \
+	    echo "== fuzz $$t for $(FUZZ_SECONDS) s" && \
+	    $(CARGO) +nightly fuzz run $$t target/corpus/$$t corpus/$$t -- \
+	        -max_total_time=$(FUZZ_SECONDS) -malloc_limit_mb=$(FUZZ_MALLOC_MB) -print_final_stats=1 \
+	        2>&1 | tee target/fuzz-$$t.log | grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|==|SUMMARY|INFO: seed)' ; \
+	    [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
+	done
+
+# Long runs of the crash torture (tests/torture.rs), the whole-file corruption test
+# (tests/corruption.rs) and the decoder pass (tests/decoders.rs); make test runs them short.
+BCL_TORTURE_ROUNDS ?= 100
+
+torture: deps
+	BCL_TORTURE_ROUNDS=$(BCL_TORTURE_ROUNDS) BCL_CORRUPT_ROUNDS=$(BCL_TORTURE_ROUNDS) \
+	BCL_DECODER_CASES=$$(( $(BCL_TORTURE_ROUNDS) * 100 )) \
+	    $(CARGO) test --test torture --test corruption --test decoders -- --nocapture
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
@@ -111,6 +144,13 @@ bench: deps release
 
 bench-quick: deps release
 	BIN=$(BENCH_BIN) /usr/bin/python3 bench/bench.py --quick
+
+# The trace simulator: real allocator, index and admission on an in-memory device, no FUSE.
+# A debug build is fast enough (SIM_ARGS=--quick for a shorter run).
+SIM_ARGS ?=
+sim:
+	mkdir -p bench/results
+	$(CARGO) run --example sim -- --out bench/results/sim.md $(SIM_ARGS)
 
 # Not part of make test: generates BCL_SCALE_FILES (1,000,000) files under BCL_SCALE_DIR
 # (/var/tmp) and walks them cold and warm, locally and through a mount limited to 1024

@@ -76,6 +76,8 @@ def config(quick):
         "zipf_bs": parse_size(env("BENCH_ZIPF_BS", "64K")),
         "zipf_passes": float(env("BENCH_ZIPF_PASSES", "2")),
         "policies": env("BENCH_POLICIES", "lru,fifo,random").split(","),
+        # Zipf + scan (issue 12): the plain policies (probation off) and the default admission
+        "scan_policies": env("BENCH_SCAN_POLICIES", "lru,fifo,random,default").split(","),
         "systems": env("BENCH_SYSTEMS", ",".join(SYSTEMS)).split(","),
         # quick: the Zipf run for bcachefs-lite and the backing only
         "zipf_systems": env("BENCH_ZIPF_SYSTEMS",
@@ -438,18 +440,20 @@ class Bcl(FuseSystem):
         self.extra = extra
         self.backing = backing
 
-    def prepare(self, cache_size=None, policy=None, fresh=True, **kw):
+    def prepare(self, cache_size=None, policy=None, fresh=True, extra=None, **kw):
         self.cache_file = os.path.join(self.b.cache_root, f"{self.name}.cache")
         if fresh and os.path.exists(self.cache_file):
             os.unlink(self.cache_file)
 
-    def cmd(self, cache_size=None, policy=None, **kw):
+    def cmd(self, cache_size=None, policy=None, extra=None, **kw):
         b = self.b
         opts = []
         if b.bcl_cache:
             opts.append(f"cache={self.cache_file},cache_size={cache_size or b.cfg['cache_size']}")
             if policy:
                 opts.append(f"replacement={policy}")
+            if extra:
+                opts.append(extra)
         if self.extra:
             opts.append(self.extra)
         if b.cfg["bcl_extra_opts"]:
@@ -745,6 +749,33 @@ class Bench:
                 ratio = None
         self.record("zipf hit ratio", "ratio", "higher", label, ratio)
 
+    def zipf_scan(self, s, label):
+        """Zipf with a scan (issue 12): one Zipf pass warms the hot set, another process
+        streams the sequential file (4x the Zipf cache in the full bench) through the mount,
+        then a second Zipf pass; its hit ratio (requests, from stats) is recorded."""
+        cfg = self.cfg
+        zipf = ["--rw=randread", f"--bs={cfg['zipf_bs']}",
+                f"--random_distribution=zipf:{cfg['zipf_theta']}",
+                f"--io_size={cfg['zipf_size']}", "--norandommap"]
+        drop_caches()
+        self.fio("zipf-warm", f"{s.path}/big/zipf.bin", zipf)
+        drop_caches()
+        self.timed(["dd", f"if={s.path}/big/seq.bin", "of=/dev/null", "bs=1M"])
+        time.sleep(1)  # fills land after the replies
+        drop_caches()
+        before = s.stats()
+        self.fio("zipf-after-scan", f"{s.path}/big/zipf.bin", zipf)
+        after = s.stats()
+        ratio = None
+        if before is not None and after is not None:
+            try:
+                h = after["cache_hits"] - before["cache_hits"]
+                m = after["cache_misses"] - before["cache_misses"]
+                ratio = h / (h + m) if h + m else None
+            except (KeyError, TypeError):
+                ratio = None
+        self.record("zipf+scan hit ratio", "ratio", "higher", label, ratio)
+
     def run(self):
         cfg = self.cfg
         self.started = datetime.datetime.now()
@@ -790,6 +821,21 @@ class Bench:
                 s.start(cache_size=cfg["zipf_cache"])
             self.zipf(s, name)
             s.stop()
+        # Zipf + a scan of the sequential file, per policy: "default" is the default mount
+        # (lru with streams on probation); the others run with probation off (plain policy)
+        if self.bcl_cache and "bcachefs-lite" in cfg["zipf_systems"]:
+            log(f"== zipf + scan of {cfg['seq_size'] // MiB} MiB, cache "
+                f"{cfg['zipf_cache'] // MiB} MiB")
+            for pol in cfg["scan_policies"]:
+                s = Bcl(self, "bcachefs-lite")
+                if pol == "default":
+                    s.start(cache_size=cfg["zipf_cache"])
+                    label = "bcachefs-lite default (lru+probation)"
+                else:
+                    s.start(cache_size=cfg["zipf_cache"], policy=pol, extra="probation_after=0")
+                    label = f"bcachefs-lite {pol} (no probation)"
+                self.zipf_scan(s, label)
+                s.stop()
         self.finished = datetime.datetime.now()
 
     # ---- output
@@ -893,6 +939,15 @@ class Bench:
                              f"{fmt(t.get('zipf hit ratio', {}).get(s))} |")
             L.append("\nHit ratios come from `bcachefs-lite stats --json`; rclone and the "
                      "others expose none (n/a).")
+        if "zipf+scan hit ratio" in t:
+            L.append("\n### Zipf after a scan (hot set, then another process streams the "
+                     "sequential file, then the hot set again)\n")
+            L.append("| policy | hit ratio after the scan |")
+            L.append("|---|---:|")
+            for s, v in t["zipf+scan hit ratio"].items():
+                L.append(f"| {s} | {fmt(v)} |")
+            L.append("\n`make sim` replays the same kind of trace through the real allocator "
+                     "beside Belady's OPT (bench/results/sim.md).")
         far = furthest_from(self.rows, "ssd")
         if far:
             L.append("\n### Where bcachefs-lite is furthest from the ssd limit\n")

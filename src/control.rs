@@ -6,7 +6,9 @@
 //! and never a symlink; the socket 0600. Every connection's peer credentials
 //! (`SO_PEERCRED`) are checked: only root and the daemon's own user are answered.
 //! Protocol (version 1): newline-delimited JSON. The client sends one request line,
-//! `{"v":1,"cmd":"stats"}` or `{"v":1,"cmd":"gc"}`; the server answers one line,
+//! `{"v":1,"cmd":"stats"}`, `{"v":1,"cmd":"gc"}` or
+//! `{"v":1,"cmd":"set_cache_mode","mode":"writearound"}` (reply `previous`: the mode it
+//! replaced); the server answers one line,
 //! `{"v":1,"ok":true,...}` with the command's fields, or `{"v":1,"ok":false,"error":"..."}`,
 //! then closes the connection. A request of another version is refused with an error
 //! reply naming the version served.
@@ -84,6 +86,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub struct Request {
     pub v: u32,
     pub cmd: String,
+    /// The mode of `set_cache_mode` (`writethrough`, `writearound`, `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 impl Request {
@@ -91,6 +96,7 @@ impl Request {
         Request {
             v: PROTOCOL_VERSION,
             cmd: cmd.to_string(),
+            mode: None,
         }
     }
 }
@@ -128,6 +134,19 @@ pub fn handle(
     match req.cmd.as_str() {
         "stats" => m.insert("stats".into(), stats_value(cache, inodes, meta)),
         "gc" => m.insert("moved_bytes".into(), cache.gc_now().into()),
+        "set_cache_mode" => {
+            let Some(name) = req.mode.as_deref() else {
+                return reply_err("set_cache_mode needs \"mode\"".into());
+            };
+            let mode = match name.parse() {
+                Ok(m) => m,
+                Err(e) => return reply_err(e),
+            };
+            match cache.set_cache_mode(mode) {
+                Ok(old) => m.insert("previous".into(), old.name().into()),
+                Err(e) => return reply_err(e.to_string()),
+            }
+        }
         other => return reply_err(format!("unknown command '{other}'")),
     };
     reply_ok(m)
@@ -202,6 +221,13 @@ fn answer(
 /// Sends `cmd` to the daemon serving `mountpoint` and returns its reply (an error reply
 /// becomes an error).
 pub fn request(mountpoint: &Path, cmd: &str) -> io::Result<serde_json::Value> {
+    send(mountpoint, &Request::new(cmd))
+}
+
+/// Sends `req` to the daemon serving `mountpoint` and returns its reply (an error reply
+/// becomes an error).
+pub fn send(mountpoint: &Path, req: &Request) -> io::Result<serde_json::Value> {
+    let cmd = req.cmd.as_str();
     let path = socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| {
         io::Error::new(
@@ -214,7 +240,7 @@ pub fn request(mountpoint: &Path, cmd: &str) -> io::Result<serde_json::Value> {
         )
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut line = serde_json::to_string(&Request::new(cmd)).map_err(io::Error::other)?;
+    let mut line = serde_json::to_string(req).map_err(io::Error::other)?;
     line.push('\n');
     stream.write_all(line.as_bytes())?;
     let mut reply = String::new();
@@ -271,6 +297,11 @@ fn figures(
     put("bytes_hit", get(&c.bytes_hit).into());
     put("bytes_missed", get(&c.bytes_missed).into());
     put("bytes_filled", get(&c.bytes_filled).into());
+    // admission (issue 12)
+    put(
+        "probation_bytes_filled",
+        get(&c.probation_bytes_filled).into(),
+    );
     put("fills_skipped", get(&c.fills_skipped).into());
     put("invalidations", get(&c.invalidations).into());
     let a = cache.alloc().stats();
@@ -286,6 +317,10 @@ fn figures(
     put("buckets_invalidated", a.invalidated.into());
     put("gens_checkpoints", a.checkpoints.into());
     put("discards", a.discards.into());
+    put("probation_buckets", a.probation_buckets.into());
+    put("probation_promotions", a.promotions.into());
+    put("evicted_never_hit", a.evicted_never_hit.into());
+    put("evicted_probation", a.evicted_probation.into());
     put("journal_entries", get(&c.journal_entries).into());
     put("index_checkpoints", get(&c.index_checkpoints).into());
     put("gc_runs", get(&c.gc_runs).into());
@@ -310,7 +345,9 @@ fn figures(
     if let Some(why) = cache.failure() {
         put("failure", why.into());
     }
+    put("cache_mode", cache.cache_mode().name().into());
     put("sequential_cutoff", cache.sequential_cutoff().into());
+    put("probation_after", cache.probation_after().into());
     put("cache_file", cache.path().to_string_lossy().into());
     let w = &cache.windows;
     put(

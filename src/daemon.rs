@@ -22,6 +22,7 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::cache::{CacheConfig, CacheSet};
+use crate::device::format::CacheMode;
 use crate::fs::PassthroughFs;
 use crate::options::MountOptions;
 
@@ -102,6 +103,7 @@ pub fn validate(req: &mut MountRequest) -> Result<(), MountError> {
             ("replacement", o.replacement.is_some()),
             ("discard", o.discard.is_some()),
             ("reformat", o.reformat),
+            ("cache_mode", o.cache_mode.is_some()),
         ];
         if let Some((name, _)) = cache_only.iter().find(|(_, set)| *set) {
             return Err(MountError::usage(format!(
@@ -447,17 +449,60 @@ fn open_cache(req: &MountRequest) -> Result<Option<std::sync::Arc<CacheSet>>, St
     let Some(path) = &o.cache else {
         return Ok(None);
     };
+    let mode = start_mode(o.cache_mode, path)?;
+    if mode == CacheMode::None {
+        // plain passthrough: the cache file is neither created, locked nor written
+        tracing::info!(
+            "cache_mode=none: cache file {} left untouched",
+            path.display()
+        );
+        return Ok(None);
+    }
     let mut cfg = CacheConfig::new(path.clone());
     cfg.size = o.cache_size;
     cfg.replacement = o.replacement;
     cfg.discard = o.discard;
     cfg.sequential_cutoff = o.sequential_cutoff;
+    cfg.probation_after = o.probation_after;
     cfg.readahead = o.readahead;
     cfg.reformat = o.reformat;
     cfg.revalidate = o.attr_timeout;
+    cfg.mode = mode;
     CacheSet::open(&cfg, &backing_identity(&req.backing))
         .map(|c| Some(std::sync::Arc::new(c)))
         .map_err(|e| format!("cache {}: {e}", path.display()))
+}
+
+/// The mode a mount starts in: `-o cache_mode=` when given, else the default recorded in
+/// the cache file's superblock (read without opening the file for writing), else
+/// writethrough (a new or unreadable file; opening it then creates, refuses or reformats it).
+/// Writeback is refused when asked for; a superblock that defaults to it (formatted with
+/// `--cache-mode writeback`) mounts writethrough, the safe direction, with a warning.
+fn start_mode(option: Option<CacheMode>, path: &Path) -> Result<CacheMode, String> {
+    if let Some(mode) = option {
+        if mode == CacheMode::Writeback {
+            return Err(format!(
+                "cache {}: cache_mode=writeback is not available yet; use writethrough, writearound or none",
+                path.display()
+            ));
+        }
+        return Ok(mode);
+    }
+    let recorded = std::fs::File::open(path)
+        .ok()
+        .and_then(|f| crate::alloc::read_superblock(&crate::device::FileDevice::new(f)).ok())
+        .map(|sb| sb.cache_mode);
+    Ok(match recorded {
+        Some(CacheMode::Writeback) => {
+            tracing::warn!(
+                "cache {}: its default cache_mode is writeback, which is not available yet; mounting writethrough",
+                path.display()
+            );
+            CacheMode::Writethrough
+        }
+        Some(mode) => mode,
+        None => CacheMode::Writethrough,
+    })
 }
 
 /// Mounts `fs` at the mount point. As root, mounts with type `fuse.bcachefs-lite`

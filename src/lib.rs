@@ -28,6 +28,9 @@ pub mod daemon;
 pub mod device;
 pub mod error;
 pub mod fs;
+/// Decoder harnesses for the fuzz targets and tests/decoders.rs; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod journal;
 pub mod key;

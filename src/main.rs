@@ -59,7 +59,8 @@ struct MountArgs {
     /// Comma-separated mount options: allow_other, default_permissions, ro,
     /// attr_timeout=SECS, entry_timeout=SECS, fsname=NAME, dev, suid, noexec, noatime;
     /// cache=FILE, cache_size=SIZE, replacement=lru|fifo|random, sequential_cutoff=SIZE,
-    /// readahead=SIZE, discard, nodiscard, reformat.
+    /// probation_after=SIZE, readahead=SIZE, discard, nodiscard, reformat,
+    /// cache_mode=writethrough|writearound|none.
     #[arg(short = 'o', value_name = "OPT,...")]
     options: Vec<String>,
     /// The cache file (same as -o cache=FILE).

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::device::format::Replacement;
+use crate::device::format::{CacheMode, Replacement};
 
 /// Everything `-o` can set. Defaults are what a user gets without options.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,8 +32,10 @@ pub struct MountOptions {
     /// Size for a cache file that does not exist yet (`cache_size=`).
     pub cache_size: Option<u64>,
     pub replacement: Option<Replacement>,
-    /// `sequential_cutoff=` (default 4 MiB, 0 = off).
+    /// `sequential_cutoff=` (default 0 = off): bcache's bypass of a stream past it.
     pub sequential_cutoff: u64,
+    /// `probation_after=` (default 4 MiB, 0 = off): a stream past it is cached on probation.
+    pub probation_after: u64,
     /// `readahead=` (default 0: the kernel's own readahead is enough).
     pub readahead: u64,
     /// `discard` / `nodiscard`; None keeps what the cache file says.
@@ -45,6 +47,9 @@ pub struct MountOptions {
     pub metadata_ttl: Duration,
     /// `metadata_cache_size=` (bytes; 0 turns the metadata cache off).
     pub metadata_cache_size: u64,
+    /// `cache_mode=`; None: the cache file's default (its superblock), itself writethrough
+    /// unless formatted otherwise.
+    pub cache_mode: Option<CacheMode>,
 }
 
 impl Default for MountOptions {
@@ -63,13 +68,15 @@ impl Default for MountOptions {
             cache: None,
             cache_size: None,
             replacement: None,
-            sequential_cutoff: 4 << 20,
+            sequential_cutoff: 0,
+            probation_after: crate::cache::DEFAULT_PROBATION_AFTER,
             readahead: 0,
             discard: None,
             reformat: false,
             coherence: crate::meta::Coherence::Shared,
             metadata_ttl: crate::meta::DEFAULT_TTL,
             metadata_cache_size: crate::meta::DEFAULT_BUDGET,
+            cache_mode: None,
         }
     }
 }
@@ -134,6 +141,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "cache_size",
     "replacement",
     "sequential_cutoff",
+    "probation_after",
     "readahead",
     "discard",
     "nodiscard",
@@ -141,6 +149,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "coherence",
     "metadata_ttl",
     "metadata_cache_size",
+    "cache_mode",
     "rw",
     "defaults",
     "auto",
@@ -191,6 +200,7 @@ impl MountOptions {
             },
             "cache_size" => self.cache_size = Some(parse_bytes(name, value)?),
             "sequential_cutoff" => self.sequential_cutoff = parse_bytes(name, value)?,
+            "probation_after" => self.probation_after = parse_bytes(name, value)?,
             "readahead" => {
                 let bytes = parse_bytes(name, value)?;
                 if bytes > crate::cache::MAX_READAHEAD {
@@ -208,6 +218,14 @@ impl MountOptions {
                     option: name.to_string(),
                     value: v.to_string(),
                     why: "must be lru, fifo or random",
+                })?);
+            }
+            "cache_mode" => {
+                let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+                self.cache_mode = Some(v.parse().map_err(|_| OptionError::BadValue {
+                    option: name.to_string(),
+                    value: v.to_string(),
+                    why: "must be writethrough, writeback, writearound or none",
                 })?);
             }
             "discard" => self.discard = Some(flag(value)?),
@@ -366,7 +384,10 @@ mod tests {
         assert_eq!((o.sequential_cutoff, o.readahead), (0, 128 << 10));
         assert_eq!(o.discard, Some(false));
         assert!(o.reformat);
-        assert_eq!(MountOptions::default().sequential_cutoff, 4 << 20);
+        let d = MountOptions::default();
+        assert_eq!((d.sequential_cutoff, d.probation_after), (0, 4 << 20));
+        let o = parse("sequential_cutoff=4M,probation_after=0").unwrap();
+        assert_eq!((o.sequential_cutoff, o.probation_after), (4 << 20, 0));
         assert!(matches!(
             parse("replacement=mru"),
             Err(OptionError::BadValue { .. })
@@ -376,6 +397,30 @@ mod tests {
             Err(OptionError::BadValue { .. })
         ));
         assert!(matches!(parse("cache="), Err(OptionError::MissingValue(_))));
+    }
+
+    #[test]
+    fn cache_mode_option() {
+        assert_eq!(MountOptions::default().cache_mode, None);
+        for (v, m) in [
+            ("writethrough", CacheMode::Writethrough),
+            ("writeback", CacheMode::Writeback),
+            ("writearound", CacheMode::Writearound),
+            ("none", CacheMode::None),
+        ] {
+            assert_eq!(
+                parse(&format!("cache_mode={v}")).unwrap().cache_mode,
+                Some(m)
+            );
+        }
+        assert!(matches!(
+            parse("cache_mode=fast"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse("cache_mode"),
+            Err(OptionError::MissingValue(_))
+        ));
     }
 
     #[test]
@@ -412,10 +457,10 @@ mod tests {
                 // options that need a value are known too: try a plausible one
                 Err(OptionError::MissingValue(_)) => {
                     let mut o = MountOptions::default();
-                    let ok = ["1", "x", "1M", "lru", "shared"]
+                    let ok = ["1", "x", "1M", "lru", "shared", "none"]
                         .iter()
                         .any(|v| o.apply(&format!("{name}={v}")).is_ok());
-                    assert!(ok, "{name}= accepts none of 1, x, 1M, lru, shared");
+                    assert!(ok, "{name}= accepts none of 1, x, 1M, lru, shared, none");
                 }
                 Err(e) => panic!("KNOWN_OPTIONS lists '{name}' but apply refuses it: {e}"),
             }

@@ -40,7 +40,7 @@
 //! - `BCL_FSX_OPS` ops per configuration (default 2000),
 //! - `BCL_FSX_SEED` base seed (default fixed; each configuration derives its own from it),
 //! - `BCL_FSX_CONFIG` run only this configuration (nocache, lru, fifo, random, tiny, seq0,
-//!   meta_shared, meta_exclusive: the metadata cache in each coherence mode; exclusive
+//!   writearound, none, meta_shared, meta_exclusive: the metadata cache in each coherence mode; exclusive
 //!   makes no outside changes),
 //! - `BCL_FSX_EXTERNAL=0` no outside changes, `BCL_FSX_MMAP=0` no mmap,
 //! - `BCL_FSX_SKIP=op,op` leave out operations by name (see [`OPS`], the outside change
@@ -155,6 +155,18 @@ const CONFIGS: &[Config] = &[
         name: "meta_exclusive",
         options: "cache=CACHE,cache_size=64M,coherence=exclusive",
         external: false,
+    },
+    // cache modes (issue 13): writes to the backing only, reads still cached
+    Config {
+        name: "writearound",
+        options: "cache=CACHE,cache_size=8M,cache_mode=writearound,sequential_cutoff=0",
+        external: true,
+    },
+    // a cache file named but not opened: plain passthrough
+    Config {
+        name: "none",
+        options: "cache=CACHE,cache_size=64M,cache_mode=none",
+        external: true,
     },
 ];
 
@@ -1881,10 +1893,24 @@ fn fsx_cache_without_sequential_cutoff() {
 
 #[test]
 fn fsx_metadata_cache_shared() {
+    require_fuse!();
     run_config("meta_shared");
 }
 
 #[test]
 fn fsx_metadata_cache_exclusive() {
+    require_fuse!();
     run_config("meta_exclusive");
+}
+
+#[test]
+fn fsx_cache_mode_writearound() {
+    require_fuse!();
+    run_config("writearound");
+}
+
+#[test]
+fn fsx_cache_mode_none() {
+    require_fuse!();
+    run_config("none");
 }

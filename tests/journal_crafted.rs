@@ -148,3 +148,46 @@ fn crafted_but_crc_valid_records_are_dropped_alone() {
     }
     cache.close();
 }
+
+/// A cache file holding dirty keys (written by a build with writeback) is refused by this
+/// build, which cannot write them back: it would serve them without the backing having them,
+/// and drop them at the next change. The refusal leaves the keys in place (a second open
+/// refuses again); a clean key alone does not refuse.
+#[test]
+fn a_cache_file_with_dirty_keys_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = CacheConfig::new(dir.path().join("c.cache"));
+    cfg.size = Some(16 << 20);
+    let cache = CacheSet::open(&cfg, "/tree").unwrap();
+    let block = cache.alloc().superblock().block_size;
+    cache.close();
+    drop(cache);
+    let key = |file: u64, dirty: bool| Record::KeyInsert {
+        file,
+        offset: 0,
+        len: block / 512,
+        bucket: 10,
+        gen: 0,
+        bucket_offset: 0,
+        dirty,
+        crcs: vec![0],
+    };
+    let raw = Allocator::open_with(&cfg.path, manual()).unwrap();
+    raw.journal_append(vec![key(1, false)]).unwrap();
+    raw.close();
+    drop(raw);
+    let cache = CacheSet::open(&cfg, "/tree").expect("a clean key refused the mount");
+    cache.close();
+    drop(cache);
+    let raw = Allocator::open_with(&cfg.path, manual()).unwrap();
+    raw.journal_append(vec![key(2, true)]).unwrap();
+    raw.close();
+    drop(raw);
+    for attempt in 0..2 {
+        let e = CacheSet::open(&cfg, "/tree")
+            .err()
+            .unwrap_or_else(|| panic!("open {attempt}: dirty data accepted"))
+            .to_string();
+        assert!(e.contains("dirty data") && e.contains("4096 bytes"), "{e}");
+    }
+}

@@ -21,8 +21,8 @@ use common::{is_mounted, sh, umount_lazy, BIN};
 const HELPER: &str = "mount.fuse.bcachefs-lite";
 const SBIN_HELPER: &str = "/sbin/mount.fuse.bcachefs-lite";
 
-/// Options the man page documents ahead of the code (write modes are not built yet).
-const PENDING_CACHE_OPTIONS: &[&str] = &["cache_mode"];
+/// Options the man page documents ahead of the code (none now).
+const PENDING_CACHE_OPTIONS: &[&str] = &[];
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -31,6 +31,14 @@
 //! 4. when nothing at all can be invalidated, ask GC (a counter and a condvar) and sleep until
 //!    GC reports instead of spinning.
 //!
+//! Prios (bcache's): a bucket handed out for data starts at `INITIAL_PRIO`, every prio ages by
+//! one each rescale, a hit sets it back to `INITIAL_PRIO`; LRU evicts the smallest
+//! `(prio - min_prio + 1) x sectors`. Probation (issue 12): a bucket opened for a streaming fill
+//! ([`Allocator::alloc_sectors_probation`], its own class of open buckets) starts at
+//! [`PRIO_PROBATION`], below every bucket filled normally in the last 16384 rescales, so LRU
+//! evicts scans first; a hit promotes it like any hit. The gens checkpoint's prio carries it
+//! across a remount.
+//!
 //! # Invariants (numbers from DESIGN.md)
 //!
 //! * 2: a bucket leaves `free_inc` only after its gen is durable (`Bucket::disk_gen == gen`,
@@ -80,7 +88,7 @@ pub use data::CacheData;
 pub use open::MAX_OPEN_BUCKETS;
 pub use recovery::{read_newest_checkpoint, read_superblock, NewestCheckpoint};
 use state::AllocState;
-pub use state::{Loc, Mark, Reserve, BTREE_PRIO, BUCKET_GC_GEN_MAX, INITIAL_PRIO};
+pub use state::{Loc, Mark, Reserve, BTREE_PRIO, BUCKET_GC_GEN_MAX, INITIAL_PRIO, PRIO_PROBATION};
 pub use thread::StepOutcome;
 
 /// The write point moving GC writes through (no process has this PID).
@@ -104,6 +112,11 @@ pub struct AllocStats {
     pub gc_requests: u64,
     pub rescales: u64,
     pub checkpoint_seq: u64,
+    /// Admission (issue 12): see [`state::Counters`].
+    pub probation_buckets: u64,
+    pub promotions: u64,
+    pub evicted_never_hit: u64,
+    pub evicted_probation: u64,
 }
 
 /// How to open a cache file.
@@ -350,7 +363,20 @@ impl Allocator {
         write_point: u64,
         wait: bool,
     ) -> Result<(BucketPtr, u32)> {
-        self.alloc_sectors_from(Reserve::None, key, sectors, write_point, wait)
+        self.alloc_sectors_from(Reserve::None, key, sectors, write_point, wait, false)
+    }
+
+    /// [`Allocator::alloc_sectors`] for a streaming fill (admission, issue 12): the data goes
+    /// into open buckets of its own (never shared with normal fills) that start at
+    /// [`PRIO_PROBATION`], so LRU evicts them first unless a hit promotes them.
+    pub fn alloc_sectors_probation(
+        &self,
+        key: KeyPos,
+        sectors: u32,
+        write_point: u64,
+        wait: bool,
+    ) -> Result<(BucketPtr, u32)> {
+        self.alloc_sectors_from(Reserve::None, key, sectors, write_point, wait, true)
     }
 
     /// [`Allocator::alloc_sectors`] for moving GC: its own write point, and a new bucket may come
@@ -363,6 +389,7 @@ impl Allocator {
             sectors,
             MOVING_GC_WRITE_POINT,
             false,
+            false,
         )
     }
 
@@ -373,6 +400,7 @@ impl Allocator {
         sectors: u32,
         write_point: u64,
         wait: bool,
+        probation: bool,
     ) -> Result<(BucketPtr, u32)> {
         if sectors == 0 {
             return Err(Error::InvalidArgument("zero sectors".into()));
@@ -381,13 +409,13 @@ impl Allocator {
         let mut st = sh.state.lock();
         loop {
             self.check_live()?;
-            let i = match st.open.pick(key, write_point) {
+            let i = match st.open.pick(key, write_point, probation) {
                 open::Pick::Existing(i) => i,
-                open::Pick::New => match st.pop_free(reserve) {
+                open::Pick::New => match st.pop_free_for(reserve, probation) {
                     Some(b) => {
                         sh.alloc_wait.notify_one();
                         let (gen, bs) = (st.buckets[b as usize].gen, st.bucket_sectors);
-                        st.open.push(b, gen, bs, write_point)
+                        st.open.push(b, gen, bs, write_point, probation)
                     }
                     None if !wait => {
                         st.kick = true;
@@ -446,8 +474,8 @@ impl Allocator {
             return Ok(false);
         }
         k.pins += 1;
-        if hit && matches!(k.mark, Mark::Data | Mark::Dirty) {
-            k.prio = INITIAL_PRIO;
+        if hit {
+            st.hit(bucket);
         }
         Ok(true)
     }
@@ -532,11 +560,7 @@ impl Allocator {
     /// A cache hit on `bucket`: its prio goes back to the initial value (LRU).
     pub fn touch(&self, bucket: u32) -> Result<()> {
         self.check_bucket(bucket)?;
-        let mut st = self.shared.state.lock();
-        let k = &mut st.buckets[bucket as usize];
-        if matches!(k.mark, Mark::Data | Mark::Dirty) {
-            k.prio = INITIAL_PRIO;
-        }
+        self.shared.state.lock().hit(bucket);
         Ok(())
     }
 
@@ -783,6 +807,10 @@ impl Allocator {
             gc_requests: st.counters.gc_requests,
             rescales: st.counters.rescales,
             checkpoint_seq: st.ckpt_seq,
+            probation_buckets: st.counters.probation_buckets,
+            promotions: st.counters.promotions,
+            evicted_never_hit: st.counters.evicted_never_hit,
+            evicted_probation: st.counters.evicted_probation,
         }
     }
 

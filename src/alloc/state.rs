@@ -11,6 +11,12 @@ use crate::device::format::{gens_buckets, Replacement, Superblock};
 
 /// Prio given to a bucket when it is invalidated or hit (bcache `INITIAL_PRIO`).
 pub const INITIAL_PRIO: u16 = 32768;
+/// Prio a bucket opened for a streaming fill starts at (probation; issue 12). A bucket whose
+/// prio is at or below this value is on probation: LRU evicts it before any bucket filled normally
+/// in the last `INITIAL_PRIO - PRIO_PROBATION` rescales (16 cache sizes written), and a hit
+/// promotes it to `INITIAL_PRIO`. No journal record carries it: the gens checkpoint's prio does,
+/// so a remount keeps what was on probation.
+pub const PRIO_PROBATION: u16 = INITIAL_PRIO / 2;
 /// Prio of metadata buckets (bcache `BTREE_PRIO`); never rescaled.
 pub const BTREE_PRIO: u16 = u16::MAX;
 /// A bucket's gen may run at most this far ahead of the oldest gen a key still points at
@@ -77,6 +83,12 @@ pub struct Bucket {
     pub mark: Mark,
     pub sectors: u32,
     pub loc: Loc,
+    /// Opened for a streaming fill and not hit since (in memory; after a remount, a data
+    /// bucket whose checkpointed prio is at or below [`PRIO_PROBATION`]).
+    pub probation: bool,
+    /// Hit at least once since it was last handed out (in memory; true after a remount for
+    /// buckets not on probation, which are not known to be never-hit).
+    pub hit: bool,
 }
 
 /// A bounded FIFO of bucket indexes (bcache `DECLARE_FIFO`).
@@ -112,6 +124,14 @@ pub struct Counters {
     pub discards: u64,
     pub gc_requests: u64,
     pub rescales: u64,
+    /// Buckets opened at probation prio (streaming fills).
+    pub probation_buckets: u64,
+    /// Hits on a probation bucket, which moved it to the normal prio.
+    pub promotions: u64,
+    /// Invalidated buckets that held data and were never hit since they were filled.
+    pub evicted_never_hit: u64,
+    /// Of those, buckets still on probation.
+    pub evicted_probation: u64,
 }
 
 /// Everything the allocator mutex protects.
@@ -161,6 +181,8 @@ impl AllocState {
                 mark: Mark::Free,
                 sectors: 0,
                 loc: Loc::Idle,
+                probation: prios[i] <= PRIO_PROBATION && prios[i] != 0,
+                hit: !(prios[i] <= PRIO_PROBATION && prios[i] != 0),
             })
             .collect();
         for &b in ckpt {
@@ -213,8 +235,16 @@ impl AllocState {
     fn invalidate_one(&mut self, b: u32) {
         debug_assert!(self.can_invalidate(b));
         let k = &mut self.buckets[b as usize];
+        if k.sectors > 0 && k.mark == Mark::Data && !k.hit {
+            self.counters.evicted_never_hit += 1;
+            if k.probation {
+                self.counters.evicted_probation += 1;
+            }
+        }
         k.gen = k.gen.wrapping_add(1);
         k.prio = INITIAL_PRIO;
+        k.probation = false;
+        k.hit = false;
         k.pins += 1;
         k.mark = Mark::Free;
         k.sectors = 0;
@@ -335,6 +365,12 @@ impl AllocState {
     /// bcache `bch_bucket_alloc` fast path: pop `free[None]`, else `free[reserve]`. The bucket
     /// keeps the allocator's pin, which now belongs to the caller.
     pub fn pop_free(&mut self, reserve: Reserve) -> Option<u32> {
+        self.pop_free_for(reserve, false)
+    }
+
+    /// [`AllocState::pop_free`] for a data bucket that starts on probation (`probation`: its
+    /// prio is [`PRIO_PROBATION`], and `min_prio` follows it down so LRU scores stay ordered).
+    pub fn pop_free_for(&mut self, reserve: Reserve, probation: bool) -> Option<u32> {
         let b = match self.free[Reserve::None as usize].q.pop_front() {
             Some(b) => b,
             None => self.free[reserve as usize].q.pop_front()?,
@@ -344,9 +380,17 @@ impl AllocState {
         debug_assert_eq!(k.gen, k.disk_gen);
         k.loc = Loc::Idle;
         k.sectors = 0;
+        k.hit = false;
+        k.probation = false;
         if matches!(reserve, Reserve::Metadata | Reserve::Prio) {
             k.mark = Mark::Metadata;
             k.prio = BTREE_PRIO;
+        } else if probation {
+            k.mark = Mark::Data;
+            k.prio = PRIO_PROBATION;
+            k.probation = true;
+            self.counters.probation_buckets += 1;
+            self.min_prio = self.min_prio.min(PRIO_PROBATION);
         } else {
             k.mark = Mark::Data;
             k.prio = INITIAL_PRIO;
@@ -376,6 +420,21 @@ impl AllocState {
                 self.free[r as usize].q.push_back(b);
                 self.buckets[b as usize].loc = Loc::Free(r);
             }
+        }
+    }
+
+    /// A cache hit on data bucket `b` (bcache sets the prio back to `INITIAL_PRIO`): a bucket on
+    /// probation is promoted to the normal prio.
+    pub fn hit(&mut self, b: u32) {
+        let k = &mut self.buckets[b as usize];
+        if !matches!(k.mark, Mark::Data | Mark::Dirty) {
+            return;
+        }
+        k.prio = INITIAL_PRIO;
+        k.hit = true;
+        if k.probation {
+            k.probation = false;
+            self.counters.promotions += 1;
         }
     }
 
@@ -473,5 +532,153 @@ impl AllocState {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The prio/probation model (issue 12) on the state alone, no I/O.
+    use super::*;
+    use crate::device::format::Geometry;
+
+    /// A state whose buckets are all metadata (so only what a test fills can be evicted).
+    fn state(nbuckets: u64, prios: Option<&[u16]>) -> AllocState {
+        let g = Geometry {
+            size: (nbuckets + 8) << 20,
+            journal_size: Some(1 << 20),
+            ..Geometry::default()
+        };
+        let sb = Superblock::new_for(&g, [7; 16], 0).unwrap();
+        let n = sb.nbuckets as usize;
+        let gens = vec![0u8; n];
+        let prios = prios.map_or(vec![0u16; n], <[u16]>::to_vec);
+        let mut st = AllocState::new(&sb, &gens, &prios, &[], 0);
+        st.gc_mark_valid = true;
+        for k in &mut st.buckets {
+            k.mark = Mark::Metadata;
+        }
+        st
+    }
+
+    /// Hands bucket `b` out as a data bucket of the given class and fills it (what
+    /// `alloc_sectors` does, without the open-bucket list).
+    fn fill(st: &mut AllocState, b: u32, probation: bool) {
+        st.buckets[b as usize].pins = 1;
+        st.free[Reserve::None as usize].q.push_back(b);
+        st.buckets[b as usize].loc = Loc::Free(Reserve::None);
+        assert_eq!(st.pop_free_for(Reserve::None, probation), Some(b));
+        let k = &mut st.buckets[b as usize];
+        k.sectors = st.bucket_sectors;
+        k.pins = 0;
+    }
+
+    fn age(st: &mut AllocState, rescales: u32) {
+        for _ in 0..rescales {
+            st.rescale(st.rescale_every as u32);
+        }
+    }
+
+    fn evicted(st: &mut AllocState, room: usize) -> Vec<u32> {
+        st.free_inc.cap = room;
+        st.invalidate_buckets();
+        st.free_inc.q.iter().copied().collect()
+    }
+
+    #[test]
+    fn lru_evicts_a_newer_probation_bucket_before_an_older_normal_one() {
+        let mut st = state(64, None);
+        for b in 0..4 {
+            fill(&mut st, b, false);
+        }
+        age(&mut st, 1000); // the hot set is old...
+        for b in 4..8 {
+            fill(&mut st, b, true); // ...and the scan is new
+        }
+        assert!(st.buckets[4].probation && st.buckets[4].prio == PRIO_PROBATION);
+        let mut out = evicted(&mut st, 4);
+        out.sort_unstable();
+        assert_eq!(out, vec![4, 5, 6, 7], "the scan goes first");
+        assert_eq!(st.counters.evicted_never_hit, 4);
+        assert_eq!(st.counters.evicted_probation, 4);
+        assert_eq!(st.counters.probation_buckets, 4);
+        st.check().unwrap();
+    }
+
+    #[test]
+    fn without_probation_lru_evicts_the_older_hot_set() {
+        // The same sequence with every fill normal (probation off): the scan is newer,
+        // so the hot set is what LRU evicts. This is what probation protects against.
+        let mut st = state(64, None);
+        for b in 0..4 {
+            fill(&mut st, b, false);
+        }
+        age(&mut st, 1000);
+        for b in 4..8 {
+            fill(&mut st, b, false);
+        }
+        let mut out = evicted(&mut st, 4);
+        out.sort_unstable();
+        assert_eq!(out, vec![0, 1, 2, 3]);
+        assert_eq!(st.counters.evicted_probation, 0);
+    }
+
+    #[test]
+    fn a_hit_promotes_a_probation_bucket_to_the_normal_prio() {
+        let mut st = state(64, None);
+        fill(&mut st, 0, false);
+        fill(&mut st, 1, true);
+        fill(&mut st, 2, true);
+        age(&mut st, 10);
+        st.hit(1);
+        assert_eq!(st.buckets[1].prio, INITIAL_PRIO);
+        assert!(!st.buckets[1].probation && st.buckets[1].hit);
+        assert_eq!(st.counters.promotions, 1);
+        st.hit(1);
+        assert_eq!(st.counters.promotions, 1, "promoted once");
+        // bucket 2 (still on probation) goes first, then the old normal 0, then the promoted 1
+        assert_eq!(evicted(&mut st, 1), vec![2]);
+        st.free_inc.q.clear();
+        st.buckets[2].loc = Loc::Idle;
+        st.buckets[2].pins = 0;
+        st.buckets[2].mark = Mark::Data;
+        st.buckets[2].sectors = 0; // empty now
+        assert_eq!(evicted(&mut st, 2)[..2], [2, 0]);
+        assert_eq!(st.counters.evicted_never_hit, 2, "bucket 2 and the unhit 0");
+        assert_eq!(st.counters.evicted_probation, 1);
+    }
+
+    #[test]
+    fn probation_ages_and_older_probation_buckets_go_first() {
+        let mut st = state(64, None);
+        fill(&mut st, 3, true);
+        age(&mut st, 5);
+        fill(&mut st, 2, true);
+        assert!(st.buckets[3].prio < st.buckets[2].prio);
+        assert_eq!(st.min_prio, st.buckets[3].prio);
+        assert_eq!(evicted(&mut st, 1), vec![3]);
+    }
+
+    #[test]
+    fn a_checkpointed_prio_below_probation_comes_back_on_probation() {
+        let mut prios = vec![INITIAL_PRIO; 80];
+        prios[5] = PRIO_PROBATION - 3;
+        prios[6] = 0; // never used
+        let st = state(64, Some(&prios));
+        assert!(st.buckets[5].probation && !st.buckets[5].hit);
+        assert!(!st.buckets[6].probation);
+        assert!(!st.buckets[7].probation && st.buckets[7].hit);
+    }
+
+    #[test]
+    fn metadata_and_free_buckets_are_not_promoted() {
+        let mut st = state(64, None);
+        st.buckets[1].mark = Mark::Metadata;
+        st.buckets[1].prio = BTREE_PRIO;
+        st.hit(1);
+        assert_eq!(st.buckets[1].prio, BTREE_PRIO);
+        st.buckets[2].mark = Mark::Free;
+        st.buckets[2].probation = true;
+        st.hit(2);
+        assert_eq!(st.counters.promotions, 0);
     }
 }

@@ -19,9 +19,10 @@
 //!    miss: counted, key dropped), pread the blocks from the cache file, unpin, and
 //!    check every block's crc (a mismatch is a miss: counted, key dropped);
 //! 4. read every gap from the backing (plus readahead), reply;
-//! 5. unless the process streams past the sequential cutoff, fill the gaps into the
-//!    cache after the reply: `alloc_sectors` with the caller's PID as write point,
-//!    write the data, then insert the key — only if no change raced with the miss (the
+//! 5. unless the process streams past the sequential cutoff (off by default), fill the
+//!    gaps into the cache after the reply: `alloc_sectors` with the caller's PID as write
+//!    point (a process streaming past `probation_after`: `alloc_sectors_probation`, its
+//!    own open buckets at probation prio, see [`seq`]), write the data, then insert the key — only if no change raced with the miss (the
 //!    file's change sequence is unchanged) — and queue the key for the journal.
 //!
 //! Change (docs/DESIGN.md, "change protocol"): every operation that changes a file's bytes,
@@ -35,6 +36,18 @@
 //!    and records the validator from a fresh fstat;
 //! 5. hands back a fill ticket only when no other change overlapped this one, so the data
 //!    it wrote may be cached (writethrough).
+//!
+//! Cache modes ([`CacheMode`], `-o cache_mode=`, switchable live with
+//! [`CacheSet::set_cache_mode`]): every mode runs every change through the change protocol,
+//! so the keys a change touches are dropped in all of them and a later switch back never
+//! serves old bytes.
+//! * writethrough: the backing first, then the written whole blocks are filled (step 5);
+//! * writearound: the backing only; overlapping keys dropped, nothing filled from a write;
+//!   reads still hit and fill;
+//! * none: reads go to the backing (no hit, no fill); switched on a live mount the keys stay
+//!   coherent as above. A mount that *starts* in none never opens the cache file (the
+//!   daemon makes no [`CacheSet`]);
+//! * writeback: not built; refused.
 //!
 //! # Invariants (numbers from the design brief)
 //!
@@ -79,7 +92,7 @@ pub mod stats;
 use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -88,14 +101,14 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::alloc::{Allocator, BucketPtr, KeyPos};
-use crate::device::format::{Replacement, SECTOR};
+use crate::device::format::{CacheMode, Replacement, SECTOR};
 use crate::error::{expect_ok, Error, Result};
 use crate::index::{Extent, FileId, Index, Validator};
 use crate::journal::format::Record;
 use identity::Identity;
 use journal::JournalWriter;
 use provision::{lock_cache_file, prepare_cache_file};
-use seq::SequentialCutoff;
+use seq::{Admission, SequentialCutoff};
 use stats::{add, bump, Counters, Windows};
 
 /// What `-o cache=...` and friends ask for.
@@ -106,8 +119,11 @@ pub struct CacheConfig {
     pub size: Option<u64>,
     pub replacement: Option<Replacement>,
     pub discard: Option<bool>,
-    /// Bytes a process may stream sequentially before it bypasses (0: never).
+    /// Bytes a process may stream sequentially before it bypasses (0: never, the default).
     pub sequential_cutoff: u64,
+    /// Bytes a process may stream sequentially before its fills go on probation (0: never;
+    /// then every fill enters at the normal prio, plain LRU).
+    pub probation_after: u64,
     /// Extra bytes read from the backing after a miss, and cached.
     pub readahead: u64,
     /// Reformat a cache file that serves another backing tree (or is unreadable).
@@ -116,6 +132,10 @@ pub struct CacheConfig {
     /// timeout): a change made elsewhere is seen within this time, also by descriptors
     /// opened before it.
     pub revalidate: Duration,
+    /// The write mode this mount starts in (see "Cache modes" in the module header).
+    /// Writeback is refused ([`CacheSet::set_cache_mode`]); none is normally not opened at
+    /// all (the daemon leaves the cache file untouched).
+    pub mode: CacheMode,
 }
 
 impl CacheConfig {
@@ -125,13 +145,19 @@ impl CacheConfig {
             size: None,
             replacement: None,
             discard: None,
-            sequential_cutoff: 4 << 20,
+            sequential_cutoff: 0,
+            probation_after: DEFAULT_PROBATION_AFTER,
             readahead: 0,
             reformat: false,
             revalidate: Duration::from_secs(1),
+            mode: CacheMode::Writethrough,
         }
     }
 }
+
+/// Default `probation_after`: bcache's old `sequential_cutoff` default, now the point where a
+/// stream's fills go on probation instead of bypassing.
+pub const DEFAULT_PROBATION_AFTER: u64 = 4 << 20;
 
 /// Largest readahead a mount may ask for (larger is refused at option parsing).
 pub const MAX_READAHEAD: u64 = 64 << 20;
@@ -227,6 +253,8 @@ pub struct Fill {
     /// ticket): the key is inserted only while the sequence still has this value.
     seen_seq: u64,
     pid: u32,
+    /// A streaming fill: into probation buckets.
+    probation: bool,
     /// Block-aligned offset and block-padded data.
     chunks: Vec<(u64, Vec<u8>)>,
 }
@@ -258,6 +286,8 @@ pub struct CacheSet {
     /// Taken (read side) by every change that drops keys, and (write side) by moving GC
     /// while it swaps an extent, so their journal records cannot be reordered.
     changes: Arc<parking_lot::RwLock<()>>,
+    /// The current [`CacheMode`] (as its `u8`), switchable on a live mount.
+    mode: AtomicU8,
     /// Holds the cache file's exclusive flock while open.
     _lock: Option<std::fs::File>,
     /// The metadata checkpoint replay found (blob, trusted), until the metadata cache
@@ -265,6 +295,9 @@ pub struct CacheSet {
     meta_checkpoint: Mutex<Option<(Vec<u8>, bool)>>,
     /// Makes the metadata checkpoint written at a clean unmount (set by the FUSE layer).
     meta_saver: Mutex<Option<MetaSaver>>,
+    /// Debug: every read request, one line each, when `BCACHEFS_LITE_TRACE=FILE` is set at mount
+    /// (the trace simulator's input, bench/sim.rs).
+    trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
 
 /// Returns the metadata cache's checkpoint blob (see `meta::format`), called once at a
@@ -276,6 +309,29 @@ fn validator_of(st: &libc::stat) -> Validator {
         size: st.st_size as u64,
         mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
         ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+    }
+}
+
+/// `BCACHEFS_LITE_TRACE=FILE`: append a line `FILE_ID OFFSET LEN PID` per read request (a debug aid for
+/// recording traces; see bench/README.md). Unset: no trace.
+fn open_trace() -> Option<Mutex<std::io::BufWriter<std::fs::File>>> {
+    let path = std::env::var_os("BCACHEFS_LITE_TRACE")?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // 0600: the trace names files and offsets the backing's permissions may guard
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(f) => Some(Mutex::new(std::io::BufWriter::new(f))),
+        Err(e) => {
+            tracing::warn!(
+                "BCACHEFS_LITE_TRACE {}: {e}; not tracing",
+                path.to_string_lossy()
+            );
+            None
+        }
     }
 }
 
@@ -291,6 +347,7 @@ impl CacheSet {
     /// Opens (or formats) the cache file for the backing tree `backing_id` and replays
     /// its journal. Refuses a file that serves another tree unless `reformat`.
     pub fn open(cfg: &CacheConfig, backing_id: &str) -> Result<CacheSet> {
+        check_mode(cfg.mode)?;
         // One user at a time: a daemon still writing its last checkpoint after umount
         // holds the lock, and the next mount waits for it.
         let exists = cfg.path.exists();
@@ -306,6 +363,17 @@ impl CacheSet {
         let alloc = Arc::new(Allocator::open(&cfg.path)?);
         let counters = Arc::new(Counters::default());
         let replayed = journal::replay(&alloc, &counters)?;
+        if replayed.dirty_bytes > 0 {
+            // before the first GC, so the allocator has invalidated nothing yet
+            alloc.close();
+            return Err(Error::Config(format!(
+                "cache file {} holds {} bytes of dirty data not yet written back to the backing; \
+                 this build has no writeback and will not serve, drop or overwrite it: mount it \
+                 with a build that has cache_mode=writeback",
+                cfg.path.display(),
+                replayed.dirty_bytes
+            )));
+        }
         let index = Arc::new(replayed.index);
         let identity = Arc::new(replayed.identity);
         let journal = Arc::new(JournalWriter::new(
@@ -325,7 +393,7 @@ impl CacheSet {
             identity,
             journal,
             files: Arc::new(DashMap::new()),
-            seq: SequentialCutoff::new(cfg.sequential_cutoff),
+            seq: SequentialCutoff::new(cfg.sequential_cutoff, cfg.probation_after),
             readahead: cfg.readahead.min(MAX_READAHEAD),
             revalidate_ns: cfg.revalidate.as_nanos().min(u128::from(u64::MAX)) as u64,
             epoch: Instant::now(),
@@ -335,9 +403,11 @@ impl CacheSet {
             threads: Mutex::new(Vec::new()),
             path: cfg.path.clone(),
             changes: Arc::new(parking_lot::RwLock::new(())),
+            mode: AtomicU8::new(cfg.mode as u8),
             _lock: lock,
             meta_checkpoint: Mutex::new(replayed.meta),
             meta_saver: Mutex::new(None),
+            trace: open_trace(),
         };
         set.start_threads();
         Ok(set)
@@ -391,6 +461,55 @@ impl CacheSet {
 
     pub fn sequential_cutoff(&self) -> u64 {
         self.seq.cutoff()
+    }
+
+    // ---- cache modes (issue 13) -------------------------------------------------------
+
+    /// The write mode in force now.
+    pub fn cache_mode(&self) -> CacheMode {
+        CacheMode::from_u8(self.mode.load(Ordering::Acquire)).unwrap_or(CacheMode::Writethrough)
+    }
+
+    /// Switches the write mode of the live mount (what `bcachefs-lite set MOUNTPOINT
+    /// cache_mode=...` calls); returns the mode it replaced. Every mode this build has is
+    /// clean (no dirty data), so a switch needs no flush and takes effect with the next
+    /// request: writes in flight finish under the mode they started in, and a fill they
+    /// queue is still checked against the file's change sequence. Refused: writeback (not
+    /// built).
+    pub fn set_cache_mode(&self, mode: CacheMode) -> Result<CacheMode> {
+        check_mode(mode)?;
+        let old = self.mode.swap(mode as u8, Ordering::AcqRel);
+        let old = CacheMode::from_u8(old).unwrap_or(CacheMode::Writethrough);
+        if old != mode {
+            tracing::info!(
+                "cache {}: cache_mode {} -> {}",
+                self.path.display(),
+                old.name(),
+                mode.name()
+            );
+        }
+        Ok(old)
+    }
+
+    /// Reads are served from and filled into the cache (every mode but none).
+    fn caches_reads(&self) -> bool {
+        self.cache_mode() != CacheMode::None && self.is_active()
+    }
+
+    /// The stream length after which fills go on probation (0 = never).
+    pub fn probation_after(&self) -> u64 {
+        self.seq.probation_after()
+    }
+
+    /// Runtime knob (`set sequential_cutoff`): bcache's bypass threshold, 0 = off.
+    pub fn set_sequential_cutoff(&self, bytes: u64) {
+        self.seq.set_cutoff(bytes);
+    }
+
+    /// Runtime knob (`set probation_after`): the stream length after which fills go on
+    /// probation, 0 = off (plain LRU).
+    pub fn set_probation_after(&self, bytes: u64) {
+        self.seq.set_probation_after(bytes);
     }
 
     /// True while the cache file works; false after a failure (mode none).
@@ -650,7 +769,8 @@ impl CacheSet {
     /// Writethrough: `data` reached the backing at `offset` in a change that handed out
     /// `ticket`. Returns the whole blocks it covers as a fill for after the reply (partial
     /// blocks at its edges stay uncached). A process streaming writes past the sequential
-    /// cutoff is not cached, as for reads.
+    /// cutoff is not cached, as for reads. In writearound and none nothing is filled from a
+    /// write (the change protocol already dropped the keys it overlapped).
     pub fn write_fill(
         &self,
         file: &FileState,
@@ -664,10 +784,12 @@ impl CacheSet {
             round_up(offset, self.block),
             round_down(offset + len, self.block),
         );
-        if b <= a || !self.is_active() {
+        if b <= a || !self.is_active() || self.cache_mode() != CacheMode::Writethrough {
+            // writearound and none: the data went to the backing only
             return None;
         }
-        if self.seq.should_bypass(pid, file.id, offset, len) {
+        let admission = self.seq.admit(pid, file.id, offset, len);
+        if admission == Admission::Bypass {
             add(&self.counters.bypassed, len);
             return None;
         }
@@ -675,6 +797,7 @@ impl CacheSet {
         Some(Fill {
             seen_seq: ticket,
             pid,
+            probation: admission == Admission::Probation,
             chunks: vec![(a, chunk)],
         })
     }
@@ -704,6 +827,17 @@ impl CacheSet {
         pid: u32,
     ) -> io::Result<ReadResult> {
         let outside_change = self.revalidate_on_read(file, backing_fd);
+        if !self.caches_reads() {
+            // mode none (or a failed cache file): the backing only, no hit, no fill
+            let mut data = vec![0u8; size as usize];
+            let n = crate::sys::pread_full(backing_fd, &mut data, offset)?;
+            data.truncate(n);
+            return Ok(ReadResult {
+                data,
+                fill: None,
+                outside_change,
+            });
+        }
         // the sequence before anything is read: a change from here on voids the fill
         let seen_seq = file.seq.lock().seq;
         let file_size = match self.index.validator(file.id) {
@@ -711,6 +845,16 @@ impl CacheSet {
             None => crate::sys::fstat_fd(backing_fd)?.st_size as u64,
         };
         let end = offset.saturating_add(u64::from(size)).min(file_size);
+        if let Some(t) = &self.trace {
+            use std::io::Write;
+            let _ = writeln!(
+                t.lock(),
+                "{} {} {} {pid}",
+                file.id,
+                offset,
+                end.saturating_sub(offset)
+            );
+        }
         if offset >= end {
             return Ok(ReadResult {
                 data: Vec::new(),
@@ -746,7 +890,8 @@ impl CacheSet {
             gaps.push((at, b));
         }
         let hit = gaps.is_empty();
-        let bypass = self.seq.should_bypass(pid, file.id, offset, end - offset);
+        let admission = self.seq.admit(pid, file.id, offset, end - offset);
+        let bypass = admission == Admission::Bypass;
         let c = &self.counters;
         match (hit, bypass) {
             (true, false) => bump(&c.cache_hits),
@@ -786,6 +931,7 @@ impl CacheSet {
         let fill = (!chunks.is_empty()).then_some(Fill {
             seen_seq,
             pid,
+            probation: admission == Admission::Probation,
             chunks,
         });
         Ok(ReadResult {
@@ -852,7 +998,8 @@ impl CacheSet {
                     file: file.id,
                     offset: at / SECTOR,
                 };
-                let (ptr, granted) = match self.alloc_for_fill(key, want, fill.pid) {
+                let (ptr, granted) = match self.alloc_for_fill(key, want, fill.pid, fill.probation)
+                {
                     Ok(x) => x,
                     Err(Error::NoFreeBucket) => {
                         bump(&self.counters.fills_skipped);
@@ -877,6 +1024,9 @@ impl CacheSet {
                     return;
                 }
                 add(&self.counters.bytes_filled, len as u64);
+                if fill.probation {
+                    add(&self.counters.probation_bytes_filled, len as u64);
+                }
                 done += len;
             }
         }
@@ -884,13 +1034,22 @@ impl CacheSet {
 
     /// `alloc_sectors` that gives the allocator a moment to refill (it writes a gens
     /// checkpoint per batch) but never waits long: a fill is only worth so much.
-    fn alloc_for_fill(&self, key: KeyPos, sectors: u32, pid: u32) -> Result<(BucketPtr, u32)> {
+    fn alloc_for_fill(
+        &self,
+        key: KeyPos,
+        sectors: u32,
+        pid: u32,
+        probation: bool,
+    ) -> Result<(BucketPtr, u32)> {
         let mut tries = 0;
         loop {
-            match self
-                .alloc
-                .alloc_sectors(key, sectors, u64::from(pid), false)
-            {
+            let wp = u64::from(pid);
+            let got = if probation {
+                self.alloc.alloc_sectors_probation(key, sectors, wp, false)
+            } else {
+                self.alloc.alloc_sectors(key, sectors, wp, false)
+            };
+            match got {
                 Err(Error::NoFreeBucket) if tries < 20 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10));
@@ -959,6 +1118,10 @@ impl CacheSet {
         if self.shutdown.swap(true, Ordering::AcqRel) {
             return;
         }
+        if let Some(t) = &self.trace {
+            use std::io::Write;
+            let _ = t.lock().flush();
+        }
         self.journal.wake();
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
@@ -980,6 +1143,17 @@ impl CacheSet {
         }
         self.alloc.close();
     }
+}
+
+/// Refuses the modes this build cannot run.
+fn check_mode(mode: CacheMode) -> Result<()> {
+    if mode == CacheMode::Writeback {
+        return Err(Error::Config(
+            "cache_mode=writeback is not available yet; use writethrough, writearound or none"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for CacheSet {

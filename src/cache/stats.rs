@@ -38,6 +38,8 @@ pub struct Counters {
     pub bytes_missed: AtomicU64,
     /// Bytes written into the cache file by fills.
     pub bytes_filled: AtomicU64,
+    /// Of those, bytes of streaming fills written into probation buckets (issue 12).
+    pub probation_bytes_filled: AtomicU64,
     /// Fills skipped because no bucket was free at once or the cache failed.
     pub fills_skipped: AtomicU64,
     /// Files whose extents were dropped because the backing changed underneath.

@@ -110,7 +110,7 @@ impl CacheMode {
             CacheMode::None => "none",
         }
     }
-    fn from_u8(v: u8) -> Option<Self> {
+    pub fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             0 => CacheMode::Writethrough,
             1 => CacheMode::Writeback,

@@ -56,6 +56,27 @@ pub fn umount_lazy(path: &Path) {
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
 }
 
+/// umount(2) of a mount this test made; panics if it fails.
+pub fn umount(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated CString that outlives the call.
+    let rc = unsafe { libc::umount(c.as_ptr()) };
+    assert_eq!(
+        rc,
+        0,
+        "umount {}: {}",
+        path.display(),
+        io::Error::last_os_error()
+    );
+}
+
+/// Drops the kernel's page, dentry and inode caches, so reads reach the daemon.
+pub fn drop_caches() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+}
+
 /// How to start the daemon of a [`Mount::spawn`].
 #[derive(Default)]
 pub struct Daemon {
@@ -166,16 +187,24 @@ impl Mount {
         self.backing.join(rel)
     }
 
-    /// Unmounts with umount(2) and waits for the daemon to exit; returns its status.
+    /// Unmounts with umount(2) and waits for the daemon to exit; returns its status. EBUSY is
+    /// retried for up to 5 s: a child another test thread forks holds this process's
+    /// descriptors (also those into this mount) until it execs.
     pub fn unmount(mut self) -> std::process::ExitStatus {
         let c = CString::new(self.mnt.as_os_str().as_bytes()).unwrap();
-        assert_eq!(
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
             // SAFETY: `c` is a NUL-terminated CString that outlives the call.
-            unsafe { libc::umount(c.as_ptr()) },
-            0,
-            "umount: {}",
-            io::Error::last_os_error()
-        );
+            if unsafe { libc::umount(c.as_ptr()) } == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            assert!(
+                e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline,
+                "umount: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let mut child = self.child.take().unwrap();
         wait_timeout(&mut child, Duration::from_secs(20)).expect("daemon did not exit after umount")
     }
@@ -321,4 +350,38 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// A numeric test knob from the environment (`BCL_*`), or `default`.
+pub fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small seeded generator (splitmix64): every random test prints its seed to replay it.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A seed from `knob` or, when it is not set, from the clock.
+pub fn seed_knob(name: &str) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    knob(name, now)
 }

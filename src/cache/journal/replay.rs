@@ -17,6 +17,10 @@ use crate::journal::format::Record;
 /// What replay rebuilt.
 pub struct Replayed {
     pub index: Index,
+    /// Bytes of dirty (not yet written back) data the replayed keys held, before stale or
+    /// untrusted keys were dropped: this build has no writeback, so the cache set refuses
+    /// such a file rather than serve, drop or overwrite another build's dirty data.
+    pub dirty_bytes: u64,
     pub identity: Identity,
     pub checkpoint: CheckpointState,
     /// The newest metadata cache checkpoint's blob, and whether it is trusted: it is the
@@ -91,6 +95,12 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     if refused > 0 {
         tracing::warn!(refused, "journal replay ignored malformed keys");
     }
+    let mut dirty_bytes = 0u64;
+    index.for_each_extent(|_, e| {
+        if e.dirty {
+            dirty_bytes += e.len;
+        }
+    });
     // keys into buckets that were reused since are stale; keys of an unknown filesystem slot
     // (a cache file from before slots, a torn tail) cannot be trusted to name the right file
     let stale = index.retain(|file, e| {
@@ -108,6 +118,7 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     let meta = newest_meta_checkpoint(alloc, &entries);
     Ok(Replayed {
         index,
+        dirty_bytes,
         identity,
         checkpoint: ckpt,
         meta,

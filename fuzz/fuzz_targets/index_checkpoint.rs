@@ -1,0 +1,4 @@
+//! libFuzzer target: the `index_checkpoint` harness of `bcachefs_lite::fuzzing` (shared with tests/decoders.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bcachefs_lite::fuzzing::index_checkpoint(data));
