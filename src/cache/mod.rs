@@ -383,6 +383,7 @@ impl CacheSet {
             counters.clone(),
             replayed.checkpoint,
         ));
+        journal.keep_meta_buckets(replayed.meta_buckets);
         // First GC: marks every bucket from the index; allocation starts after it.
         gc::run(&alloc, &index, &journal, &counters);
         journal.checkpoint_now()?;
@@ -548,7 +549,9 @@ impl CacheSet {
     /// The metadata checkpoint found at mount (blob, trusted: written at a clean unmount
     /// with nothing after it); once.
     pub fn take_meta_checkpoint(&self) -> Option<(Vec<u8>, bool)> {
-        self.meta_checkpoint.lock().take()
+        let taken = self.meta_checkpoint.lock().take();
+        self.journal.release_meta_buckets();
+        taken
     }
 
     /// What makes the metadata checkpoint at a clean unmount.

@@ -558,8 +558,8 @@ impl PassthroughFs {
     fn fresh_ttls(&self, dir: Option<u64>) -> Ttls {
         match &self.meta {
             Some(m) => {
-                let entry = dir.map_or(m.ttl, |d| m.dir_remaining(d));
-                self.ttls(m.ttl, entry)
+                let entry = dir.map_or(m.ttl(), |d| m.dir_remaining(d));
+                self.ttls(m.ttl(), entry)
             }
             None => self.ttls(Duration::MAX, Duration::MAX),
         }
@@ -1180,11 +1180,16 @@ impl Filesystem for PassthroughFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let result = self.inode(ino).and_then(|inode| {
-            if let Some((st, left)) = self.meta.as_ref().and_then(|m| m.attr(inode.id)) {
-                return Ok((sys::attr_from_stat(&st, inode.id), self.ttls(left, left)));
+            // An open handle answers from its descriptor (right even after rename/unlink),
+            // always: an fstat of an open file (before an mmap, an append) must see an
+            // outside change now, and costs no path walk. Only path stats are cached.
+            let handle = fh.and_then(|fh| self.file(fh).ok());
+            if handle.is_none() {
+                if let Some((st, left)) = self.meta.as_ref().and_then(|m| m.attr(inode.id)) {
+                    return Ok((sys::attr_from_stat(&st, inode.id), self.ttls(left, left)));
+                }
             }
-            // An open handle answers from its descriptor (right even after rename/unlink).
-            let st = match fh.and_then(|fh| self.file(fh).ok()) {
+            let st = match handle {
                 Some(h) => sys::fstat(&h.file)?,
                 None => sys::fstat_path(self.inodes.fd(&inode)?.as_raw_fd())?,
             };
@@ -2058,7 +2063,7 @@ impl PassthroughFs {
         }
         let invalidate = self.invalidate.lock().clone()?;
         Some(MetaSweeper {
-            interval: (meta.ttl * 10).max(Duration::from_millis(100)),
+            interval: (meta.ttl() * 10).max(Duration::from_millis(100)),
             meta,
             inodes: self.inodes.clone(),
             invalidate,

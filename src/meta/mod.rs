@@ -273,7 +273,8 @@ pub enum DirCheck {
 /// The metadata cache of one mount.
 pub struct MetaCache {
     pub coherence: Coherence,
-    pub ttl: Duration,
+    /// `metadata_ttl` in nanoseconds (changeable at run time: [`MetaCache::set_ttl`]).
+    ttl_ns: AtomicU64,
     budget: usize,
     state: Mutex<State>,
     pub counters: Counters,
@@ -283,7 +284,7 @@ impl MetaCache {
     pub fn new(coherence: Coherence, ttl: Duration, budget: u64) -> MetaCache {
         MetaCache {
             coherence,
-            ttl,
+            ttl_ns: AtomicU64::new(ttl.as_nanos().min(u128::from(u64::MAX)) as u64),
             budget: budget.min(usize::MAX as u64) as usize,
             state: Mutex::new(State {
                 inodes: HashMap::new(),
@@ -295,6 +296,18 @@ impl MetaCache {
             }),
             counters: Counters::default(),
         }
+    }
+
+    /// `metadata_ttl` now.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_nanos(self.ttl_ns.load(Ordering::Relaxed))
+    }
+
+    /// Changes `metadata_ttl` on a live mount (shared mode: how long entries are trusted,
+    /// from now on also for those cached; exclusive: the sweep's period is fixed at mount).
+    pub fn set_ttl(&self, ttl: Duration) {
+        let ns = ttl.as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.ttl_ns.store(ns, Ordering::Relaxed);
     }
 
     fn exclusive(&self) -> bool {
@@ -311,7 +324,9 @@ impl MetaCache {
         if self.exclusive() {
             return Some(Duration::MAX);
         }
-        self.ttl.checked_sub(at.elapsed()).filter(|d| !d.is_zero())
+        self.ttl()
+            .checked_sub(at.elapsed())
+            .filter(|d| !d.is_zero())
     }
 
     /// The cached attributes of `id` while trusted, with how long they stay so (counts a
@@ -647,17 +662,11 @@ impl MetaCache {
                     s.set_name(from, name, Name::Absent, None);
                     s.set_name(to, newname, child_name, moved);
                 }
-                // ctime of the moved (its ".." too, for a directory); nlink of the replaced
+                // ctime of the moved (and, for a directory, its validator and ".."); nlink
+                // of the replaced
                 for id in [child, target].into_iter().flatten() {
                     s.drop_inode(id);
-                    if from != to {
-                        s.drop_dir_entry(id);
-                    }
-                }
-                if !exchange {
-                    if let Some(t) = target {
-                        s.drop_dir_entry(t);
-                    }
+                    s.drop_dir_entry(id);
                 }
                 if (child.is_none() && moved.is_none()) || (exchange && target.is_none()) {
                     // a name without a known entry moved: what it is must be looked up
@@ -933,7 +942,7 @@ impl MetaCache {
             ("metadata_coherence".into(), self.coherence.name().into()),
             (
                 "metadata_ttl_ms".into(),
-                (self.ttl.as_millis() as u64).into(),
+                (self.ttl().as_millis() as u64).into(),
             ),
             ("metadata_hits".into(), get(&c.hits).into()),
             ("metadata_misses".into(), get(&c.misses).into()),

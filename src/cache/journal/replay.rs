@@ -26,6 +26,8 @@ pub struct Replayed {
     /// The newest metadata cache checkpoint's blob, and whether it is trusted: it is the
     /// newest entry of the journal (written at a clean unmount, nothing happened after).
     pub meta: Option<(Vec<u8>, bool)>,
+    /// The buckets holding it (metadata until the metadata cache took it).
+    pub meta_buckets: Vec<u32>,
 }
 
 /// Rebuilds the index from the newest readable checkpoint and the journal after it
@@ -115,13 +117,17 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
         extents = index.stats().extents,
         "journal replayed"
     );
-    let meta = newest_meta_checkpoint(alloc, &entries);
+    let (meta, meta_buckets) = match newest_meta_checkpoint(alloc, &entries) {
+        Some((blob, trusted, buckets)) => (Some((blob, trusted)), buckets),
+        None => (None, Vec::new()),
+    };
     Ok(Replayed {
         index,
         dirty_bytes,
         identity,
         checkpoint: ckpt,
         meta,
+        meta_buckets,
     })
 }
 
@@ -202,13 +208,13 @@ fn apply(index: &Index, r: &Record, sb: &crate::device::format::Superblock) -> b
 fn newest_meta_checkpoint(
     alloc: &Allocator,
     entries: &[crate::journal::Scanned],
-) -> Option<(Vec<u8>, bool)> {
+) -> Option<(Vec<u8>, bool, Vec<u32>)> {
     let last = entries.last()?.entry.seq;
     for s in entries.iter().rev() {
         for r in &s.entry.records {
             if let Record::MetaCheckpoint { seq, buckets, len } = r {
                 match load_blob(alloc, buckets, *len, &crate::meta::format::META_MAGIC) {
-                    Ok(blob) => return Some((blob, s.entry.seq == last)),
+                    Ok(blob) => return Some((blob, s.entry.seq == last, buckets.clone())),
                     Err(e) => tracing::warn!(seq, "skipping unreadable metadata checkpoint: {e}"),
                 }
             }
