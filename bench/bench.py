@@ -31,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1 << 20
 
-SYSTEMS = ["backing", "ssd", "passthrough", "rclone", "bcachefs-lite"]
+SYSTEMS = ["backing", "ssd", "passthrough", "rclone", "bcachefs-lite", "bcachefs-lite-excl"]
 DEB_PACKAGES = ["bindfs", "rclone", "fio", "python3-matplotlib", "git", "e2fsprogs", "fuse3",
                 "util-linux", "tar", "grep", "findutils"]
 
@@ -81,8 +81,14 @@ def config(quick):
         "systems": env("BENCH_SYSTEMS", ",".join(SYSTEMS)).split(","),
         # quick: the Zipf run for bcachefs-lite and the backing only
         "zipf_systems": env("BENCH_ZIPF_SYSTEMS",
-                            "backing,bcachefs-lite" if q else ",".join(SYSTEMS)).split(","),
+                            "backing,bcachefs-lite" if q
+                            else ",".join(x for x in SYSTEMS if x != "bcachefs-lite-excl")
+                            ).split(","),
         "bcl_extra_opts": env("BCL_EXTRA_OPTS", ""),
+        # the dev-box workload (unthrottled backing vs the local disk); its cargo build
+        # compiles a copy of this repository offline (minutes: off in quick mode)
+        "devbox": env("BENCH_DEVBOX", "1") == "1",
+        "devbox_build": env("BENCH_DEVBOX_BUILD", "0" if q else "1") == "1",
         "workdir_parent": env("BENCH_DIR", "/var/tmp"),
         "bin": env("BIN", os.path.join(ROOT, "target", "release", "bcachefs-lite")),
         "results": env("BENCH_RESULTS", os.path.join(ROOT, "bench", "results",
@@ -426,8 +432,16 @@ class Rclone(FuseSystem):
 
 
 class Bcl(FuseSystem):
+    """bcachefs-lite; `extra`: more -o options (coherence=exclusive), `backing`: another
+    backing directory than the throttled data set (the dev-box workload)."""
+
+    def __init__(self, bench, name, extra="", backing=None):
+        super().__init__(bench, name)
+        self.extra = extra
+        self.backing = backing
+
     def prepare(self, cache_size=None, policy=None, fresh=True, extra=None, **kw):
-        self.cache_file = os.path.join(self.b.cache_root, "bcl.cache")
+        self.cache_file = os.path.join(self.b.cache_root, f"{self.name}.cache")
         if fresh and os.path.exists(self.cache_file):
             os.unlink(self.cache_file)
 
@@ -440,9 +454,11 @@ class Bcl(FuseSystem):
                 opts.append(f"replacement={policy}")
             if extra:
                 opts.append(extra)
+        if self.extra:
+            opts.append(self.extra)
         if b.cfg["bcl_extra_opts"]:
             opts.append(b.cfg["bcl_extra_opts"])
-        c = [b.cfg["bin"], "mount", b.data, self.mnt, "-f"]
+        c = [b.cfg["bin"], "mount", self.backing or b.data, self.mnt, "-f"]
         if opts:
             c += ["-o", ",".join(opts)]
         return c
@@ -629,6 +645,87 @@ class Bench:
         self.record(f"seq write {n}M fsync", "MB/s", "higher", s.name, cfg["write_size"] / t / 1e6)
         os.unlink(f"{p}/write.bin")
 
+    def after_remount(self, s):
+        """The metadata walk and git status again, on the remounted cache (the metadata
+        cache starts warm where it is persisted)."""
+        p = s.path
+        drop_caches()
+        t, _ = self.timed(f"find {shlex.quote(p)}/tree -print0 | xargs -0 stat > /dev/null",
+                          shell=True)
+        self.record("find + stat after remount", "s", "lower", s.name, t)
+        drop_caches()
+        t, _ = self.timed(["git", "-C", f"{p}/tree", "status", "--porcelain"])
+        self.record("git status after remount", "s", "lower", s.name, t)
+
+    def devbox(self):
+        """A dev box: a real source tree with git history (a clone of this repository), on
+        an unthrottled backing (the local disk) through bcachefs-lite in each coherence
+        mode, against the same tree on the local disk itself. Each step cold (kernel caches
+        dropped, first run) and warm; then a cargo build (offline) of the tree."""
+        cfg = self.cfg
+        log("== dev-box workload (unthrottled backing vs local disk)")
+        base = os.path.join(self.work, "devbox")
+        os.makedirs(base)
+        src = os.path.join(base, "src")
+        r = subprocess.run(["git", "clone", "-q", "--no-hardlinks", ROOT, src],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            log(f"dev-box: no clone of {ROOT}: {r.stderr[-300:]}")
+            return
+        steps = [
+            ("git status", "git status --porcelain >/dev/null"),
+            ("grep -r", "grep -r -c NEEDLE_TODO . >/dev/null || true"),
+            ("find", "find . -printf '%s %m\n' >/dev/null"),
+            ("tar", "tar cf - . | wc -c >/dev/null"),
+        ]
+        backing = os.path.join(base, "backing")
+        systems = [
+            ("ssd", None),
+            ("bcachefs-lite", Bcl(self, "devbox-bcl", backing=backing)),
+            ("bcachefs-lite-excl", Bcl(self, "devbox-bcl-excl", extra="coherence=exclusive",
+                                       backing=backing)),
+        ]
+        for label, s in systems:
+            local = os.path.join(base, "local")
+            shutil.rmtree(local, ignore_errors=True)
+            shutil.rmtree(backing, ignore_errors=True)
+            target = backing if s is not None else local
+            sh(["cp", "-a", src, target])
+            if s is not None:
+                if not self.bcl_cache:
+                    continue
+                s.start()
+                root = s.path
+            else:
+                root = local
+            for step, cmd in steps:
+                for phase in ("cold", "warm"):
+                    if phase == "cold":
+                        drop_caches()
+                    t = self.timed_plain(cmd, root)
+                    self.record(f"dev-box {step} {phase}", "s", "lower", label, t)
+            if cfg["devbox_build"]:
+                build = "CARGO_TARGET_DIR=target cargo build --offline -q"
+                try:
+                    t = self.timed_plain(build, root)
+                    self.record("dev-box cargo build", "s", "lower", label, t)
+                except RuntimeError as e:
+                    log(f"dev-box cargo build failed: {str(e)[:300]}")
+                    self.record("dev-box cargo build", "s", "lower", label, None)
+            if s is not None:
+                s.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+    def timed_plain(self, cmd, cwd):
+        """A shell command outside the throttle (the dev-box backing is unthrottled)."""
+        t0 = time.monotonic()
+        r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=cwd, capture_output=True,
+                           text=True, env=GIT_ENV, timeout=3600)
+        t = time.monotonic() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"{cmd} failed ({r.returncode}): {r.stderr[-500:]}")
+        return t
+
     def zipf(self, s, label):
         cfg = self.cfg
         drop_caches()
@@ -688,6 +785,9 @@ class Bench:
             "passthrough": lambda: Bindfs(self, "passthrough"),
             "rclone": lambda: Rclone(self, "rclone"),
             "bcachefs-lite": lambda: Bcl(self, "bcachefs-lite"),
+            # the metadata cache trusted until changed through the mount
+            "bcachefs-lite-excl": lambda: Bcl(self, "bcachefs-lite-excl",
+                                              extra="coherence=exclusive"),
         }
         for name in cfg["systems"]:
             s = systems[name]()
@@ -700,7 +800,11 @@ class Bench:
                 # mount time with the cache as the workloads left it (full)
                 mt = s.start(fresh=False)
                 self.record("mount time, full cache", "s", "lower", name, mt)
+                if name.startswith("bcachefs-lite"):
+                    self.after_remount(s)
                 s.stop()
+        if cfg["devbox"]:
+            self.devbox()
         # Zipf hit-ratio runs: working set larger than the cache
         log(f"== zipf: {cfg['zipf_size'] // MiB} MiB working set, cache "
             f"{cfg['zipf_cache'] // MiB} MiB, theta {cfg['zipf_theta']}")

@@ -35,6 +35,7 @@ use crate::cache::stats::{get, HitSnapshot};
 use crate::cache::CacheSet;
 use crate::fs::inode::FdCache;
 use crate::knobs::Knobs;
+use crate::meta::MetaCache;
 
 pub const RUN_DIR: &str = "/run/bcachefs-lite";
 
@@ -68,6 +69,8 @@ pub struct Server {
     pub knobs: Knobs,
     /// The backing directory (canonical), for `drop PATH`.
     pub backing: PathBuf,
+    /// The metadata cache, for its figures in `stats`.
+    pub meta: Option<Arc<MetaCache>>,
 }
 
 /// The control socket a daemon bound, removed on drop only while it is still this daemon's
@@ -252,7 +255,10 @@ pub fn handle(line: &str, server: &Server) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     match req.cmd.as_str() {
         "stats" => {
-            m.insert("stats".into(), stats_value(cache, server.inodes.as_deref()));
+            m.insert(
+                "stats".into(),
+                stats_value(cache, server.inodes.as_deref(), server.meta.as_deref()),
+            );
         }
         "gc" => {
             let dropped_before = get(&cache.counters.gc_stale_keys_dropped);
@@ -597,7 +603,11 @@ pub fn send(mountpoint: &Path, req: &Request) -> io::Result<serde_json::Value> {
 }
 
 /// Every figure `stats` shows, in order, as (name, value).
-fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_json::Value)> {
+fn figures(
+    cache: &CacheSet,
+    inodes: Option<&FdCache>,
+    meta: Option<&MetaCache>,
+) -> Vec<(String, serde_json::Value)> {
     let c = &cache.counters;
     let total = c.hit_snapshot();
     let mut f: Vec<(String, serde_json::Value)> = Vec::new();
@@ -694,12 +704,19 @@ fn figures(cache: &CacheSet, inodes: Option<&FdCache>) -> Vec<(String, serde_jso
     if let Some(inodes) = inodes {
         f.extend(inodes.figures());
     }
+    if let Some(meta) = meta {
+        f.extend(meta.figures());
+    }
     f
 }
 
 /// Every figure as one JSON object, in display order.
-pub fn stats_value(cache: &CacheSet, inodes: Option<&FdCache>) -> serde_json::Value {
-    serde_json::Value::Object(figures(cache, inodes).into_iter().collect())
+pub fn stats_value(
+    cache: &CacheSet,
+    inodes: Option<&FdCache>,
+    meta: Option<&MetaCache>,
+) -> serde_json::Value {
+    serde_json::Value::Object(figures(cache, inodes, meta).into_iter().collect())
 }
 
 /// `stats --json`: the figures, pretty-printed.

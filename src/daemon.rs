@@ -17,6 +17,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
 
@@ -332,9 +333,17 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     };
     if let Some(cache) = &cache {
         fs = fs.with_cache(cache.clone());
+        let o = &req.options;
+        if o.metadata_cache_size > 0 {
+            let meta =
+                crate::meta::MetaCache::new(o.coherence, o.metadata_ttl, o.metadata_cache_size);
+            fs = fs.with_meta(Arc::new(meta));
+        }
     }
     let invalidations = fs.invalidation_channel();
     let watcher = fs.open_file_watcher();
+    let sweeper = fs.meta_sweeper();
+    let meta = fs.meta().cloned();
     let fd_cache = fs.fd_cache();
     let ttls = fs.ttls();
     let sigset = block_signals();
@@ -358,12 +367,16 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     if let Some(w) = watcher {
         w.spawn();
     }
+    if let Some(s) = sweeper {
+        s.spawn();
+    }
     let socket = match &cache {
         Some(cache) => {
             if let Some(addr) = req.options.metrics {
                 let source = crate::metrics::Source {
                     cache: cache.clone(),
                     inodes: Some(fd_cache.clone()),
+                    meta: meta.clone(),
                 };
                 match crate::metrics::serve_http(addr, source) {
                     Ok(bound) => tracing::info!("metrics on http://{bound}/metrics"),
@@ -381,6 +394,7 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
                     &req.options.given,
                 ),
                 backing: req.backing.clone(),
+                meta,
             };
             match crate::control::serve(&req.mountpoint, server) {
                 Ok(guard) => Some(guard),

@@ -24,6 +24,7 @@
 //! - `sys`       – raw syscalls below everything (fstat, pread/pwrite loops).
 //! - `backing_faults` – (tests only, feature `fault-injection`) a seam that fails chosen
 //!   backing calls with a chosen errno.
+//! - `meta`      – the metadata cache: attributes, listings, negative entries, symlinks.
 //! - `key`       – vocabulary types below everything: file id, key position, bucket pointer.
 //! - `error`     – the core error type and its errno class.
 
@@ -43,6 +44,7 @@ pub mod index;
 pub mod journal;
 pub mod key;
 pub mod knobs;
+pub mod meta;
 pub mod metrics;
 pub mod options;
 pub mod poison;

@@ -440,6 +440,7 @@ pub fn prometheus_text(stats: &serde_json::Value) -> String {
 pub struct Source {
     pub cache: Arc<CacheSet>,
     pub inodes: Option<Arc<FdCache>>,
+    pub meta: Option<Arc<crate::meta::MetaCache>>,
 }
 
 /// Serves `GET /metrics` on `addr` from its own thread for the life of the daemon.
@@ -475,7 +476,11 @@ fn answer_http(stream: TcpStream, source: &Source) -> io::Result<()> {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") | ("GET", "/") => {
-            let stats = crate::control::stats_value(&source.cache, source.inodes.as_deref());
+            let stats = crate::control::stats_value(
+                &source.cache,
+                source.inodes.as_deref(),
+                source.meta.as_deref(),
+            );
             (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -48,6 +48,12 @@ pub struct MountOptions {
     /// Names of the options the `-o` list set (`nodiscard` counts as `discard`), so
     /// `bcachefs-lite get` can say a value came from a mount option.
     pub given: std::collections::BTreeSet<String>,
+    /// `coherence=shared|exclusive`: who else may change the backing (metadata cache).
+    pub coherence: crate::meta::Coherence,
+    /// `metadata_ttl=` (shared mode: how long metadata is trusted before a stat).
+    pub metadata_ttl: Duration,
+    /// `metadata_cache_size=` (bytes; 0 turns the metadata cache off).
+    pub metadata_cache_size: u64,
     /// `cache_mode=`; None: the cache file's default (its superblock), itself writethrough
     /// unless formatted otherwise.
     pub cache_mode: Option<CacheMode>,
@@ -77,6 +83,9 @@ impl Default for MountOptions {
             metrics: None,
             pin_limit: None,
             given: Default::default(),
+            coherence: crate::meta::Coherence::Shared,
+            metadata_ttl: crate::meta::DEFAULT_TTL,
+            metadata_cache_size: crate::meta::DEFAULT_BUDGET,
             cache_mode: None,
         }
     }
@@ -149,6 +158,9 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "reformat",
     "metrics",
     "pin_limit",
+    "coherence",
+    "metadata_ttl",
+    "metadata_cache_size",
     "cache_mode",
     "rw",
     "defaults",
@@ -243,6 +255,16 @@ impl MountOptions {
                         })?,
                     );
             }
+            "coherence" => {
+                let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+                self.coherence = v.parse().map_err(|_| OptionError::BadValue {
+                    option: name.to_string(),
+                    value: v.to_string(),
+                    why: "must be shared or exclusive",
+                })?;
+            }
+            "metadata_ttl" => self.metadata_ttl = parse_seconds(name, value)?,
+            "metadata_cache_size" => self.metadata_cache_size = parse_bytes(name, value)?,
             "fsname" => match value {
                 Some(v) if !v.is_empty() => self.fsname = Some(v.to_string()),
                 _ => return Err(OptionError::MissingValue(name.to_string())),
@@ -442,6 +464,23 @@ mod tests {
     }
 
     #[test]
+    fn metadata_options() {
+        let o = parse("coherence=exclusive,metadata_ttl=0.5,metadata_cache_size=1M").unwrap();
+        assert_eq!(o.coherence, crate::meta::Coherence::Exclusive);
+        assert_eq!(o.metadata_ttl, Duration::from_millis(500));
+        assert_eq!(o.metadata_cache_size, 1 << 20);
+        assert_eq!(
+            MountOptions::default().coherence,
+            crate::meta::Coherence::Shared
+        );
+        assert_eq!(MountOptions::default().metadata_ttl, Duration::from_secs(3));
+        assert!(matches!(
+            parse("coherence=sometimes"),
+            Err(OptionError::BadValue { .. })
+        ));
+    }
+
+    #[test]
     fn every_known_option_is_accepted() {
         for name in KNOWN_OPTIONS {
             let mut o = MountOptions::default();
@@ -450,10 +489,10 @@ mod tests {
                 // options that need a value are known too: try a plausible one
                 Err(OptionError::MissingValue(_)) => {
                     let mut o = MountOptions::default();
-                    let ok = ["1", "x", "1M", "lru", "none"]
+                    let ok = ["1", "x", "1M", "lru", "shared", "none"]
                         .iter()
                         .any(|v| o.apply(&format!("{name}={v}")).is_ok());
-                    assert!(ok, "{name}= accepts none of 1, x, 1M, lru, none");
+                    assert!(ok, "{name}= accepts none of 1, x, 1M, lru, shared, none");
                 }
                 Err(e) => panic!("KNOWN_OPTIONS lists '{name}' but apply refuses it: {e}"),
             }

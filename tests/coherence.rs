@@ -16,7 +16,7 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
     common::backing_and_cache("bcl-coh")
 }
 
-const ATTR: &str = "attr_timeout=0.2,entry_timeout=0.2";
+const ATTR: &str = "attr_timeout=0.2,entry_timeout=0.2,metadata_ttl=0.2";
 
 fn mount_cached(dir: tempfile::TempDir, backing: &Path, cache: &Path) -> Mount {
     let opts = format!(

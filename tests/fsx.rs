@@ -40,7 +40,8 @@
 //! - `BCL_FSX_OPS` ops per configuration (default 2000),
 //! - `BCL_FSX_SEED` base seed (default fixed; each configuration derives its own from it),
 //! - `BCL_FSX_CONFIG` run only this configuration (nocache, lru, fifo, random, tiny, seq0,
-//!   writearound, none),
+//!   writearound, none, meta_shared, meta_exclusive: the metadata cache in each coherence mode; exclusive
+//!   makes no outside changes),
 //! - `BCL_FSX_EXTERNAL=0` no outside changes, `BCL_FSX_MMAP=0` no mmap,
 //! - `BCL_FSX_SKIP=op,op` leave out operations by name (see [`OPS`], the outside change
 //!   kinds `ext_same`, `ext_grow`, `ext_shrink`, `ext_rename`, `ext_touch`, and the
@@ -67,7 +68,7 @@ const NAMES: [&str; 6] = ["f0", "f1", "f2", "f3", "f4", "f5"];
 const MAX_SIZE: u64 = 4 << 20;
 const MAX_HANDLES: usize = 8;
 const ALIGN: usize = 4096;
-const TTL: &str = "attr_timeout=0.2,entry_timeout=0.2";
+const TTL: &str = "attr_timeout=0.2,entry_timeout=0.2,metadata_ttl=0.2";
 /// One attribute/entry timeout and a margin.
 const SETTLE: Duration = Duration::from_millis(260);
 
@@ -106,43 +107,66 @@ struct Config {
     name: &'static str,
     /// Mount options; `CACHE` stands for the cache file's path.
     options: &'static str,
+    /// Outside changes are made (not in `coherence=exclusive`, which rules them out).
+    external: bool,
 }
 
 const CONFIGS: &[Config] = &[
     Config {
         name: "nocache",
         options: "",
+        external: true,
     },
     Config {
         name: "lru",
         options: "cache=CACHE,cache_size=64M,replacement=lru",
+        external: true,
     },
     Config {
         name: "fifo",
         options: "cache=CACHE,cache_size=64M,replacement=fifo",
+        external: true,
     },
     Config {
         name: "random",
         options: "cache=CACHE,cache_size=64M,replacement=random",
+        external: true,
     },
     // 8 MiB: 64 KiB buckets; six files of up to 4 MiB do not fit, so buckets are reused
     Config {
         name: "tiny",
         options: "cache=CACHE,cache_size=8M,replacement=lru",
+        external: true,
     },
     Config {
         name: "seq0",
         options: "cache=CACHE,cache_size=64M,sequential_cutoff=0",
+        external: true,
+    },
+    // the metadata cache in each coherence mode (every cached configuration runs it, shared
+    // by default, with metadata_ttl=0.2 from TTL; exclusive: valid until changed through
+    // the mount, long kernel TTLs, no outside changes)
+    Config {
+        name: "meta_shared",
+        options: "cache=CACHE,cache_size=64M,coherence=shared",
+        external: true,
+    },
+    Config {
+        name: "meta_exclusive",
+        options: "cache=CACHE,cache_size=64M,coherence=exclusive",
+        external: false,
     },
     // cache modes (issue 13): writes to the backing only, reads still cached
     Config {
         name: "writearound",
         options: "cache=CACHE,cache_size=8M,cache_mode=writearound,sequential_cutoff=0",
+        external: true,
     },
     // a cache file named but not opened: plain passthrough
     Config {
         name: "none",
         options: "cache=CACHE,cache_size=64M,cache_mode=none",
+        external: true,
     },
 ];
 
@@ -1769,7 +1793,7 @@ fn run_config(name: &str) {
             || s == "stale_append";
         assert!(known, "BCL_FSX_SKIP: unknown operation {s}");
     }
-    if !env_on("BCL_FSX_EXTERNAL") {
+    if !env_on("BCL_FSX_EXTERNAL") || !config.external {
         skip.insert("external".into());
     }
     if !env_on("BCL_FSX_MMAP") {
@@ -1865,6 +1889,18 @@ fn fsx_tiny_cache_reuses_buckets() {
 fn fsx_cache_without_sequential_cutoff() {
     require_fuse!();
     run_config("seq0");
+}
+
+#[test]
+fn fsx_metadata_cache_shared() {
+    require_fuse!();
+    run_config("meta_shared");
+}
+
+#[test]
+fn fsx_metadata_cache_exclusive() {
+    require_fuse!();
+    run_config("meta_exclusive");
 }
 
 #[test]

@@ -123,7 +123,9 @@ fn open_file_survives_backing_rename_and_unlink_after_its_descriptor_was_evicted
         ..Daemon::default()
     };
     let cache = dir.path().join("cache");
-    let opts = format!("cache={},cache_size=16M", cache.display());
+    // metadata_ttl=1: the metadata cache trusts the name no longer than the kernel's 1 s
+    // entry TTL this test waits out after the outside rename and unlink
+    let opts = format!("cache={},cache_size=16M,metadata_ttl=1", cache.display());
     let m = Mount::spawn(dir, backing, &opts, &[], &daemon);
     let walk = || sh_ok("find other -printf '%s\\n' | wc -l", &m.mnt);
 
@@ -250,7 +252,12 @@ fn forgotten_inodes_keep_nothing_and_memory_per_inode_is_small() {
     let (dir, backing) = backing_dir();
     make_tree(&backing, "t", 4000, 20);
     let cache = dir.path().join("cache");
-    let opts = format!("cache={},cache_size=16M", cache.display());
+    // the inode table's own memory: the metadata cache (bounded by its budget, measured in
+    // tests/metadata.rs) is off here
+    let opts = format!(
+        "cache={},cache_size=16M,metadata_cache_size=0",
+        cache.display()
+    );
     let m = Mount::spawn(dir, backing, &opts, &[], &limited(1024, 1024));
     let rss = |pid: u32| -> u64 {
         let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

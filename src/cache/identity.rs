@@ -127,6 +127,16 @@ impl Identity {
     /// The file id of the backing inode `st` (held open by `fd`), assigning its filesystem a
     /// slot on first sight; `queue` receives the new slot's record under the table lock.
     /// `None`: the file cannot be cached (no slot left, inode number too large).
+    /// The id of `st` when its filesystem already has a live slot (no syscall); the outer
+    /// None: not known without one (the caller uses [`Identity::file_id`]).
+    pub fn file_id_known(&self, st: &libc::stat) -> Option<Option<FileId>> {
+        if st.st_ino >> INO_BITS != 0 {
+            return Some(None);
+        }
+        let slot = *self.table.lock().live.get(&st.st_dev)?;
+        Some(Some(u64::from(slot) << INO_BITS | st.st_ino))
+    }
+
     pub fn file_id(
         &self,
         fd: RawFd,

@@ -297,10 +297,19 @@ pub struct CacheSet {
     mode: AtomicU8,
     /// Holds the cache file's exclusive flock while open.
     _lock: Option<std::fs::File>,
+    /// The metadata checkpoint replay found (blob, trusted), until the metadata cache
+    /// takes it.
+    meta_checkpoint: Mutex<Option<(Vec<u8>, bool)>>,
+    /// Makes the metadata checkpoint written at a clean unmount (set by the FUSE layer).
+    meta_saver: Mutex<Option<MetaSaver>>,
     /// Debug: every read request, one line each, when `BCACHEFS_LITE_TRACE=FILE` is set at mount
     /// (the trace simulator's input, bench/sim.rs).
     trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
+
+/// Returns the metadata cache's checkpoint blob (see `meta::format`), called once at a
+/// clean unmount after the final index checkpoint.
+pub type MetaSaver = Box<dyn FnOnce() -> Option<Vec<u8>> + Send>;
 
 fn validator_of(st: &libc::stat) -> Validator {
     Validator {
@@ -404,6 +413,7 @@ impl CacheSet {
             counters.clone(),
             replayed.checkpoint,
         ));
+        journal.keep_meta_buckets(replayed.meta_buckets);
         // First GC: marks every bucket from the index; allocation starts after it.
         gc::run(&alloc, &index, &journal, &counters);
         journal.checkpoint_now()?;
@@ -432,6 +442,8 @@ impl CacheSet {
             changes: Arc::new(parking_lot::RwLock::new(())),
             mode: AtomicU8::new(cfg.mode as u8),
             _lock: lock,
+            meta_checkpoint: Mutex::new(replayed.meta),
+            meta_saver: Mutex::new(None),
             trace: open_trace(),
         };
         set.start_threads();
@@ -591,6 +603,31 @@ impl CacheSet {
             return None;
         };
         Some(self.state_of(id))
+    }
+
+    /// The metadata checkpoint found at mount (blob, trusted: written at a clean unmount
+    /// with nothing after it); once.
+    pub fn take_meta_checkpoint(&self) -> Option<(Vec<u8>, bool)> {
+        let taken = self.meta_checkpoint.lock().take();
+        self.journal.release_meta_buckets();
+        taken
+    }
+
+    /// What makes the metadata checkpoint at a clean unmount.
+    pub fn set_meta_saver(&self, saver: MetaSaver) {
+        *self.meta_saver.lock() = Some(saver);
+    }
+
+    /// As [`CacheSet::file_state`] without a descriptor, when that needs no syscall (the
+    /// file's filesystem has a live slot); the outer None: it would need one.
+    pub fn file_state_known(&self, st: &libc::stat) -> Option<Option<Arc<FileState>>> {
+        match self.identity.file_id_known(st)? {
+            Some(id) => Some(Some(self.state_of(id))),
+            None => {
+                bump(&self.counters.uncacheable_files);
+                Some(None)
+            }
+        }
     }
 
     /// The shared state of `id`, created on first use.
@@ -1297,6 +1334,12 @@ impl CacheSet {
                 .and_then(|()| self.journal.checkpoint_now())
             {
                 tracing::error!("final index checkpoint failed: {e}");
+            } else if let Some(blob) = self.meta_saver.lock().take().and_then(|f| f()) {
+                // last, so that it is the newest entry: the next mount trusts it only then
+                match self.journal.write_meta_checkpoint(&blob) {
+                    Ok(()) => tracing::info!(bytes = blob.len(), "metadata checkpoint written"),
+                    Err(e) => tracing::warn!("no metadata checkpoint: {e}"),
+                }
             }
         }
         self.alloc.close();

@@ -279,3 +279,36 @@ fn a_failed_index_checkpoint_stops_caching_everywhere() {
     );
     alloc.close();
 }
+
+#[test]
+fn a_metadata_checkpoint_is_trusted_only_while_it_is_the_newest_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = CacheConfig::new(dir.path().join("c.cache"));
+    cfg.size = Some(32 << 20);
+    let blob = crate::meta::format::Checkpoint {
+        root_ino: 7,
+        ..Default::default()
+    }
+    .encode();
+    {
+        let cache = CacheSet::open(&cfg, "/tree").unwrap();
+        assert!(cache.take_meta_checkpoint().is_none());
+        let b = blob.clone();
+        cache.set_meta_saver(Box::new(move || Some(b)));
+        cache.close();
+    }
+    {
+        // a clean unmount wrote it last: trusted
+        let cache = CacheSet::open(&cfg, "/tree").unwrap();
+        assert_eq!(cache.take_meta_checkpoint(), Some((blob.clone(), true)));
+        // this mount ends without one (a crash, or a saver that gives none)
+        cache.close();
+    }
+    let cache = CacheSet::open(&cfg, "/tree").unwrap();
+    // still readable: entries were journaled after it, so it is not trusted (or its buckets
+    // were reused since and it is gone, which is as safe)
+    if let Some((b, trusted)) = cache.take_meta_checkpoint() {
+        assert_eq!(b, blob);
+        assert!(!trusted, "an out-of-date metadata checkpoint was trusted");
+    }
+}

@@ -53,6 +53,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::{creds, sys};
 use crate::cache::FileState;
+use crate::meta::HandleRef;
 
 pub const ROOT_ID: u64 = 1;
 const SYNTHETIC_BASE: u64 = 1 << 63;
@@ -125,6 +126,15 @@ impl Inode {
     /// Whether it is reached by handle (its descriptor may be evicted).
     pub fn has_handle(&self) -> bool {
         self.handle.is_some()
+    }
+
+    /// Its handle in the metadata cache's terms (None: reached by descriptor only).
+    pub fn handle_ref(&self) -> Option<HandleRef> {
+        self.handle.as_ref().map(|(mount, h)| HandleRef {
+            mount: *mount,
+            handle_type: h.handle_type,
+            bytes: h.bytes.clone(),
+        })
     }
 }
 
@@ -212,6 +222,10 @@ impl FdCache {
             ),
             ("descriptors_open".into(), sys::open_descriptors().into()),
             ("descriptor_limit".into(), self.soft_limit.into()),
+            (
+                "backing_metadata_calls".into(),
+                sys::BACKING_META_CALLS.load(Ordering::Relaxed).into(),
+            ),
         ]
     }
 
@@ -298,6 +312,7 @@ impl FdCache {
             return Err(io::Error::from_raw_os_error(libc::ESTALE));
         };
         let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        sys::count_meta_call();
         match creds::as_daemon(|| sys::open_by_handle(mount_fd.as_raw_fd(), handle, flags)) {
             Ok(fd) => {
                 self.reopens.fetch_add(1, Ordering::Relaxed);
@@ -419,6 +434,9 @@ pub struct InodeTable {
     root_ino: u64,
     maps: RwLock<Maps>,
     fds: Arc<FdCache>,
+    /// Told the node id of an inode whose handle turned out stale (the metadata cache
+    /// forgets it, so the kernel's retry of the lookup reaches the backing).
+    stale_hook: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl InodeTable {
@@ -477,7 +495,13 @@ impl InodeTable {
                 next_synthetic: SYNTHETIC_BASE,
             }),
             fds,
+            stale_hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Calls `hook(node id)` whenever an inode's handle is found stale (once per mount).
+    pub fn set_stale_hook(&self, hook: Box<dyn Fn(u64) + Send + Sync>) {
+        let _ = self.stale_hook.set(hook);
     }
 
     /// The descriptor cache and its figures (for `stats`).
@@ -505,7 +529,17 @@ impl InodeTable {
                 return Ok(InodeFd(fd));
             }
         }
-        let fd = Arc::new(self.fds.reopen(inode)?);
+        let fd = match self.fds.reopen(inode) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::ESTALE) {
+                    if let Some(hook) = self.stale_hook.get() {
+                        hook(inode.id);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let push = {
             let mut slot = inode.slot.lock();
             if let Some(existing) = &slot.fd {
@@ -640,6 +674,119 @@ impl InodeTable {
             self.fds.lru_push(Arc::downgrade(&inode));
         }
         Ok(inode)
+    }
+
+    /// One kernel lookup of node `id` answered from the metadata cache, without a syscall:
+    /// the known inode when it is still the one `st` describes, else a new entry reached
+    /// by `handle` (its descriptor is opened on first use). `file` gives the cache's state
+    /// for a regular file (None from it: not without a syscall). None: the caller asks
+    /// the backing instead.
+    pub fn lookup_cached(
+        &self,
+        id: u64,
+        st: &libc::stat,
+        handle: Option<HandleRef>,
+        file: impl FnOnce() -> Option<Option<Arc<FileState>>>,
+    ) -> Option<Arc<Inode>> {
+        let key = (st.st_dev, st.st_ino);
+        // A known entry is this inode only if the handles agree: a backing inode number can
+        // be reused by a new file once the old one is deleted (git's index.lock renamed
+        // over index), and the table may still hold the old one.
+        let same = |inode: &Inode| {
+            (inode.dev, inode.backing_ino) == key
+                && match (&inode.handle, &handle) {
+                    (Some((_, a)), Some(b)) => a.handle_type == b.handle_type && a.bytes == b.bytes,
+                    (None, None) => true,
+                    _ => false,
+                }
+        };
+        {
+            let mut maps = self.maps.write();
+            if let Some(entry) = maps.by_id.get_mut(&id) {
+                if !same(&entry.inode) {
+                    return None;
+                }
+                entry.lookups += 1;
+                return Some(entry.inode.clone());
+            }
+            if maps.by_key.contains_key(&key) {
+                return None;
+            }
+        }
+        let handle = handle?;
+        let mount_known = matches!(self.fds.mounts.lock().get(&handle.mount), Some(Some(_)));
+        if !mount_known {
+            return None;
+        }
+        let file = if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            file()?
+        } else {
+            None
+        };
+        let mut maps = self.maps.write();
+        if let Some(entry) = maps.by_id.get_mut(&id) {
+            // another thread made it meanwhile
+            if entry.inode.dev != st.st_dev || entry.inode.backing_ino != st.st_ino {
+                return None;
+            }
+            entry.lookups += 1;
+            return Some(entry.inode.clone());
+        }
+        if maps.by_key.contains_key(&key) {
+            return None;
+        }
+        let inode = Arc::new_cyclic(|me| Inode {
+            id,
+            file,
+            dev: st.st_dev,
+            backing_ino: st.st_ino,
+            kind: st.st_mode & libc::S_IFMT,
+            handle: Some((
+                handle.mount,
+                sys::BackingHandle {
+                    handle_type: handle.handle_type,
+                    bytes: handle.bytes,
+                },
+            )),
+            slot: Mutex::new(Slot::default()),
+            me: me.clone(),
+        });
+        maps.by_key.insert(key, id);
+        maps.by_id.insert(
+            id,
+            Entry {
+                inode: inode.clone(),
+                lookups: 1,
+            },
+        );
+        if id > maps.next_synthetic && id >= SYNTHETIC_BASE {
+            maps.next_synthetic = id;
+        }
+        drop(maps);
+        self.fds.known.fetch_add(1, Ordering::Relaxed);
+        Some(inode)
+    }
+
+    /// A stat of the inode `handle` names, for background checks (not counted as a
+    /// request's backing call). ESTALE once it is gone.
+    pub fn stat_by_handle(&self, handle: &HandleRef) -> io::Result<libc::stat> {
+        let mount_fd = self.fds.mounts.lock().get(&handle.mount).cloned().flatten();
+        let Some(mount_fd) = mount_fd else {
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        };
+        let h = sys::BackingHandle {
+            handle_type: handle.handle_type,
+            bytes: handle.bytes.clone(),
+        };
+        let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        let fd = creds::as_daemon(|| sys::open_by_handle(mount_fd.as_raw_fd(), &h, flags))?;
+        crate::sys::fstat_fd(fd.as_raw_fd())
+    }
+
+    /// A stat of a known inode's open descriptor, without reopening (background checks).
+    pub fn stat_if_open(&self, inode: &Inode) -> Option<io::Result<libc::stat>> {
+        let fd = inode.slot.lock().fd.clone()?;
+        Some(crate::sys::fstat_fd(fd.as_raw_fd()))
     }
 
     /// A lookup of a known inode brought a fresh descriptor: use it if the cached one

@@ -44,6 +44,7 @@ use fuser::{
 use parking_lot::Mutex;
 
 use crate::cache::{CacheSet, Changed, FileState, Revalidated, Touch};
+use crate::meta::{self, Change, Coherence, DirCheck, MetaCache, Name};
 use crate::options::MountOptions;
 use creds::{CallerCreds, WithoutFsetid};
 use inode::{Inode, InodeTable};
@@ -166,10 +167,45 @@ impl Drop for DirStream {
 }
 
 struct DirHandleState {
-    stream: Mutex<DirStream>,
+    /// The backing's stream; None: this handle is served from `listing`.
+    stream: Mutex<Option<DirStream>>,
+    /// The metadata cache's listing this handle serves (offsets are indexes into it).
+    listing: Option<Arc<Vec<meta::Dirent>>>,
+    /// The metadata cache's gen of the directory at open: a listing read whole through
+    /// `stream` is stored under it.
+    gen: Option<u64>,
+    collect: Mutex<Option<Collect>>,
     inode: Arc<Inode>,
-    _pin: inode::Pin,
+    _pin: Option<inode::Pin>,
 }
+
+/// A listing being read whole from the start, for the metadata cache.
+struct Collect {
+    gen: u64,
+    entries: Vec<meta::Dirent>,
+    /// The offset the next read must start at to continue it.
+    next: u64,
+    bytes: usize,
+}
+
+/// What the kernel must be told to drop.
+pub enum Inval {
+    /// An inode's attributes and pages (a directory's cached listing too).
+    Inode(u64),
+    /// A name in a directory.
+    Entry(u64, Vec<u8>),
+}
+
+/// The TTLs a reply gives the kernel.
+#[derive(Debug, Clone, Copy)]
+struct ReplyTtls {
+    attr: Duration,
+    entry: Duration,
+}
+
+/// Kernel TTLs in exclusive mode: nothing changes behind the mount, and what the sweep
+/// notices is invalidated explicitly.
+const EXCLUSIVE_TTL: Duration = Duration::from_secs(3600);
 
 /// One entry read from a directory stream.
 struct DirEntry {
@@ -177,6 +213,15 @@ struct DirEntry {
     next_offset: i64,
     d_type: u8,
     name: Vec<u8>,
+}
+
+/// How [`PassthroughFs::lookup_backing`] records what it found.
+#[derive(Debug, Clone, Copy)]
+enum Found {
+    /// A lookup, under the directory's gen (None: the cache does not record names).
+    Lookup(Option<u64>),
+    /// A name just created through the mount.
+    Made,
 }
 
 /// What one setattr asks to change; `None` leaves that attribute alone.
@@ -194,8 +239,17 @@ pub struct PassthroughFs {
     cache: Option<Arc<CacheSet>>,
     /// Inodes whose kernel page cache must be dropped (sent by the invalidation thread,
     /// never from a request handler, which could deadlock on a page lock).
-    invalidate: Mutex<Option<std::sync::mpsc::Sender<u64>>>,
-    inodes: InodeTable,
+    invalidate: Mutex<Option<std::sync::mpsc::Sender<Inval>>>,
+    /// The metadata cache; None: every metadata request goes to the backing.
+    meta: Option<Arc<MetaCache>>,
+    /// The kernel checks permissions itself (`default_permissions`).
+    default_permissions: bool,
+    /// Long kernel TTLs in exclusive mode. Not with `allow_other` unless the kernel checks
+    /// permissions: without `default_permissions` a path walk through the kernel's cached
+    /// dentries never asks the daemon, so one user's lookup would let another through
+    /// a directory it may not search for as long as the dentry lives.
+    long_kernel_ttls: bool,
+    inodes: Arc<InodeTable>,
     files: Arc<DashMap<u64, Arc<FileHandleState>>>,
     dirs: DashMap<u64, Arc<DirHandleState>>,
     next_handle: AtomicU64,
@@ -265,7 +319,10 @@ impl PassthroughFs {
         Ok(PassthroughFs {
             cache: None,
             invalidate: Mutex::new(None),
-            inodes: InodeTable::new(fd, &st),
+            meta: None,
+            default_permissions: options.default_permissions,
+            long_kernel_ttls: !options.allow_other || options.default_permissions,
+            inodes: Arc::new(InodeTable::new(fd, &st)),
             files: Arc::new(DashMap::new()),
             dirs: DashMap::new(),
             next_handle: AtomicU64::new(1),
@@ -284,6 +341,65 @@ impl PassthroughFs {
         self.ttls.clone()
     }
 
+    /// Serves metadata through `meta`.
+    pub fn with_meta(mut self, meta: Arc<MetaCache>) -> PassthroughFs {
+        let m = meta.clone();
+        self.inodes
+            .set_stale_hook(Box::new(move |id| m.forget_inode(id)));
+        if let Err(e) = self.persist_meta(&meta) {
+            tracing::warn!("metadata cache not persisted: {e}");
+        }
+        self.meta = Some(meta);
+        self
+    }
+
+    /// With a cache file: loads the metadata checkpoint the mount found (a remount starts
+    /// warm) and arranges for one at a clean unmount. The crash rule: a checkpoint is
+    /// written only after `syncfs` made the backing state it describes durable, and it is
+    /// trusted only when it is the journal's newest entry (nothing changed after it);
+    /// otherwise its entries start expired and each is checked with one stat at first use.
+    fn persist_meta(&self, meta: &Arc<MetaCache>) -> io::Result<()> {
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        let root = self
+            .inodes
+            .get(inode::ROOT_ID)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        let fd = self.inodes.fd(&root)?;
+        let st = sys::fstat_path(fd.as_raw_fd())?;
+        // the root's filesystem gets its slot now: cached files then need no syscall for it
+        drop(cache.file_state(fd.as_raw_fd(), &st));
+        let mount = sys::name_to_handle(fd.as_raw_fd()).ok().map(|(_, m)| m);
+        if let Some((blob, trusted)) = cache.take_meta_checkpoint() {
+            match meta::format::Checkpoint::decode(&blob) {
+                Ok(c) => {
+                    let n = meta.load(c, st.st_ino, st.st_dev, mount, trusted);
+                    tracing::info!(entries = n, trusted, "metadata checkpoint loaded");
+                }
+                Err(e) => tracing::warn!("metadata checkpoint not loaded: {e}"),
+            }
+        }
+        // syncfs refuses an O_PATH descriptor: a real one of the root directory
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        let keep = sys::open(&sys::proc_path(fd.as_raw_fd()), flags)?;
+        let m = meta.clone();
+        let (dev, ino) = (st.st_dev, st.st_ino);
+        cache.set_meta_saver(Box::new(move || {
+            // what the checkpoint describes must be durable in the backing before it is
+            if let Err(e) = sys::syncfs(keep.as_raw_fd()) {
+                tracing::warn!("syncfs of the backing failed ({e}); no metadata checkpoint");
+                return None;
+            }
+            Some(m.checkpoint(dev, ino).encode())
+        }));
+        Ok(())
+    }
+
+    pub fn meta(&self) -> Option<&Arc<MetaCache>> {
+        self.meta.as_ref()
+    }
+
     pub fn cache(&self) -> Option<&Arc<CacheSet>> {
         self.cache.as_ref()
     }
@@ -295,8 +411,8 @@ impl PassthroughFs {
 
     /// The inodes whose kernel pages must be dropped arrive on the returned channel;
     /// hand it to [`spawn_invalidator`] once the session exists.
-    pub fn invalidation_channel(&self) -> std::sync::mpsc::Receiver<u64> {
-        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    pub fn invalidation_channel(&self) -> std::sync::mpsc::Receiver<Inval> {
+        let (tx, rx) = std::sync::mpsc::channel::<Inval>();
         *self.invalidate.lock() = Some(tx);
         rx
     }
@@ -316,7 +432,7 @@ impl PassthroughFs {
     /// Asks the invalidation thread to drop the kernel's pages of `inode`.
     fn invalidate_pages(&self, inode: &Inode) {
         if let Some(tx) = self.invalidate.lock().as_ref() {
-            let _ = tx.send(inode.id);
+            let _ = tx.send(Inval::Inode(inode.id));
         }
     }
 
@@ -331,14 +447,24 @@ impl PassthroughFs {
         touch: Touch,
         apply: impl FnOnce() -> io::Result<T>,
     ) -> (io::Result<T>, Changed) {
-        let Some((cache, file)) = self.cache_for(inode) else {
-            return (apply(), Changed::default());
+        let out = match self.cache_for(inode) {
+            None => (apply(), Changed::default()),
+            Some((cache, file)) => {
+                let (result, changed) = cache.change(file, fd, touch, apply);
+                if changed.outside_change {
+                    self.invalidate_pages(inode);
+                }
+                (result, changed)
+            }
         };
-        let (result, changed) = cache.change(file, fd, touch, apply);
-        if changed.outside_change {
-            self.invalidate_pages(inode);
+        if let Some(meta) = &self.meta {
+            // size, times (and set-id bits) moved: the next getattr asks the backing
+            meta.apply(Change::Attr {
+                id: inode.id,
+                st: None,
+            });
         }
-        (result, changed)
+        out
     }
 
     fn inode(&self, ino: INodeNo) -> io::Result<Arc<Inode>> {
@@ -365,11 +491,143 @@ impl PassthroughFs {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Looks `name` up in `parent`, counting one kernel lookup on success.
-    fn do_lookup(&self, parent: &Inode, name: &OsStr) -> io::Result<FileAttr> {
+    /// Looks `name` up in `parent`, counting one kernel lookup on success: from the
+    /// metadata cache when it knows the answer (no backing call), else from the backing.
+    /// `req`: the caller, whose search permission a cached answer must respect (None: the
+    /// daemon's own lookup, readdirplus).
+    fn do_lookup(
+        &self,
+        req: Option<&Request>,
+        parent: &Inode,
+        name: &OsStr,
+    ) -> io::Result<(FileAttr, ReplyTtls)> {
+        let Some(meta) = &self.meta else {
+            return self.lookup_backing(parent, name, Found::Lookup(None));
+        };
+        let gen = self.dir_gen(meta, parent)?;
+        if let Some(found) = self.lookup_meta(meta, req, parent, name)? {
+            return Ok(found);
+        }
+        self.lookup_backing(parent, name, Found::Lookup(Some(gen)))
+    }
+
+    /// A lookup answered by the metadata cache: Ok(None) when it does not know.
+    fn lookup_meta(
+        &self,
+        meta: &MetaCache,
+        req: Option<&Request>,
+        parent: &Inode,
+        name: &OsStr,
+    ) -> io::Result<Option<(FileAttr, ReplyTtls)>> {
+        if let Some(req) = req {
+            if !self.may(meta, parent.id, req, libc::S_IXOTH) {
+                return Ok(None);
+            }
+        }
+        let id = match meta.name(parent.id, name.as_bytes()) {
+            Some(Name::Absent) => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
+            Some(Name::Child(id)) => id,
+            _ => return Ok(None),
+        };
+        let Some((st, left)) = meta.attr(id) else {
+            return Ok(None);
+        };
+        let cache = self.cache.as_ref();
+        let file = || match cache {
+            Some(c) => c.file_state_known(&st),
+            None => Some(None),
+        };
+        let Some(inode) = self.inodes.lookup_cached(id, &st, meta.handle(id), file) else {
+            return Ok(None);
+        };
+        let ttls = self.reply_ttls(left, meta.dir_remaining(parent.id));
+        Ok(Some((sys::attr_from_stat(&st, inode.id), ttls)))
+    }
+
+    /// Whether the caller may search (`want` = x) or read (r) directory `dir`, judged
+    /// from its cached attributes without the backing. Conservative: root, the owner by
+    /// the owner bits, anyone else only when group and other bits both allow (the
+    /// caller's groups are not known here); false sends the request to the backing,
+    /// which decides with the caller's credentials.
+    fn may(&self, meta: &MetaCache, dir: u64, req: &Request, want: u32) -> bool {
+        if self.default_permissions || req.uid() == 0 {
+            return true;
+        }
+        let Some((st, _)) = meta.attr(dir) else {
+            return false;
+        };
+        let mode = st.st_mode;
+        if st.st_uid == req.uid() {
+            return (mode >> 6) & want == want;
+        }
+        (mode >> 3) & want == want && mode & want == want
+    }
+
+    /// The metadata cache's gen for `dir`'s names, checking the directory with one stat
+    /// when it is due.
+    fn dir_gen(&self, meta: &MetaCache, dir: &Inode) -> io::Result<u64> {
+        if let DirCheck::Fresh(gen) = meta.dir_check(dir.id) {
+            return Ok(gen);
+        }
+        let st = sys::fstat_path(self.inodes.fd(dir)?.as_raw_fd())?;
+        Ok(meta.check_dir(dir.id, &st, dir.handle_ref()))
+    }
+
+    /// Kernel TTLs for a reply whose attributes stay trusted `attr_left` and whose name
+    /// `entry_left` (shared mode: never past what the metadata cache trusts).
+    fn reply_ttls(&self, attr_left: Duration, entry_left: Duration) -> ReplyTtls {
+        match &self.meta {
+            Some(m) if m.coherence == Coherence::Exclusive && self.long_kernel_ttls => ReplyTtls {
+                attr: EXCLUSIVE_TTL.max(self.ttls.attr()),
+                entry: EXCLUSIVE_TTL.max(self.ttls.entry()),
+            },
+            Some(m) if m.coherence == Coherence::Exclusive => ReplyTtls {
+                attr: self.ttls.attr(),
+                entry: self.ttls.entry(),
+            },
+            Some(_) => ReplyTtls {
+                attr: self.ttls.attr().min(attr_left),
+                entry: self.ttls.entry().min(entry_left),
+            },
+            None => ReplyTtls {
+                attr: self.ttls.attr(),
+                entry: self.ttls.entry(),
+            },
+        }
+    }
+
+    /// TTLs for attributes just read from the backing.
+    fn fresh_ttls(&self, dir: Option<u64>) -> ReplyTtls {
+        match &self.meta {
+            Some(m) => {
+                let entry = dir.map_or(m.ttl(), |d| m.dir_remaining(d));
+                self.reply_ttls(m.ttl(), entry)
+            }
+            None => self.reply_ttls(Duration::MAX, Duration::MAX),
+        }
+    }
+
+    /// Looks `name` up in the backing; records what it found in the metadata cache: as a
+    /// lookup under the directory's gen, or (`Found::Made`) as a name just created.
+    fn lookup_backing(
+        &self,
+        parent: &Inode,
+        name: &OsStr,
+        found: Found,
+    ) -> io::Result<(FileAttr, ReplyTtls)> {
         let c = cstr(name)?;
         let pfd = self.inodes.fd(parent)?;
-        let fd = sys::open_path_at(pfd.as_raw_fd(), &c).map_err(|e| self.inodes.limit_error(e))?;
+        let fd = match sys::open_path_at(pfd.as_raw_fd(), &c) {
+            Ok(fd) => fd,
+            Err(e) => {
+                if let (Some(meta), Found::Lookup(Some(gen))) = (&self.meta, found) {
+                    if e.raw_os_error() == Some(libc::ENOENT) {
+                        meta.put_name(parent.id, gen, name.as_bytes(), Name::Absent);
+                    }
+                }
+                return Err(self.inodes.limit_error(e));
+            }
+        };
         let st = sys::fstat_path(fd.as_raw_fd())?;
         let file = match &self.cache {
             Some(cache) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
@@ -379,7 +637,27 @@ impl PassthroughFs {
         };
         let inode = self.inodes.lookup_insert(fd, &st, file)?;
         self.revalidate(&inode, &st);
-        Ok(sys::attr_from_stat(&st, inode.id))
+        if let Some(meta) = &self.meta {
+            match found {
+                Found::Lookup(gen) => {
+                    meta.put_attr(inode.id, &st, inode.handle_ref());
+                    if let Some(gen) = gen {
+                        meta.put_name(parent.id, gen, name.as_bytes(), Name::Child(inode.id));
+                    }
+                }
+                Found::Made => meta.apply(Change::Created {
+                    dir: parent.id,
+                    name: name.as_bytes(),
+                    child: inode.id,
+                    st: &st,
+                    handle: inode.handle_ref(),
+                }),
+            }
+        }
+        Ok((
+            sys::attr_from_stat(&st, inode.id),
+            self.fresh_ttls(Some(parent.id)),
+        ))
     }
 
     /// Fresh attributes of a regular file reached us, to be sent in this request's reply
@@ -411,26 +689,192 @@ impl PassthroughFs {
         reply: ReplyEntry,
         make: impl FnOnce(RawFd, &std::ffi::CString) -> io::Result<()>,
     ) {
-        let result = self.inode(parent).and_then(|p| {
-            as_caller(req, || {
-                let pfd = self.inodes.fd(&p)?;
-                make(pfd.as_raw_fd(), &cstr(name)?)?;
-                self.do_lookup(&p, name)
-            })
-        });
+        let result = self
+            .inode(parent)
+            .and_then(|p| as_caller(req, || self.namespace_make(&p, name, make).map(|(_, e)| e)));
         self.reply_entry(result, reply);
     }
 
-    fn attr_of(&self, inode: &Inode) -> io::Result<FileAttr> {
-        let fd = self.inodes.fd(inode)?;
-        let st = sys::fstat_path(fd.as_raw_fd())?;
-        Ok(sys::attr_from_stat(&st, inode.id))
+    // ---- Namespace changes: the one way they reach the metadata cache ----------------
+    //
+    // Every handler that adds, removes or moves a name calls one of the three functions
+    // below, which make the change on the backing and then tell the metadata cache
+    // (`MetaCache::apply`) before the reply: the new name and its attributes, the removed
+    // name (now a negative entry) and the attributes it drops, the directories' new times.
+    // A failure that says something about the names (EEXIST, ENOENT...) forgets them.
+
+    /// `make(dir_fd, name)` creates `name` in `dir`; then the new entry is looked up.
+    fn namespace_make<T>(
+        &self,
+        dir: &Inode,
+        name: &OsStr,
+        make: impl FnOnce(RawFd, &std::ffi::CString) -> io::Result<T>,
+    ) -> io::Result<(T, (FileAttr, ReplyTtls))> {
+        let c = cstr(name)?;
+        let made = {
+            let pfd = self.inodes.fd(dir)?;
+            make(pfd.as_raw_fd(), &c)
+        };
+        let made = match made {
+            Ok(t) => t,
+            Err(e) => {
+                self.namespace_failed(&e, &[(dir.id, name.as_bytes())]);
+                return Err(e);
+            }
+        };
+        self.dirs_changed(&[dir]);
+        let entry = self.lookup_backing(dir, name, Found::Made)?;
+        Ok((made, entry))
     }
 
-    fn reply_entry(&self, result: io::Result<FileAttr>, reply: ReplyEntry) {
+    /// unlinkat(dir, name, flags).
+    fn namespace_remove(&self, dir: &Inode, name: &OsStr, flags: i32) -> io::Result<()> {
+        let c = cstr(name)?;
+        let pfd = self.inodes.fd(dir)?;
+        let child = self
+            .meta
+            .as_ref()
+            .and_then(|m| self.child_before(m, dir, &pfd, &c));
+        if let Err(e) = sys::unlinkat(pfd.as_raw_fd(), &c, flags) {
+            self.namespace_failed(&e, &[(dir.id, name.as_bytes())]);
+            return Err(e);
+        }
+        drop(pfd);
+        self.dirs_changed(&[dir]);
+        if let Some(meta) = &self.meta {
+            meta.apply(Change::Removed {
+                dir: dir.id,
+                name: name.as_bytes(),
+                child,
+            });
+        }
+        Ok(())
+    }
+
+    /// renameat2(from, name, to, newname, flags).
+    fn namespace_rename(
+        &self,
+        from: &Inode,
+        name: &OsStr,
+        to: &Inode,
+        newname: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let old = cstr(name)?;
+        let new = cstr(newname)?;
+        let (pfd, npfd) = (self.inodes.fd(from)?, self.inodes.fd(to)?);
+        let (child, target) = match &self.meta {
+            Some(m) => (
+                self.child_before(m, from, &pfd, &old),
+                self.child_before(m, to, &npfd, &new),
+            ),
+            None => (None, None),
+        };
+        let names = [(from.id, name.as_bytes()), (to.id, newname.as_bytes())];
+        if let Err(e) = sys::renameat2(pfd.as_raw_fd(), &old, npfd.as_raw_fd(), &new, flags) {
+            self.namespace_failed(&e, &names);
+            return Err(e);
+        }
+        drop((pfd, npfd));
+        self.dirs_changed(&[from, to]);
+        if let Some(meta) = &self.meta {
+            let exchange = flags & libc::RENAME_EXCHANGE != 0;
+            if child.is_some() && child == target && !exchange {
+                // two links of one inode: rename does nothing; let lookups say so
+                meta.apply(Change::Unknown(&names));
+                return Ok(());
+            }
+            meta.apply(Change::Renamed {
+                from: from.id,
+                name: name.as_bytes(),
+                to: to.id,
+                newname: newname.as_bytes(),
+                exchange,
+                child,
+                target,
+            });
+        }
+        Ok(())
+    }
+
+    /// The node id `name` in `dir` has just before a change: from the metadata cache in
+    /// exclusive mode, else one fstatat. None: absent (or not to be known).
+    fn child_before(
+        &self,
+        meta: &MetaCache,
+        dir: &Inode,
+        dfd: &inode::InodeFd,
+        name: &std::ffi::CString,
+    ) -> Option<u64> {
+        if meta.coherence == Coherence::Exclusive {
+            if let Some((Name::Child(id), _)) = meta.lookup_cached(dir.id, name.as_bytes()) {
+                return Some(id);
+            }
+        }
+        let st = sys::fstatat(dfd.as_raw_fd(), name).ok()?;
+        Some(self.inodes.id_for_dirent(st.st_dev, st.st_ino))
+    }
+
+    /// A namespace change failed with `e`: names whose state it contradicts are
+    /// forgotten (the cache may have been wrong about them).
+    fn namespace_failed(&self, e: &io::Error, names: &[(u64, &[u8])]) {
+        let Some(meta) = &self.meta else { return };
+        let telling = [
+            libc::EEXIST,
+            libc::ENOENT,
+            libc::ENOTEMPTY,
+            libc::ENOTDIR,
+            libc::EISDIR,
+            libc::ESTALE,
+        ];
+        if e.raw_os_error().is_some_and(|c| telling.contains(&c)) {
+            meta.apply(Change::Unknown(names));
+        }
+    }
+
+    /// The directories' times moved through the mount: their new stats become their
+    /// validators (one stat each; a directory that cannot be stat'ed is forgotten).
+    fn dirs_changed(&self, dirs: &[&Inode]) {
+        let Some(meta) = &self.meta else { return };
+        let mut stats = Vec::with_capacity(dirs.len());
+        for (i, dir) in dirs.iter().enumerate() {
+            if dirs[..i].iter().any(|d| d.id == dir.id) {
+                continue;
+            }
+            let st = self
+                .inodes
+                .fd(dir)
+                .and_then(|fd| sys::fstat_path(fd.as_raw_fd()));
+            match st {
+                Ok(st) => stats.push((dir.id, st)),
+                Err(_) => {
+                    meta.drop_dir(dir.id);
+                }
+            }
+        }
+        meta.apply(Change::Dirs(&stats));
+    }
+
+    /// An inode's attributes changed through the mount in a way no other path records
+    /// (an xattr change moves ctime): its new stat goes to the metadata cache.
+    fn attr_changed(&self, inode: &Inode) {
+        let Some(meta) = &self.meta else { return };
+        let st = self
+            .inodes
+            .fd(inode)
+            .and_then(|fd| sys::fstat_path(fd.as_raw_fd()));
+        meta.apply(Change::Attr {
+            id: inode.id,
+            st: st.as_ref().ok(),
+        });
+    }
+
+    // ---- end of namespace changes ----------------------------------------------------
+
+    fn reply_entry(&self, result: io::Result<(FileAttr, ReplyTtls)>, reply: ReplyEntry) {
         match result {
-            Ok(attr) => {
-                reply.entry_with_ttls(&self.ttls.attr(), &self.ttls.entry(), &attr, Generation(0))
+            Ok((attr, ttls)) => {
+                reply.entry_with_ttls(&ttls.attr, &ttls.entry, &attr, Generation(0))
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -517,10 +961,17 @@ impl PassthroughFs {
             Self::apply_setattr(inode, ifd.as_raw_fd(), &handle, &path, change)
         });
         result?;
-        match &handle {
-            Some(h) => Ok(sys::attr_from_stat(&sys::fstat(&h.file)?, inode.id)),
-            None => self.attr_of(inode),
+        let st = match &handle {
+            Some(h) => sys::fstat(&h.file)?,
+            None => sys::fstat_path(ifd.as_raw_fd())?,
+        };
+        if let Some(meta) = &self.meta {
+            meta.apply(Change::Attr {
+                id: inode.id,
+                st: Some(&st),
+            });
         }
+        Ok(sys::attr_from_stat(&st, inode.id))
     }
 
     fn apply_setattr(
@@ -575,7 +1026,20 @@ impl PassthroughFs {
         Ok(())
     }
 
+    /// FOPEN flags of a directory open: with a metadata cache the kernel may cache the
+    /// listing (it checks the directory's mtime before reusing it, and drops it on its
+    /// own changes); it keeps what it cached when the listing came from the metadata
+    /// cache, which vouches that it is current.
+    fn opendir_flags(&self, listing_known: bool) -> FopenFlags {
+        match &self.meta {
+            Some(_) if listing_known => FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            Some(_) => FopenFlags::FOPEN_CACHE_DIR,
+            None => FopenFlags::empty(),
+        }
+    }
+
     fn open_dir_stream(inode_fd: RawFd) -> io::Result<DirStream> {
+        sys::count_meta_call();
         // Through /proc/self/fd/N, not openat(fd, "."): looking up "." inside the
         // directory needs search (x) permission, but opendir needs only read (r), and
         // this runs with the caller's credentials (pjdfstest open/06 on a 0477 dir).
@@ -586,26 +1050,72 @@ impl PassthroughFs {
 
     /// Reads entries of `handle` starting at `offset`, handing each to `add`
     /// until it returns false (the reply buffer is full). The stream is left
-    /// positioned after the last accepted entry.
+    /// positioned after the last accepted entry. A handle served from the metadata
+    /// cache's listing reads that (offsets are indexes); a stream read whole from the
+    /// start in consecutive calls stores its listing in the metadata cache.
     fn read_dir(
+        &self,
         handle: &DirHandleState,
         offset: u64,
         mut add: impl FnMut(&DirEntry) -> bool,
     ) -> io::Result<()> {
-        let mut stream = handle.stream.lock();
+        if let Some(listing) = &handle.listing {
+            for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+                let entry = DirEntry {
+                    backing_ino: e.backing_ino,
+                    next_offset: i as i64 + 1,
+                    d_type: e.d_type,
+                    name: e.name.to_vec(),
+                };
+                if !add(&entry) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let mut guard = handle.stream.lock();
+        let Some(stream) = guard.as_mut() else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        let mut collect = handle.collect.lock();
         if offset == 0 {
             stream.rewind();
+            *collect = handle.gen.map(|gen| Collect {
+                gen,
+                entries: Vec::new(),
+                next: 0,
+                bytes: 0,
+            });
         } else {
             stream.seek(offset as libc::c_long);
         }
+        if collect.as_ref().is_some_and(|c| c.next != offset) {
+            *collect = None;
+        }
+        let limit = self.meta.as_ref().map_or(0, |m| m.budget() / 4);
         loop {
             let before = stream.tell();
             let Some(entry) = stream.next_entry()? else {
+                if let (Some(c), Some(meta)) = (collect.take(), &self.meta) {
+                    meta.put_listing(handle.inode.id, c.gen, c.entries);
+                }
                 return Ok(());
             };
             if !add(&entry) {
                 stream.seek(before);
                 return Ok(());
+            }
+            if let Some(c) = collect.as_mut() {
+                c.next = entry.next_offset as u64;
+                c.bytes += entry.name.len() + 64;
+                c.entries.push(meta::Dirent {
+                    name: entry.name.clone().into_boxed_slice(),
+                    backing_ino: entry.backing_ino,
+                    d_type: entry.d_type,
+                });
+                if c.bytes > limit {
+                    *collect = None; // too big to keep
+                }
             }
         }
     }
@@ -699,7 +1209,7 @@ impl Filesystem for PassthroughFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = self
             .inode(parent)
-            .and_then(|p| as_caller(req, || self.do_lookup(&p, name)));
+            .and_then(|p| as_caller(req, || self.do_lookup(Some(req), &p, name)));
         self.reply_entry(result, reply);
     }
 
@@ -712,16 +1222,30 @@ impl Filesystem for PassthroughFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let result = self.inode(ino).and_then(|inode| {
-            // An open handle answers from its descriptor (right even after rename/unlink).
-            let st = match fh.and_then(|fh| self.file(fh).ok()) {
+            // An open handle answers from its descriptor (right even after rename/unlink),
+            // always: an fstat of an open file (before an mmap, an append) must see an
+            // outside change now, and costs no path walk. Only path stats are cached.
+            let handle = fh.and_then(|fh| self.file(fh).ok());
+            if handle.is_none() {
+                if let Some((st, left)) = self.meta.as_ref().and_then(|m| m.attr(inode.id)) {
+                    return Ok((
+                        sys::attr_from_stat(&st, inode.id),
+                        self.reply_ttls(left, left),
+                    ));
+                }
+            }
+            let st = match handle {
                 Some(h) => sys::fstat(&h.file)?,
                 None => sys::fstat_path(self.inodes.fd(&inode)?.as_raw_fd())?,
             };
             self.revalidate(&inode, &st);
-            Ok(sys::attr_from_stat(&st, inode.id))
+            if let Some(meta) = &self.meta {
+                meta.put_attr(inode.id, &st, None);
+            }
+            Ok((sys::attr_from_stat(&st, inode.id), self.fresh_ttls(None)))
         });
         match result {
-            Ok(attr) => reply.attr(&self.ttls.attr(), &attr),
+            Ok((attr, ttls)) => reply.attr(&ttls.attr, &attr),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -758,17 +1282,23 @@ impl Filesystem for PassthroughFs {
             })
         });
         match result {
-            Ok(attr) => reply.attr(&self.ttls.attr(), &attr),
+            Ok(attr) => reply.attr(&self.fresh_ttls(None).attr, &attr),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = self.inode(ino).and_then(|inode| {
+            if let Some(target) = self.meta.as_ref().and_then(|m| m.link(inode.id)) {
+                return Ok(target.into_vec());
+            }
             let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
             let fd = self.inodes.fd(&inode)?;
             let n = sys::readlinkat(fd.as_raw_fd(), c"", &mut buf)?;
             buf.truncate(n);
+            if let Some(meta) = &self.meta {
+                meta.put_link(inode.id, &buf);
+            }
             Ok(buf)
         });
         match result {
@@ -807,24 +1337,16 @@ impl Filesystem for PassthroughFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.inode(parent).and_then(|p| {
-            as_caller(req, || {
-                let c = cstr(name)?;
-                let pfd = self.inodes.fd(&p)?;
-                sys::unlinkat(pfd.as_raw_fd(), &c, 0)
-            })
-        });
+        let result = self
+            .inode(parent)
+            .and_then(|p| as_caller(req, || self.namespace_remove(&p, name, 0)));
         reply_empty(result, reply);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.inode(parent).and_then(|p| {
-            as_caller(req, || {
-                let c = cstr(name)?;
-                let pfd = self.inodes.fd(&p)?;
-                sys::unlinkat(pfd.as_raw_fd(), &c, libc::AT_REMOVEDIR)
-            })
-        });
+        let result = self
+            .inode(parent)
+            .and_then(|p| as_caller(req, || self.namespace_remove(&p, name, libc::AT_REMOVEDIR)));
         reply_empty(result, reply);
     }
 
@@ -858,10 +1380,7 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(parent).and_then(|p| {
             let np = self.inode(newparent)?;
             as_caller(req, || {
-                let old = cstr(name)?;
-                let new = cstr(newname)?;
-                let (pfd, npfd) = (self.inodes.fd(&p)?, self.inodes.fd(&np)?);
-                sys::renameat2(pfd.as_raw_fd(), &old, npfd.as_raw_fd(), &new, flags.bits())
+                self.namespace_rename(&p, name, &np, newname, flags.bits())
             })
         });
         reply_empty(result, reply);
@@ -878,30 +1397,19 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(ino).and_then(|inode| {
             let np = self.inode(newparent)?;
             as_caller(req, || {
-                let new = cstr(newname)?;
-                let (ifd, npfd) = (self.inodes.fd(&inode)?, self.inodes.fd(&np)?);
-                let direct = sys::linkat(
-                    ifd.as_raw_fd(),
-                    c"",
-                    npfd.as_raw_fd(),
-                    &new,
-                    libc::AT_EMPTY_PATH,
-                );
-                if direct.is_err() && !inode.is_symlink() {
-                    // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, which an unprivileged
-                    // caller's credentials lack; the magic link needs none.
-                    let path = sys::proc_path(ifd.as_raw_fd());
-                    sys::linkat(
-                        libc::AT_FDCWD,
-                        &path,
-                        npfd.as_raw_fd(),
-                        &new,
-                        libc::AT_SYMLINK_FOLLOW,
-                    )?;
-                } else {
-                    direct?;
-                }
-                self.do_lookup(&np, newname)
+                let ifd = self.inodes.fd(&inode)?;
+                let link = |npfd: RawFd, new: &std::ffi::CString| {
+                    let direct = sys::linkat(ifd.as_raw_fd(), c"", npfd, new, libc::AT_EMPTY_PATH);
+                    if direct.is_err() && !inode.is_symlink() {
+                        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, which an unprivileged
+                        // caller's credentials lack; the magic link needs none.
+                        let path = sys::proc_path(ifd.as_raw_fd());
+                        sys::linkat(libc::AT_FDCWD, &path, npfd, new, libc::AT_SYMLINK_FOLLOW)
+                    } else {
+                        direct
+                    }
+                };
+                self.namespace_make(&np, newname, link).map(|(_, e)| e)
             })
         });
         self.reply_entry(result, reply);
@@ -1082,22 +1590,46 @@ impl Filesystem for PassthroughFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let result = self.inode(ino).and_then(|inode| {
-            let ifd = self.inodes.fd(&inode)?;
-            let stream = as_caller(req, || Self::open_dir_stream(ifd.as_raw_fd()))
-                .map_err(|e| self.inodes.limit_error(e))?;
+            // A listing the metadata cache knows (and the caller may read) is served from
+            // it, without opening the backing directory.
+            let (gen, listing) = match &self.meta {
+                Some(meta) => {
+                    let gen = self.dir_gen(meta, &inode)?;
+                    let listing = if self.may(meta, inode.id, req, libc::S_IROTH) {
+                        meta.listing(inode.id)
+                    } else {
+                        None
+                    };
+                    (Some(gen), listing)
+                }
+                None => (None, None),
+            };
+            let (stream, pin) = match listing {
+                Some(_) => (None, None),
+                None => {
+                    let ifd = self.inodes.fd(&inode)?;
+                    let stream = as_caller(req, || Self::open_dir_stream(ifd.as_raw_fd()))
+                        .map_err(|e| self.inodes.limit_error(e))?;
+                    (Some(stream), Some(self.inodes.pin(&inode)))
+                }
+            };
+            let known = listing.is_some();
             let fh = self.new_handle();
             self.dirs.insert(
                 fh,
                 Arc::new(DirHandleState {
                     stream: Mutex::new(stream),
-                    _pin: self.inodes.pin(&inode),
+                    listing,
+                    gen,
+                    collect: Mutex::new(None),
+                    _pin: pin,
                     inode,
                 }),
             );
-            Ok(fh)
+            Ok((fh, known))
         });
         match result {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, known)) => reply.opened(FileHandle(fh), self.opendir_flags(known)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1111,7 +1643,7 @@ impl Filesystem for PassthroughFs {
         mut reply: ReplyDirectory,
     ) {
         let result = self.dir(fh).and_then(|h| {
-            Self::read_dir(&h, offset, |e| {
+            self.read_dir(&h, offset, |e| {
                 let id = self.dirent_id(&h, e);
                 let name = OsStr::from_bytes(&e.name);
                 !reply.add(
@@ -1136,7 +1668,7 @@ impl Filesystem for PassthroughFs {
         let mut added = 0usize;
         let mut failed: Option<io::Error> = None;
         let result = self.dir(fh).and_then(|h| {
-            Self::read_dir(&h, offset, |e| {
+            self.read_dir(&h, offset, |e| {
                 let name = OsStr::from_bytes(&e.name);
                 let dot = e.name == b"." || e.name == b"..";
                 // The kernel takes no lookup reference for "." and ".."; every other
@@ -1146,10 +1678,13 @@ impl Filesystem for PassthroughFs {
                     // SAFETY: stat is plain old data (integers only); all-zero is valid.
                     let mut st: libc::stat = unsafe { std::mem::zeroed() };
                     st.st_mode = libc::S_IFDIR;
-                    sys::attr_from_stat(&st, id)
+                    (
+                        sys::attr_from_stat(&st, id),
+                        self.fresh_ttls(Some(h.inode.id)),
+                    )
                 } else {
-                    match self.do_lookup(&h.inode, name) {
-                        Ok(attr) => attr,
+                    match self.do_lookup(None, &h.inode, name) {
+                        Ok(found) => found,
                         // Gone since the directory was read: skip it, as ls would.
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return true,
                         // Anything else (EMFILE...) must reach the caller, not shorten the
@@ -1160,11 +1695,12 @@ impl Filesystem for PassthroughFs {
                         }
                     }
                 };
+                let (attr, ttls) = attr;
                 let full = reply.add(
                     attr.ino,
                     e.next_offset as u64,
                     name,
-                    &self.ttls.entry(),
+                    &ttls.entry,
                     &attr,
                     Generation(0),
                 );
@@ -1202,15 +1738,21 @@ impl Filesystem for PassthroughFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self
-            .dir(fh)
-            .and_then(|h| sys::sync(h.stream.lock().fd(), datasync));
+        let result = self.dir(fh).and_then(|h| {
+            if let Some(stream) = h.stream.lock().as_ref() {
+                return sys::sync(stream.fd(), datasync);
+            }
+            // served from the metadata cache: open the directory to sync it
+            let ifd = self.inodes.fd(&h.inode)?;
+            let stream = Self::open_dir_stream(ifd.as_raw_fd())?;
+            sys::sync(stream.fd(), datasync)
+        });
         reply_empty(result, reply);
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let result = self.inode(ino).and_then(|inode| {
-            let fd = self.inodes.fd(&inode)?;
+            let fd = sys::uncounted(|| self.inodes.fd(&inode))?;
             sys::fstatvfs(fd.as_raw_fd())
         });
         match result {
@@ -1241,7 +1783,9 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(ino).and_then(|inode| {
             let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
-            as_caller(req, || sys::setxattr(&path, &name, value, flags))
+            as_caller(req, || sys::setxattr(&path, &name, value, flags))?;
+            self.attr_changed(&inode);
+            Ok(())
         });
         reply_empty(result, reply);
     }
@@ -1273,7 +1817,9 @@ impl Filesystem for PassthroughFs {
         let result = self.inode(ino).and_then(|inode| {
             let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
-            as_caller(req, || sys::removexattr(&path, &name))
+            as_caller(req, || sys::removexattr(&path, &name))?;
+            self.attr_changed(&inode);
+            Ok(())
         });
         reply_empty(result, reply);
     }
@@ -1302,26 +1848,21 @@ impl Filesystem for PassthroughFs {
     ) {
         let result = self.inode(parent).and_then(|p| {
             as_caller(req, || {
-                let c = cstr(name)?;
                 let open_flags =
                     Self::backing_open_flags(flags) | libc::O_CREAT | (flags & libc::O_EXCL);
-                let pfd = self.inodes.fd(&p)?;
-                let file = sys::open_at(pfd.as_raw_fd(), &c, open_flags | libc::O_NOFOLLOW, mode)
-                    .map_err(|e| self.inodes.limit_error(e))?;
-                let attr = self.do_lookup(&p, name)?;
+                let (file, (attr, ttls)) = self.namespace_make(&p, name, |pfd, c| {
+                    sys::open_at(pfd, c, open_flags | libc::O_NOFOLLOW, mode)
+                        .map_err(|e| self.inodes.limit_error(e))
+                })?;
                 let inode = self.inode(attr.ino)?;
                 let fopen = self.open_validate(&inode, file.as_raw_fd(), flags);
-                Ok((attr, self.add_file_handle(file, inode, flags), fopen))
+                Ok((attr, ttls, self.add_file_handle(file, inode, flags), fopen))
             })
         });
         match result {
-            Ok((attr, fh, fopen)) => reply.created(
-                &self.ttls.entry(),
-                &attr,
-                Generation(0),
-                FileHandle(fh),
-                fopen,
-            ),
+            Ok((attr, ttls, fh, fopen)) => {
+                reply.created(&ttls.entry, &attr, Generation(0), FileHandle(fh), fopen)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1427,7 +1968,7 @@ impl Filesystem for PassthroughFs {
 pub struct OpenFileWatcher {
     files: Arc<DashMap<u64, Arc<FileHandleState>>>,
     cache: Option<Arc<CacheSet>>,
-    invalidate: std::sync::mpsc::Sender<u64>,
+    invalidate: std::sync::mpsc::Sender<Inval>,
     /// The pass interval is the attribute TTL in force (at least 100 ms).
     ttls: Arc<Ttls>,
 }
@@ -1470,7 +2011,7 @@ impl OpenFileWatcher {
             };
             if outside {
                 changed += 1;
-                let _ = self.invalidate.send(h.inode.id);
+                let _ = self.invalidate.send(Inval::Inode(h.inode.id));
             }
         }
         changed
@@ -1493,13 +2034,23 @@ impl OpenFileWatcher {
 
 /// Starts the thread that tells the kernel to drop an inode's pages when the backing
 /// changed underneath (`Notifier::inval_inode`), off the request threads.
-pub fn spawn_invalidator(rx: std::sync::mpsc::Receiver<u64>, notifier: fuser::Notifier) {
+pub fn spawn_invalidator(rx: std::sync::mpsc::Receiver<Inval>, notifier: fuser::Notifier) {
     let spawned = std::thread::Builder::new()
         .name("bcl-inval".into())
         .spawn(move || {
-            for ino in rx {
-                if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
-                    tracing::debug!(ino, "inval_inode: {e}");
+            for what in rx {
+                match what {
+                    Inval::Inode(ino) => {
+                        if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+                            tracing::debug!(ino, "inval_inode: {e}");
+                        }
+                    }
+                    Inval::Entry(dir, name) => {
+                        let name = OsStr::from_bytes(&name);
+                        if let Err(e) = notifier.inval_entry(INodeNo(dir), name) {
+                            tracing::debug!(dir, "inval_entry: {e}");
+                        }
+                    }
                 }
             }
         });
@@ -1533,5 +2084,95 @@ fn reply_empty<T>(result: io::Result<T>, reply: impl Done) {
     match result {
         Ok(_) => reply.ok(),
         Err(e) => reply.error(errno(e)),
+    }
+}
+
+/// Exclusive mode's check for outside changes: the backing should change only through
+/// the mount, so nothing else tells us when it did. Once at mount and then every
+/// `interval`, each cached directory's mtime/ctime is compared with its validator (one
+/// stat each, by file handle, not counted as a request's backing call); a directory that
+/// moved, or is gone, loses its names, listing and attributes, the kernel is told to drop
+/// what it cached of it, and it is logged and counted (`metadata_outside_changes`).
+pub struct MetaSweeper {
+    meta: Arc<MetaCache>,
+    inodes: Arc<InodeTable>,
+    invalidate: std::sync::mpsc::Sender<Inval>,
+    interval: Duration,
+}
+
+impl PassthroughFs {
+    /// The sweeper of exclusive mode; call after [`PassthroughFs::invalidation_channel`].
+    pub fn meta_sweeper(&self) -> Option<MetaSweeper> {
+        let meta = self.meta.clone()?;
+        if meta.coherence != Coherence::Exclusive {
+            return None;
+        }
+        let invalidate = self.invalidate.lock().clone()?;
+        Some(MetaSweeper {
+            interval: (meta.ttl() * 10).max(Duration::from_millis(100)),
+            meta,
+            inodes: self.inodes.clone(),
+            invalidate,
+        })
+    }
+}
+
+impl MetaSweeper {
+    /// One pass; returns how many directories changed underneath.
+    pub fn sweep_once(&self) -> usize {
+        let mut changed = 0;
+        for (id, v) in self.meta.dir_validators() {
+            let st = match self
+                .inodes
+                .get(id)
+                .and_then(|i| self.inodes.stat_if_open(&i))
+            {
+                Some(st) => st,
+                None => match self.meta.handle(id) {
+                    Some(h) => self.inodes.stat_by_handle(&h),
+                    None => continue,
+                },
+            };
+            self.meta
+                .counters
+                .sweep_checks
+                .fetch_add(1, Ordering::Relaxed);
+            let moved = match &st {
+                Ok(st) => !MetaCache::validator_matches(v, st),
+                Err(e) => matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)),
+            };
+            // a change through the mount since the validators were read is no outside one
+            if !moved || self.meta.validator_of(id) != Some(v) {
+                continue;
+            }
+            changed += 1;
+            let names = self.meta.drop_dir(id);
+            self.meta.outside_change(id, "directory times moved");
+            for name in names {
+                let _ = self.invalidate.send(Inval::Entry(id, name.into_vec()));
+            }
+            let _ = self.invalidate.send(Inval::Inode(id));
+        }
+        changed
+    }
+
+    /// Sweeps now and then every interval, on its own thread, for the life of the daemon.
+    pub fn spawn(self) {
+        let spawned = std::thread::Builder::new()
+            .name("bcl-meta-sweep".into())
+            .spawn(move || loop {
+                let n = self.sweep_once();
+                if n > 0 {
+                    tracing::warn!(
+                        directories = n,
+                        "coherence=exclusive, but the backing changed outside the mount; \
+                         the cached metadata of those directories was dropped"
+                    );
+                }
+                std::thread::sleep(self.interval);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no metadata sweep: {e}");
+        }
     }
 }

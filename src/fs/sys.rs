@@ -31,9 +31,53 @@ pub fn proc_path(fd: RawFd) -> CString {
     CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a formatted number")
 }
 
+/// Metadata syscalls made on the backing for requests (lookups, stats, readlink, directory
+/// opens, reopens by handle): `stats` shows it as `backing_metadata_calls`, so a test can
+/// prove a cached tree is served without any. The exclusive mode's sweep is not counted
+/// here (it has its own figure).
+pub static BACKING_META_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    static UNCOUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` without counting its calls in [`BACKING_META_CALLS`] (statfs: about the
+/// filesystem, not the tree's metadata).
+pub fn uncounted<T>(f: impl FnOnce() -> T) -> T {
+    UNCOUNTED.with(|u| u.set(true));
+    let out = f();
+    UNCOUNTED.with(|u| u.set(false));
+    out
+}
+
+/// Counts one backing metadata syscall (see [`BACKING_META_CALLS`]).
+pub fn count_meta_call() {
+    if UNCOUNTED.with(|u| u.get()) {
+        return;
+    }
+    BACKING_META_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `syncfs(fd)`: everything of the filesystem `fd` is on reaches its storage.
+pub fn syncfs(fd: RawFd) -> io::Result<()> {
+    // SAFETY: syncfs takes a descriptor and touches no memory of ours.
+    cvt(unsafe { libc::syncfs(fd) }).map(drop)
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn fstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
+    count_meta_call();
+    // SAFETY: stat is plain old data (integers only); all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and borrowed for the call; `st` a valid out pointer.
+    cvt(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(st)
+}
+
 /// Opens `name` in `dir` as an `O_PATH` handle, never following a final symlink.
 pub fn open_path_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
     fault_name(FaultOp::Lookup, name)?;
+    count_meta_call();
     let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: `name` is a NUL-terminated string borrowed for the call.
     let fd = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags) })?;
@@ -52,6 +96,7 @@ pub fn open_at(dir: RawFd, name: &CString, flags: i32, mode: u32) -> io::Result<
 
 /// `fstatat(fd, "", AT_EMPTY_PATH)`: works on `O_PATH` descriptors, needs no permission.
 pub fn fstat_path(fd: RawFd) -> io::Result<libc::stat> {
+    count_meta_call();
     crate::sys::fstat_fd(fd)
 }
 
@@ -156,6 +201,7 @@ pub fn utimensat(
 /// `readlinkat` into `buf`; the length of the target (not NUL-terminated, possibly
 /// truncated to `buf.len()`).
 pub fn readlinkat(dir: RawFd, path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    count_meta_call();
     // SAFETY: `path` is NUL-terminated; the kernel writes at most `buf.len()` bytes into
     // `buf`, which is exclusively borrowed for the call.
     cvt_size(unsafe { libc::readlinkat(dir, path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })

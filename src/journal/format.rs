@@ -20,7 +20,9 @@
 //!   5 SetValidator     file u64, size u64, mtime_ns i64, ctime_ns i64
 //!   6 FsSlot           slot u8, fs_type u64, fsid u64, dev u64, dev_keyed u8 (0 or 1):
 //!                      file ids `slot << 56 | ino` belong to this filesystem
-//!   7..=15             reserved for the metadata cache, writeback and admission (their bodies
+//!  13 MetaCheckpoint   ckpt_seq u64, len_bytes u64, nparts u32 (1..=MAX_INDEX_BUCKETS),
+//!                      bucket u32 x nparts: a metadata cache checkpoint (`meta::format`)
+//!   7..=12, 14, 15     reserved for the metadata cache, writeback and admission (their bodies
 //!                      are fixed in docs/DESIGN.md §3); refused as unknown until implemented
 //! ```
 //!
@@ -48,6 +50,12 @@ pub enum Record {
     GensCheckpoint { seq: u64, buckets: Vec<u32> },
     /// An index checkpoint of `len` bytes became durable in `buckets` (in order).
     IndexCheckpoint {
+        seq: u64,
+        buckets: Vec<u32>,
+        len: u64,
+    },
+    /// A metadata cache checkpoint of `len` bytes became durable in `buckets` (in order).
+    MetaCheckpoint {
         seq: u64,
         buckets: Vec<u32>,
         len: u64,
@@ -101,6 +109,15 @@ impl Entry {
                 Record::GensCheckpoint { seq, buckets } => {
                     b.push(1);
                     b.extend_from_slice(&seq.to_le_bytes());
+                    b.extend_from_slice(&(buckets.len() as u32).to_le_bytes());
+                    for x in buckets {
+                        b.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+                Record::MetaCheckpoint { seq, buckets, len } => {
+                    b.push(13);
+                    b.extend_from_slice(&seq.to_le_bytes());
+                    b.extend_from_slice(&len.to_le_bytes());
                     b.extend_from_slice(&(buckets.len() as u32).to_le_bytes());
                     for x in buckets {
                         b.extend_from_slice(&x.to_le_bytes());
@@ -280,6 +297,20 @@ impl Entry {
                     o += 4 * n as usize;
                     Record::IndexCheckpoint { seq, buckets, len }
                 }
+                13 => {
+                    need(o, 20)?;
+                    let seq = le_u64(p, o);
+                    let len = le_u64(p, o + 8);
+                    let n = le_u32(p, o + 16);
+                    o += 20;
+                    if n == 0 || n > MAX_INDEX_BUCKETS {
+                        return bad(format!("metadata checkpoint with {n} parts"));
+                    }
+                    need(o, 4 * n as usize)?;
+                    let buckets = (0..n as usize).map(|i| le_u32(p, o + 4 * i)).collect();
+                    o += 4 * n as usize;
+                    Record::MetaCheckpoint { seq, buckets, len }
+                }
                 3 => {
                     need(o, 34)?;
                     if p[o + 29] > 1 {
@@ -368,6 +399,11 @@ mod tests {
                     seq: 2,
                     buckets: vec![7, 8],
                     len: 4096,
+                },
+                Record::MetaCheckpoint {
+                    seq: 4,
+                    buckets: vec![9],
+                    len: 100,
                 },
                 Record::KeyInsert {
                     file: 11,

@@ -32,46 +32,8 @@ impl JournalWriter {
     /// Steps 2-5 of an index checkpoint; the caller holds the io lock.
     pub(super) fn write_checkpoint(&self) -> Result<()> {
         let blob = self.index.encode_checkpoint();
-        let sb = self.alloc.superblock().clone();
-        let bucket_size = sb.bucket_size as usize;
-        let parts = blob.len().div_ceil(bucket_size).max(1);
-        let mut buckets = Vec::with_capacity(parts);
-        let release = |buckets: &[u32]| {
-            for &b in buckets {
-                expect_ok(self.alloc.unpin(b), "unpin a checkpoint bucket");
-                expect_ok(
-                    self.alloc.bucket_free(b),
-                    "free an unused checkpoint bucket",
-                );
-            }
-        };
-        for _ in 0..parts {
-            match self.alloc.bucket_alloc(Reserve::Metadata, true) {
-                Ok((b, _gen)) => buckets.push(b),
-                Err(e) => {
-                    release(&buckets);
-                    return Err(e);
-                }
-            }
-        }
-        let dev = self.alloc.device();
-        let write = || -> Result<()> {
-            for (i, &b) in buckets.iter().enumerate() {
-                let start = i * bucket_size;
-                let end = (start + bucket_size).min(blob.len());
-                let mut part = blob.get(start..end).unwrap_or(&[]).to_vec();
-                let block = sb.block_size as usize;
-                part.resize(part.len().div_ceil(block).max(1) * block, 0);
-                dev.pwrite(&part, sb.bucket_offset(b))
-                    .map_err(|e| Error::io("pwrite index checkpoint", e))?;
-            }
-            dev.fdatasync()
-                .map_err(|e| Error::io("fdatasync index checkpoint", e))
-        };
-        if let Err(e) = write() {
-            release(&buckets);
-            return Err(e);
-        }
+        let buckets = self.write_blob(&blob)?;
+        let release = |buckets: &[u32]| release_buckets(&self.alloc, buckets);
         let seq = self.ckpt.lock().seq + 1;
         let mut records = vec![Record::IndexCheckpoint {
             seq,
@@ -110,6 +72,134 @@ impl JournalWriter {
         bump(&self.counters.index_checkpoints);
         Ok(())
     }
+}
+
+impl JournalWriter {
+    /// Writes `blob` into fresh metadata-reserve buckets and fdatasyncs it; returns them,
+    /// pinned (the caller unpins them once a journal entry names them, or releases them).
+    fn write_blob(&self, blob: &[u8]) -> Result<Vec<u32>> {
+        let sb = self.alloc.superblock().clone();
+        let bucket_size = sb.bucket_size as usize;
+        let parts = blob.len().div_ceil(bucket_size).max(1);
+        let mut buckets = Vec::with_capacity(parts);
+        for _ in 0..parts {
+            match self.alloc.bucket_alloc(Reserve::Metadata, true) {
+                Ok((b, _gen)) => buckets.push(b),
+                Err(e) => {
+                    release_buckets(&self.alloc, &buckets);
+                    return Err(e);
+                }
+            }
+        }
+        let dev = self.alloc.device();
+        let write = || -> Result<()> {
+            for (i, &b) in buckets.iter().enumerate() {
+                let start = i * bucket_size;
+                let end = (start + bucket_size).min(blob.len());
+                let mut part = blob.get(start..end).unwrap_or(&[]).to_vec();
+                let block = sb.block_size as usize;
+                part.resize(part.len().div_ceil(block).max(1) * block, 0);
+                dev.pwrite(&part, sb.bucket_offset(b))
+                    .map_err(|e| Error::io("pwrite checkpoint", e))?;
+            }
+            dev.fdatasync()
+                .map_err(|e| Error::io("fdatasync checkpoint", e))
+        };
+        if let Err(e) = write() {
+            release_buckets(&self.alloc, &buckets);
+            return Err(e);
+        }
+        Ok(buckets)
+    }
+
+    /// Writes a metadata cache checkpoint (`blob`, see `meta::format`) and names it in the
+    /// journal: at a clean unmount, after the final index checkpoint, so that it is the
+    /// newest entry (replay trusts it only then). Its buckets are not kept for GC: the next
+    /// mount reads it before GC runs, and never again.
+    pub fn write_meta_checkpoint(&self, blob: &[u8]) -> Result<()> {
+        self.flush()?;
+        let _io = self.io.lock();
+        let buckets = self.write_blob(blob)?;
+        let record = Record::MetaCheckpoint {
+            seq: self.ckpt.lock().seq,
+            buckets: buckets.clone(),
+            len: blob.len() as u64,
+        };
+        let appended = self.alloc.journal_append(vec![record]);
+        for &b in &buckets {
+            expect_ok(self.alloc.unpin(b), "unpin a metadata checkpoint bucket");
+        }
+        match appended {
+            Ok((_, ring)) => {
+                self.ring_bytes.store(ring, Ordering::Relaxed);
+                bump(&self.counters.journal_entries);
+                Ok(())
+            }
+            Err(e) => {
+                for &b in &buckets {
+                    let _ = self.alloc.bucket_free(b);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Unpins and frees buckets a checkpoint did not end up using.
+fn release_buckets(alloc: &Allocator, buckets: &[u32]) {
+    for &b in buckets {
+        expect_ok(alloc.unpin(b), "unpin a checkpoint bucket");
+        expect_ok(alloc.bucket_free(b), "free an unused checkpoint bucket");
+    }
+}
+
+/// Reads a checkpoint blob (`magic` at its start, its length at byte 16) of `len` bytes
+/// from `buckets`, checking the header before allocating for it.
+pub(super) fn load_blob(
+    alloc: &Allocator,
+    buckets: &[u32],
+    len: u64,
+    magic: &[u8; 8],
+) -> Result<Vec<u8>> {
+    let sb = alloc.superblock();
+    let bucket_size = u64::from(sb.bucket_size);
+    if len > bucket_size * buckets.len() as u64
+        || buckets.iter().any(|&b| u64::from(b) >= sb.nbuckets)
+        || len < 24
+    {
+        return Err(Error::corrupt(
+            "checkpoint",
+            "length or bucket out of range",
+        ));
+    }
+    let mut distinct = buckets.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != buckets.len() {
+        return Err(Error::corrupt("checkpoint", "repeated bucket"));
+    }
+    let mut head = vec![0u8; sb.block_size as usize];
+    alloc
+        .device()
+        .pread(&mut head, sb.bucket_offset(buckets[0]))
+        .map_err(|e| Error::io("pread checkpoint", e))?;
+    if head[..8] != magic[..] || crate::device::format::le_u64(&head, 16) != len {
+        return Err(Error::corrupt(
+            "checkpoint",
+            "its header does not match the journal record",
+        ));
+    }
+    let mut blob = Vec::new();
+    blob.try_reserve_exact(len as usize)
+        .map_err(|_| Error::corrupt("checkpoint", format!("{len} bytes do not fit")))?;
+    blob.resize(len as usize, 0);
+    for (i, chunk) in blob.chunks_mut(bucket_size as usize).enumerate() {
+        alloc
+            .device()
+            .pread(chunk, sb.bucket_offset(buckets[i]))
+            .map_err(|e| Error::io("pread checkpoint", e))?;
+    }
+    Ok(blob)
 }
 
 /// Reads the blob of an index checkpoint.

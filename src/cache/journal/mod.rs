@@ -70,6 +70,8 @@ pub struct JournalWriter {
     pub(super) io: Mutex<()>,
     pub(super) ckpt: Mutex<CheckpointState>,
     pub(super) ring_bytes: AtomicU64,
+    /// Buckets of the metadata checkpoint read at mount, until it is consumed.
+    meta_buckets: Mutex<Vec<u32>>,
 }
 
 fn record_size(r: &Record) -> usize {
@@ -97,6 +99,7 @@ impl JournalWriter {
             io: Mutex::new(()),
             ckpt: Mutex::new(ckpt),
             ring_bytes: AtomicU64::new(0),
+            meta_buckets: Mutex::new(Vec::new()),
         }
     }
 
@@ -114,7 +117,25 @@ impl JournalWriter {
 
     /// Buckets of the current index checkpoint (metadata, for GC).
     pub fn checkpoint_buckets(&self) -> Vec<u32> {
-        self.ckpt.lock().buckets.clone()
+        let mut b = self.ckpt.lock().buckets.clone();
+        b.extend(self.meta_buckets.lock().iter().copied());
+        b
+    }
+
+    /// The metadata checkpoint found at mount lives in `buckets`: metadata for GC until
+    /// [`JournalWriter::release_meta_buckets`].
+    pub fn keep_meta_buckets(&self, buckets: Vec<u32>) {
+        *self.meta_buckets.lock() = buckets;
+    }
+
+    /// The metadata checkpoint was read: its buckets are freed, as an old index
+    /// checkpoint's are.
+    pub fn release_meta_buckets(&self) {
+        for b in std::mem::take(&mut *self.meta_buckets.lock()) {
+            if let Err(e) = self.alloc.bucket_free(b) {
+                tracing::debug!(bucket = b, "old metadata checkpoint bucket not freed: {e}");
+            }
+        }
     }
 
     /// The writer thread: append queued records until `stop`, checkpointing as the ring fills.

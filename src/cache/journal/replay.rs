@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::checkpoint::{load_checkpoint, CheckpointState};
+use super::checkpoint::{load_blob, load_checkpoint, CheckpointState};
 use crate::alloc::{Allocator, BucketPtr};
 use crate::cache::identity::{FsKey, Identity};
 use crate::cache::stats::Counters;
@@ -25,6 +25,11 @@ pub struct Replayed {
     pub checkpoint: CheckpointState,
     /// What replay found and left out, for `fsck` (the mount only logs it).
     pub report: ReplayReport,
+    /// The newest metadata cache checkpoint's blob, and whether it is trusted: it is the
+    /// newest entry of the journal (written at a clean unmount, nothing happened after).
+    pub meta: Option<(Vec<u8>, bool)>,
+    /// The buckets holding it (metadata until the metadata cache took it).
+    pub meta_buckets: Vec<u32>,
 }
 
 /// What replay skipped or dropped.
@@ -136,12 +141,18 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     );
     report.refused_records = refused;
     report.stale = stale;
+    let (meta, meta_buckets) = match newest_meta_checkpoint(alloc, &entries) {
+        Some((blob, trusted, buckets)) => (Some((blob, trusted)), buckets),
+        None => (None, Vec::new()),
+    };
     Ok(Replayed {
         index,
         dirty_bytes,
         identity,
         checkpoint: ckpt,
         report,
+        meta,
+        meta_buckets,
     })
 }
 
@@ -210,7 +221,29 @@ fn apply(index: &Index, r: &Record, sb: &crate::device::format::Superblock) -> b
                 ctime_ns: *ctime_ns,
             },
         ),
-        Record::GensCheckpoint { .. } | Record::IndexCheckpoint { .. } | Record::FsSlot { .. } => {}
+        Record::GensCheckpoint { .. }
+        | Record::IndexCheckpoint { .. }
+        | Record::MetaCheckpoint { .. }
+        | Record::FsSlot { .. } => {}
     }
     true
+}
+
+/// The newest metadata checkpoint that loads, and whether it is the journal's newest entry.
+fn newest_meta_checkpoint(
+    alloc: &Allocator,
+    entries: &[crate::journal::Scanned],
+) -> Option<(Vec<u8>, bool, Vec<u32>)> {
+    let last = entries.last()?.entry.seq;
+    for s in entries.iter().rev() {
+        for r in &s.entry.records {
+            if let Record::MetaCheckpoint { seq, buckets, len } = r {
+                match load_blob(alloc, buckets, *len, &crate::meta::format::META_MAGIC) {
+                    Ok(blob) => return Some((blob, s.entry.seq == last, buckets.clone())),
+                    Err(e) => tracing::warn!(seq, "skipping unreadable metadata checkpoint: {e}"),
+                }
+            }
+        }
+    }
+    None
 }

@@ -1,0 +1,487 @@
+//! The metadata cache through real mounts: namespace changes through the mount are seen at
+//! once (also by another process), outside changes within `metadata_ttl` in shared mode,
+//! a warm tree in exclusive mode is served with no backing call, an outside change in
+//! exclusive mode is noticed and recovered, the memory budget holds, permissions are kept,
+//! and a crash in the middle of namespace changes leaves a mount that agrees with the
+//! backing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{backing_and_cache, sh, sh_ok, stat_u64, stats, Mount};
+
+fn mount(prefix: &str, options: &str) -> Mount {
+    let (dir, backing, cache) = backing_and_cache(prefix);
+    let opts = format!("cache={},cache_size=64M,{options}", cache.display());
+    Mount::over(dir, backing, &opts, &[])
+}
+
+/// Every name under `root` with its type, mode, size, link count and (for symlinks)
+/// target, as seen by `find` in another process.
+fn tree(root: &Path) -> String {
+    sh_ok("find . -printf '%p %y %m %s %n %l\\n' | sort", root)
+}
+
+/// Asks the kernel to forget the dentries and inodes it does not use (as after a
+/// remount, the kernel knows nothing of the tree; the daemon's metadata cache stays).
+fn drop_kernel_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop_caches (needs root)");
+}
+
+fn make_tree(root: &Path, dirs: usize, files: usize) {
+    for d in 0..dirs {
+        let dir = root.join(format!("d{d}"));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for f in 0..files {
+            std::fs::write(dir.join(format!("f{f}")), vec![b'x'; f]).unwrap();
+        }
+        std::os::unix::fs::symlink(format!("f{}", files / 2), dir.join("link")).unwrap();
+        std::fs::write(dir.join("sub/deep"), b"deep").unwrap();
+    }
+}
+
+fn renameat2(from: &Path, to: &Path, flags: u32) -> i32 {
+    let (a, b) = (common::cpath(from), common::cpath(to));
+    // SAFETY: both paths are NUL-terminated CStrings that outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    common::err_of(ret)
+}
+
+/// Each change through the mount, then the mount as another process sees it, compared
+/// with the backing.
+fn namespace_changes_visible_at_once(options: &str) {
+    require_fuse!();
+    let m = mount("bcl-meta-ns", options);
+    make_tree(&m.backing, 2, 3);
+    let check = |what: &str| {
+        assert_eq!(tree(&m.mnt), tree(&m.backing), "after {what}");
+    };
+    check("warm-up");
+    // warm every cache: names, attributes, listings, targets
+    sh_ok(
+        "ls -lR . >/dev/null; find . -type l -exec readlink {} \\; >/dev/null",
+        &m.mnt,
+    );
+    check("warm-up 2");
+    std::fs::write(m.m("d0/new"), b"hello").unwrap();
+    check("create");
+    std::fs::create_dir(m.m("d0/newdir")).unwrap();
+    check("mkdir");
+    std::os::unix::fs::symlink("new", m.m("d0/newlink")).unwrap();
+    check("symlink");
+    std::fs::hard_link(m.m("d0/new"), m.m("d1/hard")).unwrap();
+    check("link");
+    std::fs::rename(m.m("d0/new"), m.m("d1/moved")).unwrap();
+    check("rename across directories");
+    std::fs::rename(m.m("d1/moved"), m.m("d1/f0")).unwrap();
+    check("rename over a file");
+    std::fs::rename(m.m("d1/hard"), m.m("d1/f0")).unwrap();
+    check("rename of a link onto its other name (does nothing)");
+    assert_eq!(
+        renameat2(&m.m("d0/f1"), &m.m("d1/f2"), libc::RENAME_EXCHANGE),
+        0
+    );
+    check("RENAME_EXCHANGE");
+    assert_eq!(
+        renameat2(&m.m("d0/f2"), &m.m("d1/f2"), libc::RENAME_NOREPLACE),
+        libc::EEXIST
+    );
+    check("RENAME_NOREPLACE refused");
+    assert_eq!(
+        renameat2(&m.m("d0/f2"), &m.m("d1/f9"), libc::RENAME_NOREPLACE),
+        0
+    );
+    check("RENAME_NOREPLACE");
+    std::fs::rename(m.m("d0/newdir"), m.m("d1/newdir")).unwrap();
+    check("directory rename across parents");
+    std::fs::set_permissions(m.m("d1/f0"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    check("chmod");
+    std::fs::write(m.m("d1/f0"), vec![b'y'; 12345]).unwrap();
+    check("write (size)");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.m("d1/f9"))
+        .unwrap();
+    f.set_len(777).unwrap();
+    drop(f);
+    check("truncate");
+    std::fs::remove_file(m.m("d1/f0")).unwrap();
+    check("unlink");
+    std::fs::remove_dir(m.m("d1/newdir")).unwrap();
+    check("rmdir");
+    std::fs::remove_file(m.m("d0/newlink")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", m.m("d0/newlink")).unwrap();
+    check("symlink replaced");
+    assert_eq!(
+        std::fs::read_link(m.m("d0/newlink")).unwrap(),
+        Path::new("elsewhere")
+    );
+    let s = stats(&m.mnt);
+    assert!(s["metadata_hits"].as_u64().unwrap() > 0, "{s}");
+}
+
+#[test]
+fn namespace_changes_are_visible_at_once_shared() {
+    namespace_changes_visible_at_once("coherence=shared,metadata_ttl=60");
+}
+
+#[test]
+fn namespace_changes_are_visible_at_once_exclusive() {
+    namespace_changes_visible_at_once("coherence=exclusive");
+}
+
+/// Polls until the mount (as another process sees it) agrees with the backing; returns
+/// how long that took, or panics after `limit`.
+fn converges(m: &Mount, what: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (a, b) = (tree(&m.mnt), tree(&m.backing));
+        if a == b {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: the mount still differs after {limit:?}:\n{a}\nbacking:\n{b}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A change made directly in the backing.
+type OutsideChange = Box<dyn Fn(&Path)>;
+
+#[test]
+fn shared_mode_shows_outside_changes_within_the_ttl_and_serves_from_cache_before() {
+    require_fuse!();
+    let ttl = Duration::from_millis(1500);
+    let m = mount("bcl-meta-shared", "coherence=shared,metadata_ttl=1.5");
+    make_tree(&m.backing, 1, 4);
+    // the margin: the poll interval and the time a find takes under load
+    let limit = ttl + Duration::from_millis(1500);
+    let changes: Vec<(&str, OutsideChange)> = vec![
+        (
+            "create",
+            Box::new(|b| std::fs::write(b.join("d0/out"), b"o").unwrap()),
+        ),
+        (
+            "unlink",
+            Box::new(|b| std::fs::remove_file(b.join("d0/f0")).unwrap()),
+        ),
+        (
+            "rename",
+            Box::new(|b| std::fs::rename(b.join("d0/f1"), b.join("d0/renamed")).unwrap()),
+        ),
+        (
+            "chmod",
+            Box::new(|b| {
+                std::fs::set_permissions(b.join("d0/f2"), PermissionsExt::from_mode(0o640)).unwrap()
+            }),
+        ),
+        (
+            "size change",
+            Box::new(|b| std::fs::write(b.join("d0/f3"), vec![b'z'; 999]).unwrap()),
+        ),
+        (
+            "rename-over",
+            Box::new(|b| {
+                std::fs::write(b.join("d0/tmp"), vec![b'r'; 55]).unwrap();
+                std::fs::rename(b.join("d0/tmp"), b.join("d0/renamed")).unwrap();
+            }),
+        ),
+    ];
+    for (what, change) in changes {
+        converges(&m, "warm-up", limit);
+        // warm again and let the directory's times settle (see meta::SETTLE)
+        std::thread::sleep(Duration::from_millis(1100));
+        tree(&m.mnt);
+        let hits = stat_u64(&m.mnt, "metadata_hits");
+        tree(&m.mnt);
+        assert!(
+            stat_u64(&m.mnt, "metadata_hits") > hits,
+            "{what}: a warm walk is served from the metadata cache"
+        );
+        change(&m.backing);
+        let took = converges(&m, what, limit);
+        eprintln!("{what}: visible after {took:?}");
+    }
+    assert!(stat_u64(&m.mnt, "metadata_revalidations") > 0);
+}
+
+#[test]
+fn exclusive_mode_serves_a_warm_tree_with_no_backing_calls() {
+    require_fuse!();
+    let m = mount("bcl-meta-excl", "coherence=exclusive");
+    make_tree(&m.backing, 20, 20);
+    // (not `ls -l`: it asks for each file's ACL xattr, which is not cached)
+    let walk = "find . >/dev/null; find . -exec stat {} + >/dev/null; ls -R . >/dev/null; \
+                find . -type l -exec readlink {} + >/dev/null";
+    sh_ok(walk, &m.mnt);
+    sh_ok(walk, &m.mnt); // readdirplus's lookups fill the names the first listing left open
+    let before = tree(&m.mnt);
+    drop_kernel_caches();
+    // what reading the figure costs by itself (the stats command statfs()es the mount)
+    let c0 = stat_u64(&m.mnt, "backing_metadata_calls");
+    let calls = stat_u64(&m.mnt, "backing_metadata_calls");
+    let own = calls - c0;
+    sh_ok(walk, &m.mnt);
+    let after = tree(&m.mnt);
+    let calls_after = stat_u64(&m.mnt, "backing_metadata_calls") - own;
+    assert_eq!(before, after);
+    assert_eq!(after, tree(&m.backing));
+    assert_eq!(
+        calls_after - calls,
+        0,
+        "find/stat/ls -R of a cached tree, the kernel's caches dropped, made backing calls"
+    );
+}
+
+#[test]
+fn exclusive_mode_notices_an_outside_change_and_recovers() {
+    require_fuse!();
+    // the sweep runs every 10 x metadata_ttl: 1 s here
+    let m = mount("bcl-meta-excl-out", "coherence=exclusive,metadata_ttl=0.1");
+    make_tree(&m.backing, 2, 3);
+    assert_eq!(tree(&m.mnt), tree(&m.backing));
+    std::thread::sleep(Duration::from_millis(1100));
+    let noticed = stat_u64(&m.mnt, "metadata_outside_changes");
+    std::fs::write(m.b("d0/outside"), b"x").unwrap();
+    std::fs::remove_file(m.b("d1/f0")).unwrap();
+    converges(
+        &m,
+        "outside change in exclusive mode",
+        Duration::from_secs(5),
+    );
+    assert!(stat_u64(&m.mnt, "metadata_outside_changes") >= noticed + 2);
+    assert!(stat_u64(&m.mnt, "metadata_sweep_checks") > 0);
+}
+
+#[test]
+fn memory_stays_under_the_budget_with_a_bigger_tree() {
+    require_fuse!();
+    let budget = 256 << 10;
+    let m = mount(
+        "bcl-meta-budget",
+        &format!("coherence=exclusive,metadata_cache_size={budget}"),
+    );
+    make_tree(&m.backing, 40, 60);
+    for _ in 0..2 {
+        assert_eq!(tree(&m.mnt), tree(&m.backing));
+        let s = stats(&m.mnt);
+        let bytes = s["metadata_bytes"].as_u64().unwrap();
+        assert!(
+            bytes <= budget,
+            "metadata_bytes {bytes} over the budget {budget}"
+        );
+        assert!(bytes > budget / 2, "the budget is used: {bytes}");
+        assert!(s["metadata_evictions"].as_u64().unwrap() > 0, "{s}");
+    }
+}
+
+#[test]
+fn cached_names_keep_the_callers_permissions() {
+    require_fuse!();
+    let m = mount("bcl-meta-perm", "coherence=exclusive,allow_other");
+    std::fs::create_dir(m.b("private")).unwrap();
+    std::fs::write(m.b("private/secret"), b"s").unwrap();
+    std::fs::set_permissions(m.b("private"), PermissionsExt::from_mode(0o700)).unwrap();
+    let mnt = m.mnt.display().to_string();
+    // root warms the cache with the names and the listing
+    sh_ok(
+        &format!("stat {mnt}/private/secret >/dev/null; ls {mnt}/private"),
+        &m.mnt,
+    );
+    // the kernel's own dentries skip the daemon (FUSE without default_permissions); with
+    // allow_other it keeps them only for entry_timeout (1 s), even in exclusive mode
+    std::thread::sleep(Duration::from_millis(1200));
+    for cmd in [
+        format!("stat {mnt}/private/secret"),
+        format!("ls {mnt}/private"),
+    ] {
+        let (code, out, _) = sh(
+            &format!("setpriv --reuid=65534 --regid=65534 --clear-groups {cmd}"),
+            Path::new("/"),
+        );
+        assert_ne!(
+            code, 0,
+            "nobody ran `{cmd}` in a 0700 directory of root: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_crash_during_namespace_changes_leaves_a_mount_that_agrees_with_the_backing() {
+    require_fuse!();
+    let (dir, backing, cache) = backing_and_cache("bcl-meta-crash");
+    let opts = format!(
+        "cache={},cache_size=64M,coherence=exclusive",
+        cache.display()
+    );
+    make_tree(&backing, 3, 5);
+    // a clean unmount first leaves a metadata checkpoint, which the crash makes out of date
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    tree(&m.mnt);
+    tree(&m.mnt);
+    let (_, dir) = m.unmount_keep();
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    tree(&m.mnt);
+    // a change no directory's times show: only the crash rule (an out-of-date checkpoint
+    // is not trusted) keeps the old mode from coming back
+    std::fs::set_permissions(m.m("d0/sub/deep"), PermissionsExt::from_mode(0o604)).unwrap();
+    let mnt = m.mnt.clone();
+    let worker = std::thread::spawn(move || {
+        for i in 0..400 {
+            let d = mnt.join(format!("d{}", i % 3));
+            let _ = std::fs::write(d.join(format!("n{i}")), b"n");
+            let _ = std::fs::rename(d.join(format!("n{i}")), d.join(format!("r{i}")));
+            if i % 3 == 0 {
+                let _ = std::fs::remove_file(d.join(format!("r{}", i / 2)));
+            }
+            let _ = std::fs::create_dir(d.join(format!("dir{i}")));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = m.crash();
+    let _ = worker.join();
+    let m = Mount::over(dir, backing, &opts, &[]);
+    assert_eq!(tree(&m.mnt), tree(&m.backing));
+    // and a walk twice (the second from the cache) still agrees
+    assert_eq!(tree(&m.mnt), tree(&m.backing));
+    let ino: BTreeMap<_, _> = std::fs::read_dir(m.m("d0"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name(), e.metadata().unwrap().ino())
+        })
+        .collect();
+    for (name, i) in ino {
+        assert_eq!(
+            std::fs::symlink_metadata(m.b("d0").join(&name))
+                .unwrap()
+                .ino(),
+            i
+        );
+    }
+}
+
+#[test]
+fn a_reused_inode_number_is_never_served_as_the_old_inode() {
+    require_fuse!();
+    // git's index.lock renamed over index: the backing reuses freed inode numbers for new
+    // files while the kernel and the caches still know the old inodes under them (the
+    // dev-box bench's sequence, where `tar` once got ESTALE opening .git/index)
+    let (dir, backing, cache) = backing_and_cache("bcl-meta-reuse");
+    let src = std::env::current_dir().unwrap();
+    let repo = backing.join("repo");
+    sh_ok(
+        &format!(
+            "git clone -q --no-hardlinks {} {}",
+            src.display(),
+            repo.display()
+        ),
+        Path::new("/"),
+    );
+    let opts = format!(
+        "cache={},cache_size=64M,coherence=exclusive",
+        cache.display()
+    );
+    let m = Mount::over(dir, backing, &opts, &[]);
+    let repo = m.m("repo");
+    for cmd in [
+        "git status --porcelain",
+        "grep -r -c NEEDLE_TODO . || true",
+        "find . -printf '%s %m\\n'",
+        "tar cf - .",
+    ] {
+        for _ in 0..2 {
+            drop_kernel_caches();
+            sh_ok(&format!("{cmd} >/dev/null"), &repo);
+            sh_ok(&format!("{cmd} >/dev/null"), &repo);
+        }
+    }
+    assert_eq!(tree(&repo), tree(&m.b("repo")));
+}
+
+/// find + stat + ls -R + readlink of the tree (not `ls -l`: it asks for each file's ACL
+/// xattr, which is not cached).
+const WALK: &str = "find . >/dev/null; find . -exec stat {} + >/dev/null; ls -R . >/dev/null; \
+                    find . -type l -exec readlink {} + >/dev/null";
+
+/// Backing metadata calls `walk` makes through `m` (the stats reading's own cost taken off).
+fn calls_of(m: &Mount, walk: &str) -> u64 {
+    let c0 = stat_u64(&m.mnt, "backing_metadata_calls");
+    let c1 = stat_u64(&m.mnt, "backing_metadata_calls");
+    sh_ok(walk, &m.mnt);
+    stat_u64(&m.mnt, "backing_metadata_calls") - c1 - (c1 - c0)
+}
+
+#[test]
+fn exclusive_mode_after_a_remount_serves_the_tree_with_no_backing_calls() {
+    require_fuse!();
+    let (dir, backing, cache) = backing_and_cache("bcl-meta-remount");
+    let opts = format!(
+        "cache={},cache_size=64M,coherence=exclusive",
+        cache.display()
+    );
+    make_tree(&backing, 20, 20);
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    sh_ok(WALK, &m.mnt);
+    sh_ok(WALK, &m.mnt);
+    let before = tree(&m.mnt);
+    let (status, dir) = m.unmount_keep();
+    assert!(status.success());
+    let m = Mount::over(dir, backing, &opts, &[]);
+    assert_eq!(
+        calls_of(&m, WALK),
+        0,
+        "a remounted exclusive cache asked the backing"
+    );
+    assert_eq!(tree(&m.mnt), before);
+    assert_eq!(before, tree(&m.backing));
+    assert!(stat_u64(&m.mnt, "metadata_hits") > 0);
+}
+
+#[test]
+fn after_a_remount_outside_changes_are_found_in_both_modes() {
+    require_fuse!();
+    for mode in ["shared", "exclusive"] {
+        let (dir, backing, cache) = backing_and_cache("bcl-meta-remount-out");
+        let opts = format!(
+            "cache={},cache_size=64M,coherence={mode},metadata_ttl=0.1",
+            cache.display()
+        );
+        make_tree(&backing, 3, 4);
+        let m = Mount::over(dir, backing.clone(), &opts, &[]);
+        tree(&m.mnt);
+        tree(&m.mnt);
+        let (_, dir) = m.unmount_keep();
+        // changed while unmounted: the checkpoint is out of date for d0 and d1
+        std::fs::write(backing.join("d0/while-unmounted"), b"x").unwrap();
+        std::fs::remove_file(backing.join("d1/f0")).unwrap();
+        std::fs::set_permissions(backing.join("d2"), PermissionsExt::from_mode(0o711)).unwrap();
+        let m = Mount::over(dir, backing, &opts, &[]);
+        converges(
+            &m,
+            &format!("{mode}: changes while unmounted"),
+            Duration::from_secs(5),
+        );
+        if mode == "shared" {
+            // entries start expired; the unchanged directories were kept by one stat each
+            assert!(stat_u64(&m.mnt, "metadata_revalidations") > 0);
+        } else {
+            assert!(stat_u64(&m.mnt, "metadata_outside_changes") > 0);
+        }
+    }
+}
