@@ -390,6 +390,7 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
                     crate::knobs::Targets {
                         cache: cache.clone(),
                         ttls,
+                        meta: meta.clone(),
                     },
                     &req.options.given,
                 ),

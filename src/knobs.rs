@@ -43,6 +43,8 @@ use crate::options::{parse_seconds, parse_size};
 pub struct Targets {
     pub cache: Arc<CacheSet>,
     pub ttls: Arc<Ttls>,
+    /// The metadata cache (None with `metadata_cache_size=0`).
+    pub meta: Option<Arc<crate::meta::MetaCache>>,
 }
 
 /// Where the value in force came from.
@@ -289,6 +291,25 @@ pub const KNOBS: &[Knob] = &[
             t.ttls.set_attr(d);
             t.cache.set_revalidate_interval(d);
             Ok(())
+        },
+        base: Origin::Default,
+    },
+    Knob {
+        name: "metadata_ttl",
+        help: "seconds cached metadata is trusted before one stat revalidates it (shared \
+               coherence; also for entries already cached)",
+        persistent: false,
+        parse: seconds,
+        get: |t| Value::Seconds(t.meta.as_ref().map_or(Duration::ZERO, |m| m.ttl())),
+        set: |t, v| {
+            let d = want_seconds(v)?;
+            match &t.meta {
+                Some(m) => {
+                    m.set_ttl(d);
+                    Ok(())
+                }
+                None => Err("this mount has no metadata cache (metadata_cache_size=0)".into()),
+            }
         },
         base: Origin::Default,
     },

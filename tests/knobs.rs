@@ -207,7 +207,14 @@ fn attr_and_entry_timeouts_apply_to_replies_from_then_on() {
     let (dir, backing, cache) = common::backing_and_cache("bcl-knobs");
     fs::write(backing.join("old"), b"0123456789").unwrap();
     fs::write(backing.join("new"), b"0123456789").unwrap();
-    let m = mount_cached(dir, &backing, &cache, "attr_timeout=600,entry_timeout=600");
+    // the metadata cache off: this is about what the kernel is told (metadata_ttl has its
+    // own test below)
+    let m = mount_cached(
+        dir,
+        &backing,
+        &cache,
+        "attr_timeout=600,entry_timeout=600,metadata_cache_size=0",
+    );
     // looked up under the 600 s TTLs
     assert_eq!(fs::metadata(m.m("old")).unwrap().len(), 10);
     set_ok(&m.mnt, &["attr_timeout=0", "entry_timeout=0"]);
@@ -343,5 +350,34 @@ fn cache_mode_set_live_changes_what_writes_fill() {
         g["readahead"].0,
         serde_json::json!(0),
         "half a refused set was applied"
+    );
+}
+
+#[test]
+fn metadata_ttl_set_live_changes_how_long_cached_metadata_is_trusted() {
+    require_fuse!();
+    let (dir, backing, cache) = common::backing_and_cache("bcl-knobs");
+    fs::write(backing.join("f"), b"0123456789").unwrap();
+    // the kernel trusts nothing, so every stat reaches the metadata cache
+    let m = mount_cached(
+        dir,
+        &backing,
+        &cache,
+        "metadata_ttl=600,attr_timeout=0,entry_timeout=0",
+    );
+    assert_eq!(fs::metadata(m.m("f")).unwrap().len(), 10);
+    fs::write(backing.join("f"), b"0123456789abcdefghij").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        fs::metadata(m.m("f")).unwrap().len(),
+        10,
+        "under metadata_ttl=600 the cached size should still be served (test is void)"
+    );
+    set_ok(&m.mnt, &["metadata_ttl=0.05"]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        fs::metadata(m.m("f")).unwrap().len(),
+        20,
+        "metadata_ttl=0.05 set live: the old entry is still trusted"
     );
 }
