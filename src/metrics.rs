@@ -374,11 +374,84 @@ pub const METRICS: &[Metric] = &[
         Gauge,
         "The daemon's RLIMIT_NOFILE soft limit",
     ),
+    m(
+        "metadata_hits",
+        "bcachefs_lite_metadata_hits_total",
+        Counter,
+        "Metadata requests answered from the metadata cache",
+    ),
+    m(
+        "metadata_misses",
+        "bcachefs_lite_metadata_misses_total",
+        Counter,
+        "Metadata requests the metadata cache could not answer",
+    ),
+    m(
+        "metadata_revalidations",
+        "bcachefs_lite_metadata_revalidations_total",
+        Counter,
+        "Expired metadata entries checked with one stat",
+    ),
+    m(
+        "metadata_outside_changes",
+        "bcachefs_lite_metadata_outside_changes_total",
+        Counter,
+        "Changes made outside the mount that the metadata cache noticed",
+    ),
+    m(
+        "metadata_evictions",
+        "bcachefs_lite_metadata_evictions_total",
+        Counter,
+        "Metadata entries evicted to stay within the budget",
+    ),
+    m(
+        "metadata_sweep_checks",
+        "bcachefs_lite_metadata_sweep_checks_total",
+        Counter,
+        "Directories checked by the exclusive-mode sweep",
+    ),
+    m(
+        "metadata_entries",
+        "bcachefs_lite_metadata_entries",
+        Gauge,
+        "Inodes and directories in the metadata cache",
+    ),
+    m(
+        "metadata_inodes",
+        "bcachefs_lite_metadata_inodes",
+        Gauge,
+        "Inodes in the metadata cache",
+    ),
+    m(
+        "metadata_dirs",
+        "bcachefs_lite_metadata_dirs",
+        Gauge,
+        "Directories in the metadata cache",
+    ),
+    m(
+        "metadata_bytes",
+        "bcachefs_lite_metadata_bytes",
+        Gauge,
+        "Memory the metadata cache uses",
+    ),
+    m(
+        "metadata_budget_bytes",
+        "bcachefs_lite_metadata_budget_bytes",
+        Gauge,
+        "The metadata cache's memory budget",
+    ),
+    m(
+        "backing_metadata_calls",
+        "bcachefs_lite_backing_metadata_calls_total",
+        Counter,
+        "Metadata syscalls made on the backing for requests",
+    ),
 ];
 
 /// Numeric figures of `stats` deliberately not exported: ratios and windows Prometheus
 /// computes itself from the counters.
-pub const NOT_EXPORTED: &[&str] = &["cache_hit_ratio"];
+/// `metadata_ttl_ms` is a setting, shown by `get` (in seconds).
+pub const NOT_EXPORTED: &[&str] = &["cache_hit_ratio", "metadata_ttl_ms"];
 
 fn escape_label(s: &str) -> String {
     s.replace('\\', "\\\\")
