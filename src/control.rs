@@ -341,6 +341,12 @@ pub fn handle(line: &str, server: &Server) -> serde_json::Value {
 /// drops its entries for the same paths here.
 fn drop_tree(server: &Server, rels: &[String]) -> Result<(u64, u64), String> {
     let cache = &server.cache;
+    // The metadata cache is keyed by inode, not by path, so it is dropped whole, whatever
+    // the paths (it refills from the backing; the kernel keeps what its TTLs let it).
+    if let Some(meta) = &server.meta {
+        let entries = meta.clear();
+        tracing::info!(entries, "dropped the metadata cache");
+    }
     if rels.is_empty() {
         let (files, bytes) = cache.drop_everything();
         tracing::info!(files, bytes, "dropped every file's cached data");

@@ -81,6 +81,11 @@ fn drop_forgets_a_trees_cached_data_and_only_that_tree() {
         "{out}"
     );
     assert_eq!(stat(&m.mnt, "cached_bytes"), 1 << 20);
+    assert_eq!(
+        stat(&m.mnt, "metadata_entries"),
+        0,
+        "the metadata cache is dropped too"
+    );
     drop_caches();
     let (hits, misses) = (stat(&m.mnt, "bytes_hit"), stat(&m.mnt, "bytes_missed"));
     assert_eq!(fs::read(m.m("b/3")).unwrap(), pattern(1 << 20, 3));

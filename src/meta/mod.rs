@@ -581,6 +581,19 @@ impl MetaCache {
         d.names.into_keys().collect()
     }
 
+    /// Forgets everything (`bcachefs-lite drop`); returns how many inodes and directories
+    /// it held. Gens keep counting up, so a store in flight under an old gen finds nothing
+    /// to add to.
+    pub fn clear(&self) -> usize {
+        let mut s = self.state.lock();
+        let n = s.inodes.len() + s.dirs.len();
+        s.inodes.clear();
+        s.dirs.clear();
+        s.lru.clear();
+        s.bytes = 0;
+        n
+    }
+
     /// Forgets everything about inode `id` (its handle was found stale: the inode is gone,
     /// so what names it must be looked up again) and counts it as an outside change.
     pub fn forget_inode(&self, id: u64) {
