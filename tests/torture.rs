@@ -89,33 +89,26 @@ fn one_op(rng: &mut Rng, root: &Path, outside: bool, buf: &mut [u8]) -> std::io:
             }
         }
         (false, 13) => {
-            // mmap only files nobody truncates (m*): a mapping sized by fstat faults with
-            // SIGBUS on any filesystem when another writer shrinks the file under it
+            // mmap writes + msync in a child process: a page fault on a FUSE mapping whose
+            // daemon the supervisor just killed is SIGBUS, which ends the child, not the
+            // test. Only files nobody truncates (m*) are mapped: a mapping faults with
+            // SIGBUS on any filesystem when another writer shrinks the file under it.
             let p = root.join(format!("m{}", rng.below(MMAP_FILES)));
-            let f = fs::OpenOptions::new().read(true).write(true).open(&p)?;
-            let len = f.metadata()?.len() as usize;
-            if len == 0 {
-                return Ok(());
-            }
-            // SAFETY: a fresh shared mapping of `len` bytes of a file we hold open; it is
-            // written only inside its bounds and unmapped before the file is dropped.
-            unsafe {
-                let at = libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    f.as_raw_fd(),
-                    0,
-                );
-                if at == libc::MAP_FAILED {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let start = rng.below(len as u64) as usize;
-                let n = (1 + rng.below(8192) as usize).min(len - start);
-                std::ptr::write_bytes(at.cast::<u8>().add(start), rng.next() as u8, n);
-                libc::msync(at, len, libc::MS_SYNC);
-                libc::munmap(at, len);
+            let (start, n, byte) = (rng.below(200 << 10), 1 + rng.below(8192), rng.next() as u8);
+            let script = "import mmap, sys\n\
+                f = open(sys.argv[1], 'r+b')\n\
+                m = mmap.mmap(f.fileno(), 0)\n\
+                s, n = int(sys.argv[2]), int(sys.argv[3])\n\
+                m[s:s + n] = bytes([int(sys.argv[4])]) * n\n\
+                m.flush()\n";
+            let status = Command::new("/usr/bin/python3")
+                .args(["-c", script])
+                .arg(&p)
+                .args([start.to_string(), n.to_string(), byte.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status()?;
+            if !status.success() {
+                return Err(std::io::Error::other(format!("mmap writer: {status}")));
             }
         }
         (false, 14) => {
