@@ -27,6 +27,16 @@ const ERRNOS: [(&str, i32); 5] = [
     ("ENOTCONN", libc::ENOTCONN),
 ];
 
+/// The four tests run one at a time. Run concurrently, the fault hook sometimes misses an
+/// armed write (seen 3 times in 4 runs): the write then reaches the backing and the caller
+/// correctly sees success (checked: the backing held the new bytes), so it is the seam that
+/// misses, not an error that is lost; the cause is not found yet.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Faulty {
     m: Mount,
     ctl: PathBuf,
@@ -108,6 +118,7 @@ const LEN: usize = 256 << 10;
 #[test]
 fn backing_read_errors_reach_the_caller_and_cache_nothing() {
     require_fuse!();
+    let _serial = serial();
     let files: Vec<(String, Vec<u8>)> = (0..ERRNOS.len())
         .map(|i| (format!("r{i}"), pattern(LEN, 300 + i as u64)))
         .collect();
@@ -151,6 +162,7 @@ fn backing_read_errors_reach_the_caller_and_cache_nothing() {
 #[test]
 fn backing_write_errors_reach_the_caller_and_cache_nothing() {
     require_fuse!();
+    let _serial = serial();
     let old = pattern(LEN, 400);
     let files: Vec<(String, Vec<u8>)> = (0..ERRNOS.len())
         .map(|i| (format!("w{i}"), old.clone()))
@@ -195,6 +207,7 @@ fn backing_write_errors_reach_the_caller_and_cache_nothing() {
 #[test]
 fn backing_fsync_open_and_create_errors_reach_the_caller() {
     require_fuse!();
+    let _serial = serial();
     let files: Vec<(String, Vec<u8>)> = (0..ERRNOS.len())
         .flat_map(|i| {
             [
@@ -245,6 +258,7 @@ fn backing_fsync_open_and_create_errors_reach_the_caller() {
 #[test]
 fn backing_getattr_lookup_and_readdir_errors_reach_the_caller() {
     require_fuse!();
+    let _serial = serial();
     let mut files = Vec::new();
     for i in 0..ERRNOS.len() {
         files.push((format!("g{i}"), pattern(4096, 800 + i as u64)));
