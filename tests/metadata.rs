@@ -453,6 +453,30 @@ fn exclusive_mode_after_a_remount_serves_the_tree_with_no_backing_calls() {
     assert!(stat_u64(&m.mnt, "metadata_hits") > 0);
 }
 
+/// Many small files looked up by name, their directory never listed: nearly every byte of
+/// the checkpoint is an inode of the smallest kind (no link), with no listing beside (a
+/// decoder bound that guessed an inode's size too big refused such checkpoints, and the
+/// remount started cold).
+#[test]
+fn a_remount_after_many_lookups_by_name_starts_warm() {
+    require_fuse!();
+    let (dir, backing, cache) = backing_and_cache("bcl-meta-remount-flat");
+    let opts = format!(
+        "cache={},cache_size=64M,coherence=exclusive",
+        cache.display()
+    );
+    for f in 0..400 {
+        std::fs::write(backing.join(format!("f{f}")), b"x").unwrap();
+    }
+    let walk = "seq 0 399 | sed 's/^/f/' | xargs stat -c '%n %s %Y' >/dev/null";
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    sh_ok(walk, &m.mnt);
+    let (status, dir) = m.unmount_keep();
+    assert!(status.success());
+    let m = Mount::over(dir, backing, &opts, &[]);
+    assert_eq!(calls_of(&m, walk), 0, "the remount started cold");
+}
+
 #[test]
 fn after_a_remount_outside_changes_are_found_in_both_modes() {
     require_fuse!();

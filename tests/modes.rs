@@ -654,7 +654,8 @@ fn live_switches_under_concurrent_writers_and_crashes_keep_the_cache_coherent() 
                 2500
             });
         let mut switches = 0u64;
-        while std::time::Instant::now() < until {
+        // at least a dozen switches, however slowly a loaded machine runs them
+        while std::time::Instant::now() < until || switches < 12 {
             let mode = ["writethrough", "writearound", "none"][(switches % 3) as usize];
             set_mode(&m.mnt, mode).unwrap();
             switches += 1;
@@ -675,7 +676,6 @@ fn live_switches_under_concurrent_writers_and_crashes_keep_the_cache_coherent() 
             set_mode(&m.mnt, "writethrough").unwrap();
             m
         };
-        assert!(switches > 10);
         assert_files_equal_backing(&m, files, &format!("round {round}"));
         drop_caches();
         assert_files_equal_backing(&m, files, &format!("round {round}, from the cache"));

@@ -33,6 +33,11 @@ pub const META_HDR: usize = 40;
 pub const MAX_HANDLE: usize = 128;
 pub const MAX_LINK: usize = 4095;
 pub const MAX_NAME: usize = 255;
+/// The fixed part of an inode (no handle, no link): 2 x u64, 3 x u32, 5 x 8-byte fields,
+/// 3 timestamps of 16 bytes, handle_type i32, handle_len u16, link_len u16.
+pub const MIN_INODE: usize = 16 + 12 + 40 + 48 + 4 + 2 + 2;
+/// The fixed part of a directory: id, two timestamps, nnames, listed, nentries.
+pub const MIN_DIR: usize = 8 + 32 + 4 + 1 + 4;
 
 /// One inode as the checkpoint carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,8 +190,9 @@ impl Checkpoint {
         let root_ino = r.u64()?;
         let ninodes = r.u32()? as usize;
         let ndirs = r.u32()? as usize;
-        // the smallest inode is 160 bytes, the smallest directory 45
-        if ninodes > r.left() / 160 || ndirs > r.left() / 45 {
+        // every inode and directory takes at least its fixed part: the counts must fit
+        let least = ninodes as u64 * MIN_INODE as u64 + ndirs as u64 * MIN_DIR as u64;
+        if least > r.left() as u64 {
             return Err(bad("counts larger than the blob"));
         }
         let mut inodes = Vec::with_capacity(ninodes);
@@ -413,6 +419,51 @@ mod tests {
                 // the crc covers the body, the header fields are checked: always refused
                 assert!(Checkpoint::decode(&c).is_err(), "flip {i}.{bit}");
             }
+        }
+    }
+
+    /// Inodes without a handle or a link are the smallest a checkpoint carries: a blob of
+    /// nothing else must decode (a bound on the counts that guessed the sizes refused them).
+    #[test]
+    fn a_blob_of_only_smallest_inodes_and_directories_round_trips() {
+        let inode = |id| {
+            InodeRec {
+                handle: None,
+                link: None,
+                ..sample().inodes[0].clone()
+            }
+            .with_id(id)
+        };
+        let dir = |id| DirRec {
+            id,
+            mtime: (1, 1),
+            ctime: (2, 2),
+            names: Vec::new(),
+            listing: None,
+        };
+        let c = Checkpoint {
+            root_ino: 2,
+            inodes: (1..=50).map(inode).collect(),
+            dirs: (1..=50).map(dir).collect(),
+        };
+        let b = c.encode();
+        assert_eq!(b.len(), META_HDR + 50 * MIN_INODE + 50 * MIN_DIR);
+        assert_eq!(Checkpoint::decode(&b).unwrap(), c);
+        let only_inodes = Checkpoint {
+            dirs: Vec::new(),
+            ..c.clone()
+        };
+        assert_eq!(
+            Checkpoint::decode(&only_inodes.encode()).unwrap(),
+            only_inodes
+        );
+    }
+
+    impl InodeRec {
+        fn with_id(mut self, id: u64) -> Self {
+            self.id = id;
+            self.ino = id;
+            self
         }
     }
 

@@ -240,7 +240,9 @@ fn newest_meta_checkpoint(
             if let Record::MetaCheckpoint { seq, buckets, len } = r {
                 match load_blob(alloc, buckets, *len, &crate::meta::format::META_MAGIC) {
                     Ok(blob) => return Some((blob, s.entry.seq == last, buckets.clone())),
-                    Err(e) => tracing::warn!(seq, "skipping unreadable metadata checkpoint: {e}"),
+                    // the usual cause: a mount loaded it and reused its buckets, then crashed
+                    // before its own clean unmount wrote a newer one; the cache starts cold
+                    Err(e) => tracing::info!(seq, "older metadata checkpoint not used: {e}"),
                 }
             }
         }
