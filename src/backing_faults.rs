@@ -9,7 +9,9 @@
 //! reads the control file PATH (absent or empty: no fault). Each line is
 //! `OP ERRNO SUBSTRING`: OP is one of `read write fsync open getattr lookup readdir` (or `*`),
 //! ERRNO a name (`EIO`, `ENOSPC`, `EDQUOT`, `ESTALE`, `ENOTCONN`, ...) or a number, and the
-//! call fails with ERRNO, before touching the backing, when its target contains SUBSTRING:
+//! call fails with ERRNO, before touching the backing, when its target contains SUBSTRING
+//! (ERRNO `HANG`: the call blocks for as long as the line is in the file, then goes on,
+//! as a dead network share that comes back; offline mode's tests use it):
 //! the path of the descriptor (`/proc/self/fd/N`) for descriptor calls, the name for
 //! `lookup` and for `open` of a new name. Hooked: `sys::pread_full` (read), `pwrite_full`
 //! and `append_full` (write), `fs::sys::{fsync, fdatasync}` (fsync), `fs::sys::{open,
@@ -52,12 +54,22 @@ pub fn parse_errno(s: &str) -> Option<i32> {
         "ENOENT" => libc::ENOENT,
         "ETIMEDOUT" => libc::ETIMEDOUT,
         "EHOSTDOWN" => libc::EHOSTDOWN,
+        "ENETUNREACH" => libc::ENETUNREACH,
         _ => return None,
     })
 }
 
-/// The errno the control file asks for `op` on `target`, if any.
-fn fault_for(op: FaultOp, target: &[u8]) -> Option<i32> {
+/// What a control-file line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Errno(i32),
+    /// `HANG`: the call blocks while the line is there, then goes on (as a dead network
+    /// share that comes back).
+    Hang,
+}
+
+/// The fault the control file asks for `op` on `target`, if any.
+fn fault_for(op: FaultOp, target: &[u8]) -> Option<Fault> {
     let text = std::fs::read_to_string(control()?).ok()?;
     text.lines().find_map(|line| {
         let mut f = line.split_whitespace();
@@ -68,12 +80,25 @@ fn fault_for(op: FaultOp, target: &[u8]) -> Option<i32> {
         let hit = target
             .windows(sub.len().max(1))
             .any(|w| w == sub.as_bytes());
-        if hit {
-            parse_errno(e)
-        } else {
+        if !hit {
             None
+        } else if e == "HANG" {
+            Some(Fault::Hang)
+        } else {
+            parse_errno(e).map(Fault::Errno)
         }
     })
+}
+
+/// Applies the fault for `op` on `target`: an error, or a hang while the line stays.
+fn apply(op: FaultOp, target: &[u8]) -> io::Result<()> {
+    loop {
+        match fault_for(op, target) {
+            None => return Ok(()),
+            Some(Fault::Errno(e)) => return Err(io::Error::from_raw_os_error(e)),
+            Some(Fault::Hang) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
 }
 
 /// The hook for a call on descriptor `fd`.
@@ -84,10 +109,7 @@ pub fn fault_fd(op: FaultOp, fd: RawFd) -> io::Result<()> {
     let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
         return Ok(());
     };
-    match fault_for(op, path.as_os_str().as_bytes()) {
-        Some(e) => Err(io::Error::from_raw_os_error(e)),
-        None => Ok(()),
-    }
+    apply(op, path.as_os_str().as_bytes())
 }
 
 /// The hook for a call on a name (`lookup`, `open` of a new name, or a `/proc/self/fd/N`
@@ -109,10 +131,7 @@ pub fn fault_name(op: FaultOp, name: &CStr) -> io::Result<()> {
     } else {
         bytes
     };
-    match fault_for(op, target) {
-        Some(e) => Err(io::Error::from_raw_os_error(e)),
-        None => Ok(()),
-    }
+    apply(op, target)
 }
 
 #[cfg(test)]

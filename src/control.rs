@@ -713,6 +713,10 @@ fn figures(
     if let Some(meta) = meta {
         f.extend(meta.figures());
     }
+    // offline mode (issue 16): the daemon's one offline state
+    if let Some(offline) = crate::offline::get() {
+        f.extend(offline.figures());
+    }
     f
 }
 

@@ -341,6 +341,18 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
         }
     }
     let invalidations = fs.invalidation_channel();
+    // offline mode (issue 16): with a cache there is something to serve when the backing
+    // goes away; installed before the session starts, so every backing call is bounded
+    if cache.is_some() {
+        match start_offline(req) {
+            Ok(offline) => {
+                offline.on_return(fs.offline_return_hook());
+                crate::offline::install(offline.clone());
+                offline.spawn_probe();
+            }
+            Err(e) => tracing::warn!("offline mode not available: {e}"),
+        }
+    }
     let watcher = fs.open_file_watcher();
     let sweeper = fs.meta_sweeper();
     let meta = fs.meta().cloned();
@@ -453,6 +465,24 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
             Err(MountError::failed(format!("session: {e}")))
         }
     }
+}
+
+/// The offline state of this mount (`-o offline=`, `backing_timeout=`,
+/// `offline_probe_interval=`), on an `O_PATH` descriptor of the backing root.
+fn start_offline(req: &MountRequest) -> io::Result<Arc<crate::offline::Offline>> {
+    let c = crate::fs::sys::cstr(req.backing.as_os_str())?;
+    let root = crate::fs::sys::open_path_at(libc::AT_FDCWD, &c)?;
+    let o = &req.options;
+    let offline =
+        crate::offline::Offline::new(o.offline, root, o.backing_timeout, o.offline_probe_interval);
+    tracing::info!(
+        policy = o.offline.name(),
+        backing_timeout = ?o.backing_timeout,
+        probe_interval = ?o.offline_probe_interval,
+        network_fs = offline.network(),
+        "offline mode"
+    );
+    Ok(Arc::new(offline))
 }
 
 /// The backing tree's identity recorded in the cache's superblock: its canonical

@@ -325,7 +325,60 @@ pub const KNOBS: &[Knob] = &[
         },
         base: Origin::Default,
     },
+    // offline mode (issue 16): the daemon's one `crate::offline::Offline`
+    Knob {
+        name: "offline",
+        help: "true: serve from the caches only, read-only, until set false (e.g. before \
+               unplugging); false: back online now (auto detection goes on either way)",
+        persistent: false,
+        parse: on_off,
+        get: |_| Value::Bool(crate::offline::is_offline()),
+        set: |_, v| match v {
+            Value::Bool(b) => offline_state()?.force(*b),
+            other => Err(format!("expected true or false, got {other}")),
+        },
+        base: Origin::Default,
+    },
+    Knob {
+        name: "backing_timeout",
+        help: "seconds a backing call may take before the mount goes offline (0: calls \
+               made inline, hangs not detected)",
+        persistent: false,
+        parse: seconds,
+        get: |_| {
+            Value::Seconds(crate::offline::get().map_or(Duration::ZERO, |o| o.backing_timeout()))
+        },
+        set: |_, v| {
+            offline_state()?.set_backing_timeout(want_seconds(v)?);
+            Ok(())
+        },
+        base: Origin::Default,
+    },
+    Knob {
+        name: "offline_probe_interval",
+        help: "seconds between stats of the backing root while offline",
+        persistent: false,
+        parse: |v| match seconds(v)? {
+            Value::Seconds(d) if d < Duration::from_millis(10) => {
+                Err(format!("{v:?}: at least 0.01 seconds"))
+            }
+            ok => Ok(ok),
+        },
+        get: |_| {
+            Value::Seconds(crate::offline::get().map_or(Duration::ZERO, |o| o.probe_interval()))
+        },
+        set: |_, v| {
+            offline_state()?.set_probe_interval(want_seconds(v)?);
+            Ok(())
+        },
+        base: Origin::Default,
+    },
 ];
+
+/// The daemon's offline state (a mount without one: no cache, or it could not start).
+fn offline_state() -> Result<&'static Arc<crate::offline::Offline>, String> {
+    crate::offline::get().ok_or_else(|| "this mount has no offline mode".to_string())
+}
 
 /// The knob called `name`.
 pub fn knob(name: &str) -> Option<&'static Knob> {

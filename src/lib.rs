@@ -25,6 +25,7 @@
 //! - `backing_faults` – (tests only, feature `fault-injection`) a seam that fails chosen
 //!   backing calls with a chosen errno.
 //! - `meta`      – the metadata cache: attributes, listings, negative entries, symlinks.
+//! - `offline`   – offline mode: bounded backing calls, detection, the probe, the return.
 //! - `key`       – vocabulary types below everything: file id, key position, bucket pointer.
 //! - `error`     – the core error type and its errno class.
 
@@ -46,6 +47,7 @@ pub mod key;
 pub mod knobs;
 pub mod meta;
 pub mod metrics;
+pub mod offline;
 pub mod options;
 pub mod poison;
 pub mod sys;

@@ -446,12 +446,68 @@ pub const METRICS: &[Metric] = &[
         Counter,
         "Metadata syscalls made on the backing for requests",
     ),
+    // offline mode (issue 16)
+    m(
+        "offline",
+        "bcachefs_lite_offline",
+        Gauge,
+        "1 while the backing is unreachable and the mount serves from its caches",
+    ),
+    m(
+        "offline_transitions",
+        "bcachefs_lite_offline_transitions_total",
+        Counter,
+        "Switches from online to offline",
+    ),
+    m(
+        "offline_served",
+        "bcachefs_lite_offline_served_total",
+        Counter,
+        "Requests answered from the caches while offline",
+    ),
+    m(
+        "offline_refused",
+        "bcachefs_lite_offline_refused_total",
+        Counter,
+        "Requests refused while offline (not cached, or a write)",
+    ),
+    m(
+        "offline_probes",
+        "bcachefs_lite_offline_probes_total",
+        Counter,
+        "Stats of the backing root made while offline",
+    ),
+    m(
+        "backing_calls_timed_out",
+        "bcachefs_lite_backing_calls_timed_out_total",
+        Counter,
+        "Backing calls abandoned after backing_timeout",
+    ),
+    m(
+        "backing_calls_hung",
+        "bcachefs_lite_backing_calls_hung",
+        Gauge,
+        "Abandoned backing calls that have not returned yet",
+    ),
+    m(
+        "backing_helper_threads",
+        "bcachefs_lite_backing_helper_threads",
+        Gauge,
+        "Helper threads that make bounded backing calls",
+    ),
 ];
 
 /// Numeric figures of `stats` deliberately not exported: ratios and windows Prometheus
 /// computes itself from the counters.
-/// `metadata_ttl_ms` is a setting, shown by `get` (in seconds).
-pub const NOT_EXPORTED: &[&str] = &["cache_hit_ratio", "metadata_ttl_ms"];
+/// `metadata_ttl_ms`, `backing_timeout_ms` and `offline_probe_interval_ms` are settings,
+/// shown by `get` (in seconds); `backing_network_fs` is a fact of the mount.
+pub const NOT_EXPORTED: &[&str] = &[
+    "cache_hit_ratio",
+    "metadata_ttl_ms",
+    "backing_timeout_ms",
+    "offline_probe_interval_ms",
+    "backing_network_fs",
+];
 
 fn escape_label(s: &str) -> String {
     s.replace('\\', "\\\\")

@@ -57,6 +57,13 @@ pub struct MountOptions {
     /// `cache_mode=`; None: the cache file's default (its superblock), itself writethrough
     /// unless formatted otherwise.
     pub cache_mode: Option<CacheMode>,
+    // offline mode (issue 16)
+    /// `offline=auto|never`: go offline when the backing is unreachable (default auto).
+    pub offline: crate::offline::Policy,
+    /// `backing_timeout=` (seconds; 0: backing calls inline, no hang detection).
+    pub backing_timeout: Duration,
+    /// `offline_probe_interval=` (seconds between stats of the backing root while offline).
+    pub offline_probe_interval: Duration,
 }
 
 impl Default for MountOptions {
@@ -87,6 +94,9 @@ impl Default for MountOptions {
             metadata_ttl: crate::meta::DEFAULT_TTL,
             metadata_cache_size: crate::meta::DEFAULT_BUDGET,
             cache_mode: None,
+            offline: crate::offline::Policy::Auto,
+            backing_timeout: crate::offline::DEFAULT_BACKING_TIMEOUT,
+            offline_probe_interval: crate::offline::DEFAULT_PROBE_INTERVAL,
         }
     }
 }
@@ -162,6 +172,9 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "metadata_ttl",
     "metadata_cache_size",
     "cache_mode",
+    "offline",
+    "backing_timeout",
+    "offline_probe_interval",
     "rw",
     "defaults",
     "auto",
@@ -264,6 +277,26 @@ impl MountOptions {
                 })?;
             }
             "metadata_ttl" => self.metadata_ttl = parse_seconds(name, value)?,
+            "offline" => {
+                let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+                self.offline = v.parse().map_err(|_| OptionError::BadValue {
+                    option: name.to_string(),
+                    value: v.to_string(),
+                    why: "must be auto or never",
+                })?;
+            }
+            "backing_timeout" => self.backing_timeout = parse_seconds(name, value)?,
+            "offline_probe_interval" => {
+                let d = parse_seconds(name, value)?;
+                if d < Duration::from_millis(10) {
+                    return Err(OptionError::BadValue {
+                        option: name.to_string(),
+                        value: value.unwrap_or("").to_string(),
+                        why: "at least 0.01 (seconds)",
+                    });
+                }
+                self.offline_probe_interval = d;
+            }
             "metadata_cache_size" => self.metadata_cache_size = parse_bytes(name, value)?,
             "fsname" => match value {
                 Some(v) if !v.is_empty() => self.fsname = Some(v.to_string()),
@@ -481,6 +514,26 @@ mod tests {
     }
 
     #[test]
+    fn offline_options() {
+        let d = MountOptions::default();
+        assert_eq!(d.offline, crate::offline::Policy::Auto);
+        assert_eq!(d.backing_timeout, Duration::from_secs(10));
+        assert_eq!(d.offline_probe_interval, Duration::from_secs(5));
+        let o = parse("offline=never,backing_timeout=0.5,offline_probe_interval=2").unwrap();
+        assert_eq!(o.offline, crate::offline::Policy::Never);
+        assert_eq!(o.backing_timeout, Duration::from_millis(500));
+        assert_eq!(o.offline_probe_interval, Duration::from_secs(2));
+        assert!(matches!(
+            parse("offline=sometimes"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse("offline_probe_interval=0"),
+            Err(OptionError::BadValue { .. })
+        ));
+    }
+
+    #[test]
     fn every_known_option_is_accepted() {
         for name in KNOWN_OPTIONS {
             let mut o = MountOptions::default();
@@ -489,7 +542,7 @@ mod tests {
                 // options that need a value are known too: try a plausible one
                 Err(OptionError::MissingValue(_)) => {
                     let mut o = MountOptions::default();
-                    let ok = ["1", "x", "1M", "lru", "shared", "none"]
+                    let ok = ["1", "x", "1M", "lru", "shared", "none", "auto"]
                         .iter()
                         .any(|v| o.apply(&format!("{name}={v}")).is_ok());
                     assert!(ok, "{name}= accepts none of 1, x, 1M, lru, shared, none");

@@ -5,6 +5,8 @@
 //! the test seam (`crate::backing_faults`) first ([`FaultOp`] names the calls); its rules match
 //! descriptor paths, so tests name backing files (the cache file's I/O goes through
 //! `device::FileDevice` and has its own seam, `device::FaultyDevice`).
+//! `fstat_fd` and `pread_full` are bounded backing calls (`crate::offline::call`: on a
+//! helper thread, abandoned past `backing_timeout`; refused while offline).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -72,8 +74,13 @@ pub fn cvt_size(ret: isize) -> io::Result<usize> {
 }
 
 /// `fstatat(fd, "", AT_EMPTY_PATH)`: works on `O_PATH` descriptors and open files alike,
-/// needs no permission.
+/// needs no permission. A bounded backing call (`crate::offline`).
 pub fn fstat_fd(fd: RawFd) -> io::Result<libc::stat> {
+    crate::offline::call(FaultOp::Getattr, move || fstat_fd_now(fd))
+}
+
+/// [`fstat_fd`] on this thread, unbounded.
+fn fstat_fd_now(fd: RawFd) -> io::Result<libc::stat> {
     fault_fd(FaultOp::Getattr, fd)?;
     // SAFETY: stat is plain old data; all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -110,8 +117,26 @@ fn io_loop(
     Ok(done)
 }
 
-/// pread that fills as much of `buf` as the file has, retrying short reads.
+/// pread that fills as much of `buf` as the file has, retrying short reads. A bounded
+/// backing call (`crate::offline`): on a helper it reads into its own buffer, copied into
+/// `buf` when it answers in time (an abandoned read writes into memory nobody waits for).
 pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    if !crate::offline::bounds_calls() {
+        return crate::offline::call_inline(FaultOp::Read, || pread_full_now(fd, buf, offset));
+    }
+    let len = buf.len();
+    let data = crate::offline::call(FaultOp::Read, move || {
+        let mut v = vec![0u8; len];
+        let n = pread_full_now(fd, &mut v, offset)?;
+        v.truncate(n);
+        Ok(v)
+    })?;
+    buf[..data.len()].copy_from_slice(&data);
+    Ok(data.len())
+}
+
+/// [`pread_full`] on this thread, unbounded.
+fn pread_full_now(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     fault_fd(FaultOp::Read, fd)?;
     let len = buf.len();
     io_loop(len, true, "read", |done| {

@@ -242,7 +242,7 @@ fn option_names_in_source() -> Vec<String> {
 fn accepted(name: &str) -> bool {
     std::iter::once(name.to_string())
         .chain(
-            ["1", "x", "1M", "lru", "writethrough", "shared"]
+            ["1", "x", "1M", "lru", "writethrough", "shared", "auto"]
                 .iter()
                 .map(|v| format!("{name}={v}")),
         )

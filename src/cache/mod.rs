@@ -1368,3 +1368,71 @@ mod tests;
 
 #[cfg(test)]
 mod fault_tests;
+
+// ---- Offline (issue 16): serving from the cache alone --------------------------------
+
+impl CacheSet {
+    /// Whether all of file `file` can be served without the backing: reads are cached
+    /// (a mode that reads through the cache, not failed), its validator is the one `st`
+    /// (the metadata cache's last known attributes) describes, and its extents cover it
+    /// from 0 to its size. Offline, only such files are opened.
+    pub fn offline_servable(&self, file: &FileState, st: &libc::stat) -> bool {
+        if !self.caches_reads() {
+            return false;
+        }
+        let v = validator_of(st);
+        if self.index.validator(file.id) != Some(v) {
+            return false;
+        }
+        let end = round_up(v.size, self.block);
+        covered(&self.index.lookup(file.id, 0, end), 0, end)
+    }
+
+    /// Reads `size` bytes at `offset` from the cache file only (offline): every piece must
+    /// be cached and pass its gen and crc checks (invariant 1); None otherwise (a piece
+    /// missing, or dropped as untrustworthy: the caller refuses the read).
+    pub fn read_cached(&self, file: &FileState, offset: u64, size: u32) -> Option<Vec<u8>> {
+        if !self.caches_reads() {
+            return None;
+        }
+        let file_size = self.index.validator(file.id)?.size;
+        let end = offset.saturating_add(u64::from(size)).min(file_size);
+        if offset >= end {
+            return Some(Vec::new());
+        }
+        let a = round_down(offset, self.block);
+        let b = round_up(end, self.block);
+        let extents = self.index.lookup(file.id, a, b - a);
+        if !covered(&extents, a, b) {
+            return None;
+        }
+        let mut buf = vec![0u8; (b - a) as usize];
+        for ext in &extents {
+            // the index slices the extents to the range asked for
+            let out = &mut buf[(ext.offset - a) as usize..(ext.end() - a) as usize];
+            if !self.read_extent(file.id, ext, out) {
+                return None;
+            }
+        }
+        bump(&self.counters.cache_hits);
+        add(&self.counters.bytes_hit, end - offset);
+        buf.truncate((end - a) as usize);
+        buf.drain(..(offset - a) as usize);
+        Some(buf)
+    }
+}
+
+/// Whether `extents` (sorted, as the index returns them) cover `[a, b)` without a gap.
+fn covered(extents: &[Extent], a: u64, b: u64) -> bool {
+    let mut at = a;
+    for ext in extents {
+        if ext.offset > at {
+            return false;
+        }
+        at = at.max(ext.end());
+        if at >= b {
+            return true;
+        }
+    }
+    at >= b
+}

@@ -129,6 +129,9 @@ pub fn as_daemon<T>(f: impl FnOnce() -> T) -> T {
     if own.uid != 0 {
         return f();
     }
+    // a bounded call made inside runs as the daemon too (see `current`)
+    let caller = CURRENT.with(|c| c.borrow_mut().take());
+    let _restore = RestoreCurrent(caller);
     // SAFETY: setfsuid takes a plain id and returns the previous one; no pointers.
     let prev_uid = unsafe { libc::syscall(libc::SYS_setfsuid, own.uid) } as u32;
     // SAFETY: setfsgid takes a plain id and returns the previous one; no pointers.
@@ -137,6 +140,50 @@ pub fn as_daemon<T>(f: impl FnOnce() -> T) -> T {
     set_thread_fsgid(prev_gid);
     set_thread_fsuid(prev_uid);
     result
+}
+
+/// A caller's identity, as a thread is switched to it: what a helper thread making a
+/// backing call on this thread's behalf (`crate::offline`) switches to as well.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    uid: u32,
+    gid: u32,
+    groups: std::sync::Arc<[libc::gid_t]>,
+}
+
+thread_local! {
+    /// The identity this thread is switched to by a [`CallerCreds`] (None: the daemon's).
+    static CURRENT: std::cell::RefCell<Option<Identity>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Puts a thread's switched identity back when `as_daemon` ends.
+struct RestoreCurrent(Option<Identity>);
+
+impl Drop for RestoreCurrent {
+    fn drop(&mut self) {
+        let who = self.0.take();
+        CURRENT.with(|c| *c.borrow_mut() = who);
+    }
+}
+
+/// The caller identity this thread acts with now (None: the daemon's own).
+pub fn current() -> Option<Identity> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+impl Identity {
+    /// Switches this thread to the identity until the guard drops. A thread already
+    /// switched (the bounded call ran inline, on the caller's own thread) stays as it is.
+    pub fn assume(&self) -> std::io::Result<CallerCreds> {
+        if CURRENT.with(|c| c.borrow().is_some()) {
+            return Ok(CallerCreds { switched: false });
+        }
+        set_thread_groups(&self.groups)?;
+        set_thread_fsgid(self.gid);
+        set_thread_fsuid(self.uid);
+        CURRENT.with(|c| *c.borrow_mut() = Some(self.clone()));
+        Ok(CallerCreds { switched: true })
+    }
 }
 
 /// While alive, the current thread acts with the caller's credentials.
@@ -158,6 +205,7 @@ impl CallerCreds {
         set_thread_groups(&groups)?;
         set_thread_fsgid(gid);
         set_thread_fsuid(uid);
+        CURRENT.with(|c| *c.borrow_mut() = Some(Identity { uid, gid, groups }));
         Ok(CallerCreds { switched: true })
     }
 }
@@ -165,6 +213,7 @@ impl CallerCreds {
 impl Drop for CallerCreds {
     fn drop(&mut self) {
         if self.switched {
+            CURRENT.with(|c| *c.borrow_mut() = None);
             let own = own_identity();
             set_thread_fsuid(own.uid);
             set_thread_fsgid(own.gid);

@@ -45,6 +45,7 @@ use parking_lot::Mutex;
 
 use crate::cache::{CacheSet, Changed, FileState, Revalidated, Touch};
 use crate::meta::{self, Change, Coherence, DirCheck, MetaCache, Name};
+use crate::offline::Offline;
 use crate::options::MountOptions;
 use creds::{CallerCreds, WithoutFsetid};
 use inode::{Inode, InodeTable};
@@ -67,6 +68,12 @@ struct FileHandleState {
     /// What the backing said at open or at the last watch (uncached files only: cached
     /// ones are compared with the cache's validator).
     seen: Mutex<(i64, i64, i64, i64, i64)>,
+    /// Opened for writing (a flush while offline must not claim the data reached the backing).
+    writable: bool,
+    /// Opened while offline: `file` is a placeholder (`/dev/null`), reads come from the
+    /// cache alone; after the return the backing file is opened on first need (`reopened`).
+    offline: bool,
+    reopened: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 /// Size, mtime and ctime of `st`, to notice a change made outside the mount.
@@ -107,15 +114,10 @@ impl DirStream {
         unsafe { libc::rewinddir(self.dir) }
     }
 
-    /// Back to a position `tell` (or an entry's `d_off`) returned.
+    /// Back to a position an entry's `d_off` gave.
     fn seek(&mut self, pos: libc::c_long) {
         // SAFETY: as in `rewind`: a live stream, used by one thread.
         unsafe { libc::seekdir(self.dir, pos) }
-    }
-
-    fn tell(&mut self) -> libc::c_long {
-        // SAFETY: as in `rewind`: a live stream, used by one thread.
-        unsafe { libc::telldir(self.dir) }
     }
 
     /// The next entry, or None at the end of the directory.
@@ -167,8 +169,9 @@ impl Drop for DirStream {
 }
 
 struct DirHandleState {
-    /// The backing's stream; None: this handle is served from `listing`.
-    stream: Mutex<Option<DirStream>>,
+    /// The backing's stream; None: this handle is served from `listing`. Shared with the
+    /// helper that reads a batch of it (a bounded call, `crate::offline`).
+    stream: Arc<Mutex<Option<DirStream>>>,
     /// The metadata cache's listing this handle serves (offsets are indexes into it).
     listing: Option<Arc<Vec<meta::Dirent>>>,
     /// The metadata cache's gen of the directory at open: a listing read whole through
@@ -206,6 +209,9 @@ struct ReplyTtls {
 /// Kernel TTLs in exclusive mode: nothing changes behind the mount, and what the sweep
 /// notices is invalidated explicitly.
 const EXCLUSIVE_TTL: Duration = Duration::from_secs(3600);
+
+/// Entries read from a directory stream per bounded call.
+const READDIR_BATCH: usize = 128;
 
 /// One entry read from a directory stream.
 struct DirEntry {
@@ -447,6 +453,9 @@ impl PassthroughFs {
         touch: Touch,
         apply: impl FnOnce() -> io::Result<T>,
     ) -> (io::Result<T>, Changed) {
+        if let Err(e) = self.refuse_if_offline() {
+            return (Err(e), Changed::default());
+        }
         let out = match self.cache_for(inode) {
             None => (apply(), Changed::default()),
             Some((cache, file)) => {
@@ -496,6 +505,18 @@ impl PassthroughFs {
     /// `req`: the caller, whose search permission a cached answer must respect (None: the
     /// daemon's own lookup, readdirplus).
     fn do_lookup(
+        &self,
+        req: Option<&Request>,
+        parent: &Inode,
+        name: &OsStr,
+    ) -> io::Result<(FileAttr, ReplyTtls)> {
+        self.or_offline(
+            || self.do_lookup_online(req, parent, name),
+            |o| self.lookup_offline(o, req, parent, name),
+        )
+    }
+
+    fn do_lookup_online(
         &self,
         req: Option<&Request>,
         parent: &Inode,
@@ -556,6 +577,18 @@ impl PassthroughFs {
         let Some((st, _)) = meta.attr(dir) else {
             return false;
         };
+        self.may_st(&st, Some(req), want)
+    }
+
+    /// [`PassthroughFs::may`] on attributes `st` the caller has (offline: the last known).
+    /// `req` None: the daemon's own request (readdirplus), allowed.
+    fn may_st(&self, st: &libc::stat, req: Option<&Request>, want: u32) -> bool {
+        let Some(req) = req else {
+            return true;
+        };
+        if self.default_permissions || req.uid() == 0 {
+            return true;
+        }
         let mode = st.st_mode;
         if st.st_uid == req.uid() {
             return (mode >> 6) & want == want;
@@ -690,7 +723,8 @@ impl PassthroughFs {
         make: impl FnOnce(RawFd, &std::ffi::CString) -> io::Result<()>,
     ) {
         let result = self
-            .inode(parent)
+            .refuse_if_offline()
+            .and_then(|()| self.inode(parent))
             .and_then(|p| as_caller(req, || self.namespace_make(&p, name, make).map(|(_, e)| e)));
         self.reply_entry(result, reply);
     }
@@ -710,6 +744,7 @@ impl PassthroughFs {
         name: &OsStr,
         make: impl FnOnce(RawFd, &std::ffi::CString) -> io::Result<T>,
     ) -> io::Result<(T, (FileAttr, ReplyTtls))> {
+        self.refuse_if_offline()?;
         let c = cstr(name)?;
         let made = {
             let pfd = self.inodes.fd(dir)?;
@@ -729,6 +764,7 @@ impl PassthroughFs {
 
     /// unlinkat(dir, name, flags).
     fn namespace_remove(&self, dir: &Inode, name: &OsStr, flags: i32) -> io::Result<()> {
+        self.refuse_if_offline()?;
         let c = cstr(name)?;
         let pfd = self.inodes.fd(dir)?;
         let child = self
@@ -760,6 +796,7 @@ impl PassthroughFs {
         newname: &OsStr,
         flags: u32,
     ) -> io::Result<()> {
+        self.refuse_if_offline()?;
         let old = cstr(name)?;
         let new = cstr(newname)?;
         let (pfd, npfd) = (self.inodes.fd(from)?, self.inodes.fd(to)?);
@@ -919,6 +956,9 @@ impl PassthroughFs {
                 cached,
                 append: flags & libc::O_APPEND != 0,
                 seen: Mutex::new(seen),
+                writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
+                offline: false,
+                reopened: Mutex::new(None),
             }),
         );
         fh
@@ -1073,51 +1113,76 @@ impl PassthroughFs {
             }
             return Ok(());
         }
-        let mut guard = handle.stream.lock();
-        let Some(stream) = guard.as_mut() else {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
-        };
         let mut collect = handle.collect.lock();
         if offset == 0 {
-            stream.rewind();
             *collect = handle.gen.map(|gen| Collect {
                 gen,
                 entries: Vec::new(),
                 next: 0,
                 bytes: 0,
             });
-        } else {
-            stream.seek(offset as libc::c_long);
         }
         if collect.as_ref().is_some_and(|c| c.next != offset) {
             *collect = None;
         }
         let limit = self.meta.as_ref().map_or(0, |m| m.budget() / 4);
+        // the first batch positions the stream where the kernel asks (0: the start); the
+        // next call seeks again, so entries read ahead and not accepted need no seek back
+        let mut position = Some(offset);
         loop {
-            let before = stream.tell();
-            let Some(entry) = stream.next_entry()? else {
+            let (entries, at_end) = Self::read_batch(&handle.stream, position.take())?;
+            for entry in entries {
+                if !add(&entry) {
+                    return Ok(());
+                }
+                if let Some(c) = collect.as_mut() {
+                    c.next = entry.next_offset as u64;
+                    c.bytes += entry.name.len() + 64;
+                    c.entries.push(meta::Dirent {
+                        name: entry.name.clone().into_boxed_slice(),
+                        backing_ino: entry.backing_ino,
+                        d_type: entry.d_type,
+                    });
+                    if c.bytes > limit {
+                        *collect = None; // too big to keep
+                    }
+                }
+            }
+            if at_end {
                 if let (Some(c), Some(meta)) = (collect.take(), &self.meta) {
                     meta.put_listing(handle.inode.id, c.gen, c.entries);
                 }
                 return Ok(());
-            };
-            if !add(&entry) {
-                stream.seek(before);
-                return Ok(());
-            }
-            if let Some(c) = collect.as_mut() {
-                c.next = entry.next_offset as u64;
-                c.bytes += entry.name.len() + 64;
-                c.entries.push(meta::Dirent {
-                    name: entry.name.clone().into_boxed_slice(),
-                    backing_ino: entry.backing_ino,
-                    d_type: entry.d_type,
-                });
-                if c.bytes > limit {
-                    *collect = None; // too big to keep
-                }
             }
         }
+    }
+
+    /// Reads up to [`READDIR_BATCH`] entries of `stream` (first positioned at `position`,
+    /// when given) as one bounded backing call; true at the end of the directory.
+    fn read_batch(
+        stream: &Arc<Mutex<Option<DirStream>>>,
+        position: Option<u64>,
+    ) -> io::Result<(Vec<DirEntry>, bool)> {
+        let stream = stream.clone();
+        crate::offline::call(crate::sys::FaultOp::Readdir, move || {
+            let mut guard = stream.lock();
+            let Some(stream) = guard.as_mut() else {
+                return Err(io::Error::from_raw_os_error(libc::EBADF));
+            };
+            match position {
+                Some(0) => stream.rewind(),
+                Some(at) => stream.seek(at as libc::c_long),
+                None => {}
+            }
+            let mut out = Vec::new();
+            while out.len() < READDIR_BATCH {
+                match stream.next_entry()? {
+                    Some(e) => out.push(e),
+                    None => return Ok((out, true)),
+                }
+            }
+            Ok((out, false))
+        })
     }
 
     /// The inode number a directory entry is listed with: the directory itself for ".",
@@ -1165,6 +1230,395 @@ impl PassthroughFs {
         let fd = self.inodes.fd(inode)?;
         let path = sys::proc_path(fd.as_raw_fd());
         Ok((fd, path))
+    }
+}
+
+// ---- Offline (issue 16): what is served while the backing is unreachable ----------------
+//
+// While `crate::offline` says the backing is unreachable, requests are answered from the
+// caches alone: names, attributes, listings and symlink targets from the metadata cache as
+// last known (never an entry a change through the mount expired), the bytes of files that
+// are wholly cached and whose cached validator is the metadata cache's attributes. The rest
+// is refused at once with EHOSTDOWN (one log line per inode per offline period), every
+// change with EROFS. A request whose backing call fails because the mount just went
+// offline is answered the offline way (`or_offline`).
+
+/// The TTLs of replies made offline (at most a second: the kernel asks again soon, and
+/// sees the backing's answers soon after the return).
+const OFFLINE_TTL: Duration = Duration::from_secs(1);
+
+/// A descriptor to read a file's backing data through (see `PassthroughFs::data_fd`).
+enum DataFd<'a> {
+    Own(&'a OwnedFd),
+    Reopened(Arc<OwnedFd>),
+}
+
+impl AsRawFd for DataFd<'_> {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            DataFd::Own(fd) => fd.as_raw_fd(),
+            DataFd::Reopened(fd) => fd.as_raw_fd(),
+        }
+    }
+}
+
+impl PassthroughFs {
+    /// The offline state, when the mount is offline now.
+    fn offline_now(&self) -> Option<&'static Arc<Offline>> {
+        crate::offline::get().filter(|o| o.is_offline())
+    }
+
+    /// A change of the backing while offline: EROFS.
+    fn refuse_if_offline(&self) -> io::Result<()> {
+        match self.offline_now() {
+            Some(o) => Err(o.refuse_write()),
+            None => Ok(()),
+        }
+    }
+
+    /// `online`, unless the mount is offline, before it or by the end of it (its backing
+    /// call found the backing gone): then `offline`.
+    fn or_offline<T>(
+        &self,
+        online: impl FnOnce() -> io::Result<T>,
+        offline: impl FnOnce(&Offline) -> io::Result<T>,
+    ) -> io::Result<T> {
+        if let Some(o) = self.offline_now() {
+            return offline(o);
+        }
+        match online() {
+            Err(e) => match self.offline_now() {
+                Some(o) => offline(o),
+                None => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
+    fn offline_ttls(&self) -> ReplyTtls {
+        ReplyTtls {
+            attr: self.ttls.attr().min(OFFLINE_TTL),
+            entry: self.ttls.entry().min(OFFLINE_TTL),
+        }
+    }
+
+    /// A lookup from the metadata cache alone.
+    fn lookup_offline(
+        &self,
+        o: &Offline,
+        req: Option<&Request>,
+        parent: &Inode,
+        name: &OsStr,
+    ) -> io::Result<(FileAttr, ReplyTtls)> {
+        let Some(meta) = &self.meta else {
+            return Err(o.refuse(parent.id, "a lookup (no metadata cache)"));
+        };
+        let searchable = meta
+            .attr_cached(parent.id)
+            .is_some_and(|st| self.may_st(&st, req, libc::S_IXOTH));
+        if !searchable {
+            return Err(o.refuse(parent.id, "a directory's search permission"));
+        }
+        let id = match meta.lookup_cached(parent.id, name.as_bytes()) {
+            Some((Name::Absent, _)) => {
+                o.served(parent.id);
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            }
+            Some((Name::Child(id), _)) => id,
+            _ => return Err(o.refuse(parent.id, "a name in this directory")),
+        };
+        let Some(st) = meta.attr_cached(id) else {
+            return Err(o.refuse(id, "the attributes of this inode"));
+        };
+        let cache = self.cache.as_ref();
+        let file = || match cache {
+            Some(c) => c.file_state_known(&st),
+            None => Some(None),
+        };
+        let Some(inode) = self.inodes.lookup_cached(id, &st, meta.handle(id), file) else {
+            tracing::debug!(
+                id,
+                dev = st.st_dev,
+                ino = st.st_ino,
+                "offline: inode not in the table"
+            );
+            return Err(o.refuse(id, "this inode"));
+        };
+        o.served(inode.id);
+        Ok((sys::attr_from_stat(&st, inode.id), self.offline_ttls()))
+    }
+
+    /// getattr through the backing (or the metadata cache while trusted).
+    fn getattr_online(
+        &self,
+        inode: &Inode,
+        fh: Option<FileHandle>,
+    ) -> io::Result<(FileAttr, ReplyTtls)> {
+        // An open handle answers from its descriptor (right even after rename/unlink),
+        // always: an fstat of an open file (before an mmap, an append) must see an
+        // outside change now, and costs no path walk. Only path stats are cached. A
+        // handle opened offline has no backing descriptor: it answers as a path stat.
+        let handle = fh.and_then(|fh| self.file(fh).ok()).filter(|h| !h.offline);
+        if handle.is_none() {
+            if let Some((st, left)) = self.meta.as_ref().and_then(|m| m.attr(inode.id)) {
+                return Ok((
+                    sys::attr_from_stat(&st, inode.id),
+                    self.reply_ttls(left, left),
+                ));
+            }
+        }
+        let st = match handle {
+            Some(h) => sys::fstat(&h.file)?,
+            None => sys::fstat_path(self.inodes.fd(inode)?.as_raw_fd())?,
+        };
+        self.revalidate(inode, &st);
+        if let Some(meta) = &self.meta {
+            meta.put_attr(inode.id, &st, None);
+        }
+        Ok((sys::attr_from_stat(&st, inode.id), self.fresh_ttls(None)))
+    }
+
+    /// opendir through the backing (or the metadata cache's fresh listing).
+    fn opendir_online(&self, req: &Request, inode: Arc<Inode>) -> io::Result<(u64, bool)> {
+        // A listing the metadata cache knows (and the caller may read) is served from
+        // it, without opening the backing directory.
+        let (gen, listing) = match &self.meta {
+            Some(meta) => {
+                let gen = self.dir_gen(meta, &inode)?;
+                let listing = if self.may(meta, inode.id, req, libc::S_IROTH) {
+                    meta.listing(inode.id)
+                } else {
+                    None
+                };
+                (Some(gen), listing)
+            }
+            None => (None, None),
+        };
+        let (stream, pin) = match listing {
+            Some(_) => (None, None),
+            None => {
+                let ifd = self.inodes.fd(&inode)?;
+                let stream = as_caller(req, || Self::open_dir_stream(ifd.as_raw_fd()))
+                    .map_err(|e| self.inodes.limit_error(e))?;
+                (Some(stream), Some(self.inodes.pin(&inode)))
+            }
+        };
+        let known = listing.is_some();
+        let fh = self.new_handle();
+        self.dirs.insert(
+            fh,
+            Arc::new(DirHandleState {
+                stream: Arc::new(Mutex::new(stream)),
+                listing,
+                gen,
+                collect: Mutex::new(None),
+                _pin: pin,
+                inode,
+            }),
+        );
+        Ok((fh, known))
+    }
+
+    /// opendir while offline: the last listing the metadata cache read, however old.
+    fn opendir_offline(
+        &self,
+        o: &Offline,
+        req: &Request,
+        inode: &Arc<Inode>,
+    ) -> io::Result<(u64, bool)> {
+        let Some(meta) = &self.meta else {
+            return Err(o.refuse(inode.id, "a directory listing (no metadata cache)"));
+        };
+        let readable = meta
+            .attr_cached(inode.id)
+            .is_some_and(|st| self.may_st(&st, Some(req), libc::S_IROTH));
+        let listing = meta.listing_cached(inode.id).filter(|_| readable);
+        let Some(listing) = listing else {
+            return Err(o.refuse(inode.id, "this directory's listing"));
+        };
+        let fh = self.new_handle();
+        self.dirs.insert(
+            fh,
+            Arc::new(DirHandleState {
+                stream: Arc::new(Mutex::new(None)),
+                listing: Some(listing),
+                gen: None,
+                collect: Mutex::new(None),
+                _pin: None,
+                inode: inode.clone(),
+            }),
+        );
+        o.served(inode.id);
+        // not "known": the kernel must not keep this listing past the return
+        Ok((fh, false))
+    }
+
+    fn getattr_offline(&self, o: &Offline, inode: &Inode) -> io::Result<(FileAttr, ReplyTtls)> {
+        match self.meta.as_ref().and_then(|m| m.attr_cached(inode.id)) {
+            Some(st) => {
+                o.served(inode.id);
+                Ok((sys::attr_from_stat(&st, inode.id), self.offline_ttls()))
+            }
+            None => Err(o.refuse(inode.id, "the attributes of this inode")),
+        }
+    }
+
+    /// An open while offline: read-only, of a regular file that is wholly cached and
+    /// whose cached validator is its last known attributes. The handle's descriptor is a
+    /// placeholder; its reads come from the cache.
+    fn open_offline(
+        &self,
+        o: &Offline,
+        req: &Request,
+        inode: &Arc<Inode>,
+        flags: i32,
+    ) -> io::Result<(u64, FopenFlags)> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(o.refuse_write());
+        }
+        let Some(st) = self.meta.as_ref().and_then(|m| m.attr_cached(inode.id)) else {
+            return Err(o.refuse(inode.id, "the attributes of this file"));
+        };
+        if !self.may_st(&st, Some(req), libc::S_IROTH) {
+            return Err(o.refuse(inode.id, "this file's read permission"));
+        }
+        let servable = st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && self
+                .cache_for(inode)
+                .is_some_and(|(cache, file)| cache.offline_servable(file, &st));
+        if !servable {
+            return Err(o.refuse(inode.id, "all of this file's data"));
+        }
+        let placeholder: OwnedFd = std::fs::File::open("/dev/null")?.into();
+        let fh = self.new_handle();
+        self.files.insert(
+            fh,
+            Arc::new(FileHandleState {
+                file: placeholder,
+                _pin: self.inodes.pin(inode),
+                inode: inode.clone(),
+                cached: true,
+                append: false,
+                seen: Mutex::new(change_mark(&st)),
+                writable: false,
+                offline: true,
+                reopened: Mutex::new(None),
+            }),
+        );
+        o.served(inode.id);
+        Ok((fh, Self::fopen_flags(flags)))
+    }
+
+    /// SEEK_DATA / SEEK_HOLE on a handle opened offline: all of a wholly cached file is
+    /// data (its size from the handle's attributes at open).
+    fn lseek_offline(h: &FileHandleState, offset: i64, whence: i32) -> io::Result<i64> {
+        let size = h.seen.lock().0;
+        match whence {
+            libc::SEEK_DATA if offset < size => Ok(offset),
+            libc::SEEK_HOLE if offset < size => Ok(size),
+            libc::SEEK_DATA | libc::SEEK_HOLE => Err(io::Error::from_raw_os_error(libc::ENXIO)),
+            _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+
+    /// A read from the cache alone.
+    fn read_offline(&self, h: &FileHandleState, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let Some(o) = crate::offline::get() else {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        };
+        let data = self
+            .cache_for(&h.inode)
+            .filter(|_| h.cached)
+            .and_then(|(cache, file)| cache.read_cached(file, offset, size));
+        match data {
+            Some(d) => {
+                o.served(h.inode.id);
+                Ok(d)
+            }
+            None => Err(o.refuse(h.inode.id, "this part of the file")),
+        }
+    }
+
+    /// The descriptor a handle's data is read through: its own, or for a handle opened
+    /// offline the backing file, opened on first need after the return (as the daemon:
+    /// the open was granted offline from the cached mode).
+    fn data_fd<'a>(&self, h: &'a FileHandleState) -> io::Result<DataFd<'a>> {
+        if !h.offline {
+            return Ok(DataFd::Own(&h.file));
+        }
+        let mut reopened = h.reopened.lock();
+        if let Some(fd) = reopened.as_ref() {
+            return Ok(DataFd::Reopened(fd.clone()));
+        }
+        let ifd = self.inodes.fd(&h.inode)?;
+        let path = sys::proc_path(ifd.as_raw_fd());
+        let fd = Arc::new(sys::open(&path, libc::O_RDONLY | libc::O_CLOEXEC)?);
+        *reopened = Some(fd.clone());
+        Ok(DataFd::Reopened(fd))
+    }
+
+    /// A read through the backing (and the cache); on an error the reply comes back.
+    fn read_online(
+        &self,
+        handle: &FileHandleState,
+        offset: u64,
+        size: u32,
+        pid: u32,
+        reply: ReplyData,
+    ) -> Result<(), (io::Error, ReplyData)> {
+        let fd = match self.data_fd(handle) {
+            Ok(fd) => fd,
+            Err(e) => return Err((e, reply)),
+        };
+        if let Some((cache, file)) = self.cache_for(&handle.inode).filter(|_| handle.cached) {
+            return match cache.read(file, fd.as_raw_fd(), offset, size, pid) {
+                Ok(result) => {
+                    reply.data(&result.data);
+                    if result.outside_change {
+                        self.invalidate_pages(&handle.inode);
+                    }
+                    // the fill happens after the reply: the reader does not wait for it
+                    if let Some(fill) = result.fill {
+                        cache.fill(file, fill);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err((e, reply)),
+            };
+        }
+        let size = size as usize;
+        READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            match sys::pread_full(fd.as_raw_fd(), &mut buf[..size], offset) {
+                Ok(n) => {
+                    reply.data(&buf[..n]);
+                    Ok(())
+                }
+                Err(e) => Err((e, reply)),
+            }
+        })
+    }
+
+    /// What the mount does when the backing returns (`Offline::on_return`): the metadata
+    /// cache trusts nothing until checked again, and the kernel drops what it holds of
+    /// the inodes served offline (their next use asks us, and we ask the backing).
+    pub fn offline_return_hook(&self) -> crate::offline::ReturnHook {
+        let meta = self.meta.clone();
+        let invalidate = self.invalidate.lock().clone();
+        Box::new(move |served: Option<&[u64]>| {
+            if let Some(meta) = &meta {
+                let n = meta.expire_all();
+                tracing::info!(entries = n, "metadata cache expired after the return");
+            }
+            if let (Some(tx), Some(ids)) = (&invalidate, served) {
+                for &id in ids {
+                    let _ = tx.send(Inval::Inode(id));
+                }
+            }
+        })
     }
 }
 
@@ -1222,27 +1676,10 @@ impl Filesystem for PassthroughFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let result = self.inode(ino).and_then(|inode| {
-            // An open handle answers from its descriptor (right even after rename/unlink),
-            // always: an fstat of an open file (before an mmap, an append) must see an
-            // outside change now, and costs no path walk. Only path stats are cached.
-            let handle = fh.and_then(|fh| self.file(fh).ok());
-            if handle.is_none() {
-                if let Some((st, left)) = self.meta.as_ref().and_then(|m| m.attr(inode.id)) {
-                    return Ok((
-                        sys::attr_from_stat(&st, inode.id),
-                        self.reply_ttls(left, left),
-                    ));
-                }
-            }
-            let st = match handle {
-                Some(h) => sys::fstat(&h.file)?,
-                None => sys::fstat_path(self.inodes.fd(&inode)?.as_raw_fd())?,
-            };
-            self.revalidate(&inode, &st);
-            if let Some(meta) = &self.meta {
-                meta.put_attr(inode.id, &st, None);
-            }
-            Ok((sys::attr_from_stat(&st, inode.id), self.fresh_ttls(None)))
+            self.or_offline(
+                || self.getattr_online(&inode, fh),
+                |o| self.getattr_offline(o, &inode),
+            )
         });
         match result {
             Ok((attr, ttls)) => reply.attr(&ttls.attr, &attr),
@@ -1268,19 +1705,22 @@ impl Filesystem for PassthroughFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let result = self.inode(ino).and_then(|inode| {
-            as_caller(req, || {
-                let change = AttrChange {
-                    mode,
-                    uid,
-                    gid,
-                    size,
-                    atime,
-                    mtime,
-                };
-                self.do_setattr(&inode, change, fh)
-            })
-        });
+        let result = self
+            .refuse_if_offline()
+            .and_then(|()| self.inode(ino))
+            .and_then(|inode| {
+                as_caller(req, || {
+                    let change = AttrChange {
+                        mode,
+                        uid,
+                        gid,
+                        size,
+                        atime,
+                        mtime,
+                    };
+                    self.do_setattr(&inode, change, fh)
+                })
+            });
         match result {
             Ok(attr) => reply.attr(&self.fresh_ttls(None).attr, &attr),
             Err(e) => reply.error(errno(e)),
@@ -1289,17 +1729,28 @@ impl Filesystem for PassthroughFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = self.inode(ino).and_then(|inode| {
-            if let Some(target) = self.meta.as_ref().and_then(|m| m.link(inode.id)) {
-                return Ok(target.into_vec());
-            }
-            let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-            let fd = self.inodes.fd(&inode)?;
-            let n = sys::readlinkat(fd.as_raw_fd(), c"", &mut buf)?;
-            buf.truncate(n);
-            if let Some(meta) = &self.meta {
-                meta.put_link(inode.id, &buf);
-            }
-            Ok(buf)
+            let online = || {
+                if let Some(target) = self.meta.as_ref().and_then(|m| m.link(inode.id)) {
+                    return Ok(target.into_vec());
+                }
+                let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+                let fd = self.inodes.fd(&inode)?;
+                let n = sys::readlinkat(fd.as_raw_fd(), c"", &mut buf)?;
+                buf.truncate(n);
+                if let Some(meta) = &self.meta {
+                    meta.put_link(inode.id, &buf);
+                }
+                Ok(buf)
+            };
+            let offline =
+                |o: &Offline| match self.meta.as_ref().and_then(|m| m.link_cached(inode.id)) {
+                    Some(t) => {
+                        o.served(inode.id);
+                        Ok(t.into_vec())
+                    }
+                    None => Err(o.refuse(inode.id, "this symlink's target")),
+                };
+            self.or_offline(online, offline)
         });
         match result {
             Ok(target) => reply.data(&target),
@@ -1394,37 +1845,44 @@ impl Filesystem for PassthroughFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let result = self.inode(ino).and_then(|inode| {
-            let np = self.inode(newparent)?;
-            as_caller(req, || {
-                let ifd = self.inodes.fd(&inode)?;
-                let link = |npfd: RawFd, new: &std::ffi::CString| {
-                    let direct = sys::linkat(ifd.as_raw_fd(), c"", npfd, new, libc::AT_EMPTY_PATH);
-                    if direct.is_err() && !inode.is_symlink() {
-                        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, which an unprivileged
-                        // caller's credentials lack; the magic link needs none.
-                        let path = sys::proc_path(ifd.as_raw_fd());
-                        sys::linkat(libc::AT_FDCWD, &path, npfd, new, libc::AT_SYMLINK_FOLLOW)
-                    } else {
-                        direct
-                    }
-                };
-                self.namespace_make(&np, newname, link).map(|(_, e)| e)
-            })
-        });
+        let result = self
+            .refuse_if_offline()
+            .and_then(|()| self.inode(ino))
+            .and_then(|inode| {
+                let np = self.inode(newparent)?;
+                as_caller(req, || {
+                    let ifd = self.inodes.fd(&inode)?;
+                    let link = |npfd: RawFd, new: &std::ffi::CString| {
+                        let direct =
+                            sys::linkat(ifd.as_raw_fd(), c"", npfd, new, libc::AT_EMPTY_PATH);
+                        if direct.is_err() && !inode.is_symlink() {
+                            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, which an unprivileged
+                            // caller's credentials lack; the magic link needs none.
+                            let path = sys::proc_path(ifd.as_raw_fd());
+                            sys::linkat(libc::AT_FDCWD, &path, npfd, new, libc::AT_SYMLINK_FOLLOW)
+                        } else {
+                            direct
+                        }
+                    };
+                    self.namespace_make(&np, newname, link).map(|(_, e)| e)
+                })
+            });
         self.reply_entry(result, reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let result = self.inode(ino).and_then(|inode| {
-            let ifd = self.inodes.fd(&inode)?;
-            let path = sys::proc_path(ifd.as_raw_fd());
-            // No O_TRUNC arrives here: without FUSE_ATOMIC_O_TRUNC the kernel truncates
-            // with a SETATTR of size 0, which goes through the change protocol.
-            let file = as_caller(req, || sys::open(&path, Self::backing_open_flags(flags.0)))
-                .map_err(|e| self.inodes.limit_error(e))?;
-            let fopen = self.open_validate(&inode, file.as_raw_fd(), flags.0);
-            Ok((self.add_file_handle(file, inode, flags.0), fopen))
+            let online = || {
+                let ifd = self.inodes.fd(&inode)?;
+                let path = sys::proc_path(ifd.as_raw_fd());
+                // No O_TRUNC arrives here: without FUSE_ATOMIC_O_TRUNC the kernel truncates
+                // with a SETATTR of size 0, which goes through the change protocol.
+                let file = as_caller(req, || sys::open(&path, Self::backing_open_flags(flags.0)))
+                    .map_err(|e| self.inodes.limit_error(e))?;
+                let fopen = self.open_validate(&inode, file.as_raw_fd(), flags.0);
+                Ok((self.add_file_handle(file, inode.clone(), flags.0), fopen))
+            };
+            self.or_offline(online, |o| self.open_offline(o, req, &inode, flags.0))
         });
         match result {
             Ok((fh, fopen)) => reply.opened(FileHandle(fh), fopen),
@@ -1447,39 +1905,23 @@ impl Filesystem for PassthroughFs {
             Ok(h) => h,
             Err(e) => return reply.error(errno(e)),
         };
-        if let Some((cache, file)) = self.cache_for(&handle.inode).filter(|_| handle.cached) {
-            match cache.read(
-                file,
-                handle.file.as_raw_fd(),
-                offset,
-                size.min(MAX_IO),
-                req.pid(),
-            ) {
-                Ok(result) => {
-                    reply.data(&result.data);
-                    if result.outside_change {
-                        self.invalidate_pages(&handle.inode);
-                    }
-                    // the fill happens after the reply: the reader does not wait for it
-                    if let Some(fill) = result.fill {
-                        cache.fill(file, fill);
-                    }
-                }
-                Err(e) => reply.error(errno(e)),
+        let size = size.min(MAX_IO);
+        let reply = if handle.offline && self.offline_now().is_some() {
+            reply
+        } else if self.offline_now().is_none() {
+            match self.read_online(&handle, offset, size, req.pid(), reply) {
+                Ok(()) => return,
+                Err((e, reply)) if self.offline_now().is_none() => return reply.error(errno(e)),
+                // the backing went away during the read: the cache may have it all
+                Err((_, reply)) => reply,
             }
-            return;
+        } else {
+            reply
+        };
+        match self.read_offline(&handle, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
         }
-        let size = size.min(MAX_IO) as usize;
-        READ_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            if buf.len() < size {
-                buf.resize(size, 0);
-            }
-            match sys::pread_full(handle.file.as_raw_fd(), &mut buf[..size], offset) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(errno(e)),
-            }
-        });
     }
 
     fn write(
@@ -1494,7 +1936,7 @@ impl Filesystem for PassthroughFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let handle = match self.file(fh) {
+        let handle = match self.refuse_if_offline().and_then(|()| self.file(fh)) {
             Ok(h) => h,
             Err(e) => return reply.error(errno(e)),
         };
@@ -1554,8 +1996,14 @@ impl Filesystem for PassthroughFs {
         // close(dup(fd)) gives the backing the close it would have seen (NFS flushes
         // and reports write errors on close) without closing our descriptor.
         let result = self.file(fh).and_then(|h| {
-            let dup = sys::dup(h.file.as_raw_fd())?;
-            sys::close(dup)
+            if h.offline || (!h.writable && self.offline_now().is_some()) {
+                return Ok(()); // nothing to report: read-only, and no backing close to make
+            }
+            // offline, a writable handle's flush is refused: the data may not be there
+            crate::offline::call_inline(crate::sys::FaultOp::Fsync, || {
+                let dup = sys::dup(h.file.as_raw_fd())?;
+                sys::close(dup)
+            })
         });
         reply_empty(result, reply);
     }
@@ -1582,51 +2030,23 @@ impl Filesystem for PassthroughFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self
-            .file(fh)
-            .and_then(|h| sys::sync(h.file.as_raw_fd(), datasync));
+        let result = self.file(fh).and_then(|h| {
+            if h.offline {
+                return Ok(()); // read-only, from the cache: nothing to sync
+            }
+            crate::offline::call_inline(crate::sys::FaultOp::Fsync, || {
+                sys::sync(h.file.as_raw_fd(), datasync)
+            })
+        });
         reply_empty(result, reply);
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let result = self.inode(ino).and_then(|inode| {
-            // A listing the metadata cache knows (and the caller may read) is served from
-            // it, without opening the backing directory.
-            let (gen, listing) = match &self.meta {
-                Some(meta) => {
-                    let gen = self.dir_gen(meta, &inode)?;
-                    let listing = if self.may(meta, inode.id, req, libc::S_IROTH) {
-                        meta.listing(inode.id)
-                    } else {
-                        None
-                    };
-                    (Some(gen), listing)
-                }
-                None => (None, None),
-            };
-            let (stream, pin) = match listing {
-                Some(_) => (None, None),
-                None => {
-                    let ifd = self.inodes.fd(&inode)?;
-                    let stream = as_caller(req, || Self::open_dir_stream(ifd.as_raw_fd()))
-                        .map_err(|e| self.inodes.limit_error(e))?;
-                    (Some(stream), Some(self.inodes.pin(&inode)))
-                }
-            };
-            let known = listing.is_some();
-            let fh = self.new_handle();
-            self.dirs.insert(
-                fh,
-                Arc::new(DirHandleState {
-                    stream: Mutex::new(stream),
-                    listing,
-                    gen,
-                    collect: Mutex::new(None),
-                    _pin: pin,
-                    inode,
-                }),
-            );
-            Ok((fh, known))
+            self.or_offline(
+                || self.opendir_online(req, inode.clone()),
+                |o| self.opendir_offline(o, req, &inode),
+            )
         });
         match result {
             Ok((fh, known)) => reply.opened(FileHandle(fh), self.opendir_flags(known)),
@@ -1687,7 +2107,8 @@ impl Filesystem for PassthroughFs {
                         Ok(found) => found,
                         // Gone since the directory was read: skip it, as ls would.
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return true,
-                        // Anything else (EMFILE...) must reach the caller, not shorten the
+                        // Anything else (EMFILE..., offline: EHOSTDOWN for an entry whose
+                        // attributes are not cached) must reach the caller, not shorten the
                         // listing silently: stop here; this entry is retried next call.
                         Err(e) => {
                             failed = Some(e);
@@ -1752,6 +2173,9 @@ impl Filesystem for PassthroughFs {
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let result = self.inode(ino).and_then(|inode| {
+            if let Some(o) = self.offline_now() {
+                return Err(o.refuse(inode.id, "filesystem statistics"));
+            }
             let fd = sys::uncounted(|| self.inodes.fd(&inode))?;
             sys::fstatvfs(fd.as_raw_fd())
         });
@@ -1780,18 +2204,24 @@ impl Filesystem for PassthroughFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let result = self.inode(ino).and_then(|inode| {
-            let (_fd, path) = self.xattr_target(&inode)?;
-            let name = cstr(name)?;
-            as_caller(req, || sys::setxattr(&path, &name, value, flags))?;
-            self.attr_changed(&inode);
-            Ok(())
-        });
+        let result = self
+            .refuse_if_offline()
+            .and_then(|()| self.inode(ino))
+            .and_then(|inode| {
+                let (_fd, path) = self.xattr_target(&inode)?;
+                let name = cstr(name)?;
+                as_caller(req, || sys::setxattr(&path, &name, value, flags))?;
+                self.attr_changed(&inode);
+                Ok(())
+            });
         reply_empty(result, reply);
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let result = self.inode(ino).and_then(|inode| {
+            if let Some(o) = self.offline_now() {
+                return Err(o.xattrs_offline());
+            }
             let (_fd, path) = self.xattr_target(&inode)?;
             let name = cstr(name)?;
             as_caller(req, || {
@@ -1803,6 +2233,9 @@ impl Filesystem for PassthroughFs {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let result = self.inode(ino).and_then(|inode| {
+            if let Some(o) = self.offline_now() {
+                return Err(o.xattrs_offline());
+            }
             if inode.is_symlink() {
                 return Ok(Vec::new());
             }
@@ -1814,24 +2247,53 @@ impl Filesystem for PassthroughFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.inode(ino).and_then(|inode| {
-            let (_fd, path) = self.xattr_target(&inode)?;
-            let name = cstr(name)?;
-            as_caller(req, || sys::removexattr(&path, &name))?;
-            self.attr_changed(&inode);
-            Ok(())
-        });
+        let result = self
+            .refuse_if_offline()
+            .and_then(|()| self.inode(ino))
+            .and_then(|inode| {
+                let (_fd, path) = self.xattr_target(&inode)?;
+                let name = cstr(name)?;
+                as_caller(req, || sys::removexattr(&path, &name))?;
+                self.attr_changed(&inode);
+                Ok(())
+            });
         reply_empty(result, reply);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let result = self.inode(ino).and_then(|inode| {
-            let fd = self.inodes.fd(&inode)?;
-            let path = sys::proc_path(fd.as_raw_fd());
-            // AT_EACCESS: check with the fsuid/fsgid we switched to, not the real ids.
-            as_caller(req, || {
-                sys::faccessat(libc::AT_FDCWD, &path, mask.bits(), libc::AT_EACCESS)
-            })
+            let online = || {
+                let fd = self.inodes.fd(&inode)?;
+                let path = sys::proc_path(fd.as_raw_fd());
+                // AT_EACCESS: check with the fsuid/fsgid we switched to, not the real ids.
+                as_caller(req, || {
+                    sys::faccessat(libc::AT_FDCWD, &path, mask.bits(), libc::AT_EACCESS)
+                })
+            };
+            let offline = |o: &Offline| {
+                let bits = mask.bits();
+                if bits & libc::W_OK != 0 {
+                    return Err(o.refuse_write());
+                }
+                let Some(st) = self.meta.as_ref().and_then(|m| m.attr_cached(inode.id)) else {
+                    return Err(o.refuse(inode.id, "the attributes of this inode"));
+                };
+                let want = (if bits & libc::R_OK != 0 {
+                    libc::S_IROTH
+                } else {
+                    0
+                }) | (if bits & libc::X_OK != 0 {
+                    libc::S_IXOTH
+                } else {
+                    0
+                });
+                if want != 0 && !self.may_st(&st, Some(req), want) {
+                    return Err(o.refuse(inode.id, "this inode's permissions"));
+                }
+                o.served(inode.id);
+                Ok(())
+            };
+            self.or_offline(online, offline)
         });
         reply_empty(result, reply);
     }
@@ -1846,19 +2308,22 @@ impl Filesystem for PassthroughFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let result = self.inode(parent).and_then(|p| {
-            as_caller(req, || {
-                let open_flags =
-                    Self::backing_open_flags(flags) | libc::O_CREAT | (flags & libc::O_EXCL);
-                let (file, (attr, ttls)) = self.namespace_make(&p, name, |pfd, c| {
-                    sys::open_at(pfd, c, open_flags | libc::O_NOFOLLOW, mode)
-                        .map_err(|e| self.inodes.limit_error(e))
-                })?;
-                let inode = self.inode(attr.ino)?;
-                let fopen = self.open_validate(&inode, file.as_raw_fd(), flags);
-                Ok((attr, ttls, self.add_file_handle(file, inode, flags), fopen))
-            })
-        });
+        let result = self
+            .refuse_if_offline()
+            .and_then(|()| self.inode(parent))
+            .and_then(|p| {
+                as_caller(req, || {
+                    let open_flags =
+                        Self::backing_open_flags(flags) | libc::O_CREAT | (flags & libc::O_EXCL);
+                    let (file, (attr, ttls)) = self.namespace_make(&p, name, |pfd, c| {
+                        sys::open_at(pfd, c, open_flags | libc::O_NOFOLLOW, mode)
+                            .map_err(|e| self.inodes.limit_error(e))
+                    })?;
+                    let inode = self.inode(attr.ino)?;
+                    let fopen = self.open_validate(&inode, file.as_raw_fd(), flags);
+                    Ok((attr, ttls, self.add_file_handle(file, inode, flags), fopen))
+                })
+            });
         match result {
             Ok((attr, ttls, fh, fopen)) => {
                 reply.created(&ttls.entry, &attr, Generation(0), FileHandle(fh), fopen)
@@ -1877,26 +2342,29 @@ impl Filesystem for PassthroughFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let result = self.file(fh).and_then(|h| {
-            let fd = h.file.as_raw_fd();
-            // Modes that move data (collapse, insert) change everything after `offset`; the
-            // rest (allocate, keep size, punch hole, zero range) only the range itself.
-            let shifts = libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE;
-            let touch = if mode & shifts != 0 {
-                Touch::From(offset)
-            } else {
-                Touch::Range {
-                    offset,
-                    len: length,
-                }
-            };
-            self.change(&h.inode, fd, touch, || {
-                // no kill flag here: an unprivileged caller's fallocate clears set-id bits
-                let _no_fsetid = WithoutFsetid::unless_root(req.uid());
-                sys::fallocate(fd, mode, offset as libc::off_t, length as libc::off_t)
-            })
-            .0
-        });
+        let result = self
+            .refuse_if_offline()
+            .and_then(|()| self.file(fh))
+            .and_then(|h| {
+                let fd = h.file.as_raw_fd();
+                // Modes that move data (collapse, insert) change everything after `offset`; the
+                // rest (allocate, keep size, punch hole, zero range) only the range itself.
+                let shifts = libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE;
+                let touch = if mode & shifts != 0 {
+                    Touch::From(offset)
+                } else {
+                    Touch::Range {
+                        offset,
+                        len: length,
+                    }
+                };
+                self.change(&h.inode, fd, touch, || {
+                    // no kill flag here: an unprivileged caller's fallocate clears set-id bits
+                    let _no_fsetid = WithoutFsetid::unless_root(req.uid());
+                    sys::fallocate(fd, mode, offset as libc::off_t, length as libc::off_t)
+                })
+                .0
+            });
         reply_empty(result, reply);
     }
 
@@ -1909,9 +2377,12 @@ impl Filesystem for PassthroughFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let result = self
-            .file(fh)
-            .and_then(|h| sys::lseek(h.file.as_raw_fd(), offset, whence));
+        let result = self.file(fh).and_then(|h| {
+            if h.offline {
+                return Self::lseek_offline(&h, offset, whence);
+            }
+            sys::lseek(h.file.as_raw_fd(), offset, whence)
+        });
         match result {
             Ok(pos) => reply.offset(pos),
             Err(e) => reply.error(errno(e)),
@@ -1931,29 +2402,36 @@ impl Filesystem for PassthroughFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let result = self.file(fh_in).and_then(|src| {
-            let dst = self.file(fh_out)?;
-            let mut off_in = offset_in as libc::off64_t;
-            let mut off_out = offset_out as libc::off64_t;
-            let len = len.min(u32::MAX as u64 & !0xfff) as usize;
-            let touch = Touch::Range {
-                offset: offset_out,
-                len: len as u64,
-            };
-            let out_fd = dst.file.as_raw_fd();
-            self.change(&dst.inode, out_fd, touch, || {
-                let _no_fsetid = WithoutFsetid::unless_root(req.uid());
-                sys::copy_file_range(
-                    src.file.as_raw_fd(),
-                    &mut off_in,
-                    out_fd,
-                    &mut off_out,
-                    len,
-                    0,
-                )
-            })
-            .0
-        });
+        let result = self
+            .refuse_if_offline()
+            .and_then(|()| self.file(fh_in))
+            .and_then(|src| {
+                let dst = self.file(fh_out)?;
+                if src.offline || dst.offline {
+                    // no backing descriptor to copy from: the kernel falls back to read + write
+                    return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+                }
+                let mut off_in = offset_in as libc::off64_t;
+                let mut off_out = offset_out as libc::off64_t;
+                let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+                let touch = Touch::Range {
+                    offset: offset_out,
+                    len: len as u64,
+                };
+                let out_fd = dst.file.as_raw_fd();
+                self.change(&dst.inode, out_fd, touch, || {
+                    let _no_fsetid = WithoutFsetid::unless_root(req.uid());
+                    sys::copy_file_range(
+                        src.file.as_raw_fd(),
+                        &mut off_in,
+                        out_fd,
+                        &mut off_out,
+                        len,
+                        0,
+                    )
+                })
+                .0
+            });
         match result {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -1993,8 +2471,12 @@ impl OpenFileWatcher {
             self.files.iter().map(|e| e.value().clone()).collect();
         let mut done = std::collections::HashSet::new();
         let mut changed = 0;
+        if crate::offline::is_offline() {
+            return 0; // nothing to ask the backing; the return revalidates
+        }
         for h in handles {
-            if !h.inode.is_regular() || !done.insert(h.inode.id) {
+            // a handle opened offline has no backing descriptor to watch
+            if h.offline || !h.inode.is_regular() || !done.insert(h.inode.id) {
                 continue;
             }
             let Ok(st) = sys::fstat(&h.file) else {
@@ -2121,6 +2603,9 @@ impl MetaSweeper {
     /// One pass; returns how many directories changed underneath.
     pub fn sweep_once(&self) -> usize {
         let mut changed = 0;
+        if crate::offline::is_offline() {
+            return 0; // the backing cannot answer; the return expires everything anyway
+        }
         for (id, v) in self.meta.dir_validators() {
             let st = match self
                 .inodes

@@ -8,6 +8,13 @@
 //! here may block on the backing filesystem. Built with the `fault-injection` feature, `open`,
 //! `open_at`, `open_path_at`, `fsync` and `fdatasync` first ask the test seam
 //! (`crate::backing_faults`) whether to fail; otherwise the hook is an empty inline function.
+//!
+//! Bounded backing calls (`crate::offline`; run on a helper thread with the calling
+//! thread's caller identity, abandoned past `backing_timeout`, refused while offline):
+//! `open_path_at` (lookup), `open` and `open_at` without `O_CREAT`/`O_TRUNC` (open,
+//! opendir), `fstatat`, `fstat_path`, `readlinkat`, `open_by_handle` (reopen of an evicted
+//! inode), `fstatvfs`. Calls that change the backing are not bounded (an abandoned one could
+//! land later); offline, `fs` refuses them before they are made.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -64,9 +71,30 @@ pub fn syncfs(fd: RawFd) -> io::Result<()> {
     cvt(unsafe { libc::syncfs(fd) }).map(drop)
 }
 
-/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+/// Runs the backing call `f` bounded (`crate::offline::call`), on a helper switched to this
+/// thread's caller identity (`creds::current`).
+fn bounded<T: Send + 'static>(
+    op: FaultOp,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let who = super::creds::current();
+    crate::offline::call(op, move || {
+        let _creds = match &who {
+            Some(w) => Some(w.assume()?),
+            None => None,
+        };
+        f()
+    })
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)` (bounded).
 pub fn fstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
     count_meta_call();
+    let name = name.to_owned();
+    bounded(FaultOp::Getattr, move || fstatat_now(dir, &name))
+}
+
+fn fstatat_now(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
     // SAFETY: stat is plain old data (integers only); all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `name` is NUL-terminated and borrowed for the call; `st` a valid out pointer.
@@ -74,10 +102,15 @@ pub fn fstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// Opens `name` in `dir` as an `O_PATH` handle, never following a final symlink.
+/// Opens `name` in `dir` as an `O_PATH` handle, never following a final symlink (bounded).
 pub fn open_path_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
-    fault_name(FaultOp::Lookup, name)?;
     count_meta_call();
+    let name = name.clone();
+    bounded(FaultOp::Lookup, move || open_path_at_now(dir, &name))
+}
+
+fn open_path_at_now(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
+    fault_name(FaultOp::Lookup, name)?;
     let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: `name` is a NUL-terminated string borrowed for the call.
     let fd = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags) })?;
@@ -85,7 +118,16 @@ pub fn open_path_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `openat(dir, name, flags, mode)`; bounded unless it may create or truncate.
 pub fn open_at(dir: RawFd, name: &CString, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    if flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
+        return open_at_now(dir, name, flags, mode);
+    }
+    let name = name.clone();
+    bounded(FaultOp::Open, move || open_at_now(dir, &name, flags, mode))
+}
+
+fn open_at_now(dir: RawFd, name: &CString, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     fault_name(FaultOp::Open, name)?;
     // SAFETY: `name` is a NUL-terminated string borrowed for the call; `mode` is passed
     // as the variadic argument openat reads when `flags` create a file.
@@ -107,6 +149,14 @@ pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
 /// `open(2)` of a path (a `/proc/self/fd/N` magic link, as the callers use it) with
 /// exactly `flags` (no mode: never called with `O_CREAT`).
 pub fn open(path: &CStr, flags: i32) -> io::Result<OwnedFd> {
+    if flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
+        return open_now(path, flags);
+    }
+    let path = path.to_owned();
+    bounded(FaultOp::Open, move || open_now(&path, flags))
+}
+
+fn open_now(path: &CStr, flags: i32) -> io::Result<OwnedFd> {
     fault_name(FaultOp::Open, path)?;
     // SAFETY: `path` is a NUL-terminated string borrowed for the call.
     let fd = cvt(unsafe { libc::open(path.as_ptr(), flags) })?;
@@ -202,6 +252,18 @@ pub fn utimensat(
 /// truncated to `buf.len()`).
 pub fn readlinkat(dir: RawFd, path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     count_meta_call();
+    let (path, len) = (path.to_owned(), buf.len());
+    let target = bounded(FaultOp::Getattr, move || {
+        let mut v = vec![0u8; len];
+        let n = readlinkat_now(dir, &path, &mut v)?;
+        v.truncate(n);
+        Ok(v)
+    })?;
+    buf[..target.len()].copy_from_slice(&target);
+    Ok(target.len())
+}
+
+fn readlinkat_now(dir: RawFd, path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `path` is NUL-terminated; the kernel writes at most `buf.len()` bytes into
     // `buf`, which is exclusively borrowed for the call.
     cvt_size(unsafe { libc::readlinkat(dir, path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
@@ -287,6 +349,10 @@ pub fn copy_file_range(
 
 /// `fstatvfs`: the statistics of the filesystem `fd` is on (an `O_PATH` one works).
 pub fn fstatvfs(fd: RawFd) -> io::Result<libc::statvfs> {
+    bounded(FaultOp::Getattr, move || fstatvfs_now(fd))
+}
+
+fn fstatvfs_now(fd: RawFd) -> io::Result<libc::statvfs> {
     // SAFETY: statvfs is plain old data (integers only); all-zero is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid, exclusively borrowed out pointer.
@@ -480,6 +546,13 @@ pub fn name_to_handle(fd: RawFd) -> io::Result<(BackingHandle, i32)> {
 /// `open_by_handle_at`: reopens the inode `handle` names on the filesystem `mount_fd`
 /// is on. Needs `CAP_DAC_READ_SEARCH`; `ESTALE` once the inode is gone.
 pub fn open_by_handle(mount_fd: RawFd, handle: &BackingHandle, flags: i32) -> io::Result<OwnedFd> {
+    let handle = handle.clone();
+    bounded(FaultOp::Lookup, move || {
+        open_by_handle_now(mount_fd, &handle, flags)
+    })
+}
+
+fn open_by_handle_now(mount_fd: RawFd, handle: &BackingHandle, flags: i32) -> io::Result<OwnedFd> {
     let mut buf = HandleBuf([0; 8 + MAX_HANDLE]);
     let len = handle.bytes.len().min(MAX_HANDLE);
     buf.0[8..8 + len].copy_from_slice(&handle.bytes[..len]);

@@ -40,10 +40,12 @@
 //! One mutex around [`State`]; held for map operations only, never across a syscall.
 //! Nothing here blocks on I/O: the callers (`fs`) make the syscalls.
 //!
-//! # Offline (later)
+//! # Offline (issue 16)
 //!
-//! [`MetaCache::lookup_cached`] answers from whatever is cached, however old, with the time
-//! it was last known good: what an offline mode serves when the backing is unreachable.
+//! [`MetaCache::lookup_cached`], [`MetaCache::attr_cached`], [`MetaCache::listing_cached`]
+//! and [`MetaCache::link_cached`] answer from whatever is cached, however old (but never an
+//! entry a change through the mount expired): what offline mode serves while the backing
+//! is unreachable. [`MetaCache::expire_all`] takes the trust back when it returns.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,6 +203,10 @@ struct InodeEntry {
     fetched: Instant,
     /// Changed through the mount without a new stat: not to be served (the handle stays).
     expired: bool,
+    /// Last known good, but not to be trusted before one stat (loaded from a checkpoint
+    /// that does not vouch for it, or the backing came back from offline): online it is
+    /// served like `expired`; offline it is still the best answer there is.
+    recheck: bool,
     tick: u64,
     bytes: usize,
 }
@@ -336,7 +342,7 @@ impl MetaCache {
         let found = s
             .inodes
             .get(&id)
-            .filter(|e| !e.expired)
+            .filter(|e| !e.expired && !e.recheck)
             .and_then(|e| self.remaining(e.fetched).map(|left| (e.st, left)));
         match found {
             Some(hit) => {
@@ -366,7 +372,7 @@ impl MetaCache {
         let hit = s
             .inodes
             .get(&id)
-            .filter(|e| !e.expired && self.remaining(e.fetched).is_some())
+            .filter(|e| !e.expired && !e.recheck && self.remaining(e.fetched).is_some())
             .and_then(|e| e.link.clone());
         match &hit {
             Some(_) => {
@@ -394,7 +400,7 @@ impl MetaCache {
         let Some(e) = s.inodes.get_mut(&id) else {
             return;
         };
-        if e.expired || e.st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+        if e.expired || e.recheck || e.st.st_mode & libc::S_IFMT != libc::S_IFLNK {
             return;
         }
         e.link = Some(target.into());
@@ -736,7 +742,7 @@ impl MetaCache {
             ..Default::default()
         };
         for (&id, e) in &s.inodes {
-            if e.expired || !stable(id) || e.st.st_dev != root_dev {
+            if e.expired || e.recheck || !stable(id) || e.st.st_dev != root_dev {
                 continue;
             }
             let st = &e.st;
@@ -842,7 +848,7 @@ impl MetaCache {
             };
             s.put_inode(i.id, &st, handle);
             if let Some(e) = s.inodes.get_mut(&i.id) {
-                e.expired = !valid;
+                e.recheck = !valid;
                 e.link = i.link.map(Into::into);
                 let bytes = inode_bytes(e);
                 let old = std::mem::replace(&mut e.bytes, bytes);
@@ -978,6 +984,48 @@ impl MetaCache {
     }
 }
 
+// ---- Offline (issue 16): what was last known good, and the return ----------------------
+
+impl MetaCache {
+    /// The attributes of `id` last fetched, however old, unless a change through the mount
+    /// made them untrue (`expired`): what offline mode serves.
+    pub fn attr_cached(&self, id: u64) -> Option<libc::stat> {
+        let s = self.state.lock();
+        s.inodes.get(&id).filter(|e| !e.expired).map(|e| e.st)
+    }
+
+    /// The target of symlink `id`, however old (offline), unless expired.
+    pub fn link_cached(&self, id: u64) -> Option<Box<[u8]>> {
+        let s = self.state.lock();
+        s.inodes
+            .get(&id)
+            .filter(|e| !e.expired)
+            .and_then(|e| e.link.clone())
+    }
+
+    /// The complete listing of `dir` last read, however old (offline).
+    pub fn listing_cached(&self, dir: u64) -> Option<Arc<Vec<Dirent>>> {
+        let s = self.state.lock();
+        s.dirs.get(&dir).and_then(|d| d.listing.clone())
+    }
+
+    /// The backing came back: nothing cached is trusted until checked again. Every inode
+    /// entry must be rechecked (the next getattr or lookup stats it; offline, it is still
+    /// served as the last known) and every directory must be
+    /// confirmed by one stat before its names or listing are used (an unchanged directory
+    /// keeps them). Returns the entries expired.
+    pub fn expire_all(&self) -> usize {
+        let mut s = self.state.lock();
+        for e in s.inodes.values_mut() {
+            e.recheck = true;
+        }
+        for d in s.dirs.values_mut() {
+            d.unchecked = true;
+        }
+        s.inodes.len() + s.dirs.len()
+    }
+}
+
 fn unsafe_zeroed_stat() -> libc::stat {
     // SAFETY: stat is plain old data (integers only); all-zero is valid.
     unsafe { std::mem::zeroed() }
@@ -1041,6 +1089,7 @@ impl State {
                 }
                 e.fetched = Instant::now();
                 e.expired = false;
+                e.recheck = false;
                 let bytes = inode_bytes(e);
                 let old_bytes = std::mem::replace(&mut e.bytes, bytes);
                 let old_tick = std::mem::replace(&mut e.tick, tick);
@@ -1054,6 +1103,7 @@ impl State {
                     link: None,
                     fetched: Instant::now(),
                     expired: false,
+                    recheck: false,
                     tick,
                     bytes: 0,
                 };
