@@ -509,3 +509,74 @@ fn after_a_remount_outside_changes_are_found_in_both_modes() {
         }
     }
 }
+
+/// Waits until the mount has written a metadata snapshot since `from` and then none for
+/// 2.5 intervals of 1 s (snapshots are written only while the cache changes): the last one
+/// then holds everything.
+fn wait_for_settled_snapshot(m: &Mount, from: u64) {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let (mut last, mut since) = (from, std::time::Instant::now());
+    loop {
+        let n = stat_u64(&m.mnt, "metadata_checkpoints");
+        if n != last {
+            (last, since) = (n, std::time::Instant::now());
+        }
+        if n > from && since.elapsed() > Duration::from_millis(2500) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no periodic metadata snapshot"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The crash rule of the metadata checkpoints: after a SIGKILL the next mount starts from
+/// the last periodic snapshot (warm: fewer backing calls than a cold walk) but trusts none
+/// of it, even in exclusive mode (a chmod made in the backing while the daemon was dead is
+/// seen); a clean unmount's checkpoint is trusted once, never again after the mount that
+/// read it crashed.
+#[test]
+fn after_a_crash_the_last_snapshot_is_used_but_never_trusted() {
+    require_fuse!();
+    let (dir, backing, cache) = backing_and_cache("bcl-meta-crash-rule");
+    let opts = format!(
+        "cache={},cache_size=64M,coherence=exclusive,metadata_checkpoint_interval=1",
+        cache.display()
+    );
+    make_tree(&backing, 10, 20);
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    let before = stat_u64(&m.mnt, "metadata_checkpoints");
+    let cold = calls_of(&m, WALK);
+    wait_for_settled_snapshot(&m, before);
+    std::fs::set_permissions(
+        backing.join("d3/f7"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let m = Mount::over(m.crash(), backing.clone(), &opts, &[]);
+    let after_crash = calls_of(&m, WALK);
+    assert_eq!(tree(&m.mnt), tree(&backing), "a snapshot was trusted");
+    assert!(
+        after_crash < cold,
+        "the remount after a crash started cold ({after_crash} calls, cold {cold})"
+    );
+    // clean unmount, mount (reads the trusted checkpoint), crash at once
+    let (status, dir) = m.unmount_keep();
+    assert!(status.success());
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    assert_eq!(calls_of(&m, "stat d3/f7 >/dev/null"), 0, "not trusted once");
+    let dir = m.crash();
+    std::fs::set_permissions(
+        backing.join("d5/f2"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o604),
+    )
+    .unwrap();
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    assert_eq!(
+        tree(&m.mnt),
+        tree(&backing),
+        "a clean checkpoint was trusted again after the mount that read it crashed"
+    );
+}

@@ -374,6 +374,8 @@ impl PassthroughFs {
         if let Some((blob, trusted)) = cache.take_meta_checkpoint() {
             match meta::format::Checkpoint::decode(&blob) {
                 Ok(c) => {
+                    // trusted: alone in the journal's newest entry and written clean
+                    let trusted = trusted && c.clean;
                     let n = meta.load(c, st.st_ino, st.st_dev, mount, trusted);
                     tracing::info!(entries = n, trusted, "metadata checkpoint loaded");
                 }
@@ -385,13 +387,21 @@ impl PassthroughFs {
         let keep = sys::open(&sys::proc_path(fd.as_raw_fd()), flags)?;
         let m = meta.clone();
         let (dev, ino) = (st.st_dev, st.st_ino);
-        cache.set_meta_saver(Box::new(move || {
-            // what the checkpoint describes must be durable in the backing before it is
-            if let Err(e) = sys::syncfs(keep.as_raw_fd()) {
-                tracing::warn!("syncfs of the backing failed ({e}); no metadata checkpoint");
+        let saved = AtomicU64::new(u64::MAX);
+        cache.set_meta_saver(Box::new(move |clean| {
+            let version = m.version();
+            if !clean && saved.swap(version, Ordering::Relaxed) == version {
                 return None;
             }
-            Some(m.checkpoint(dev, ino).encode())
+            // what a trusted checkpoint describes must be durable in the backing before it
+            // is; a snapshot is never trusted (its entries are checked after a crash)
+            if clean {
+                if let Err(e) = sys::syncfs(keep.as_raw_fd()) {
+                    tracing::warn!("syncfs of the backing failed ({e}); no metadata checkpoint");
+                    return None;
+                }
+            }
+            Some(m.checkpoint(dev, ino, clean).encode())
         }));
         Ok(())
     }

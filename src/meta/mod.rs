@@ -85,6 +85,10 @@ impl Coherence {
 
 /// Default byte budget (`metadata_cache_size=`).
 pub const DEFAULT_BUDGET: u64 = 64 << 20;
+/// Default `metadata_checkpoint_interval=`: how much metadata a crash can cost (the
+/// entries learnt since the last snapshot; they are fetched again) against the write of a
+/// snapshot (the whole cache, at most `metadata_cache_size`) each interval it changed.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 /// Default `metadata_ttl=` (NFS's `actimeo` order of magnitude).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3);
 /// A directory validator whose times lie this close to the clock cannot vouch for its
@@ -235,6 +239,8 @@ struct State {
     next_tick: u64,
     next_gen: u64,
     bytes: usize,
+    /// Bumped by every change of what a checkpoint would hold (not by LRU touches).
+    version: u64,
 }
 
 /// Bytes an inode entry costs (the stat, map slot and LRU node, handle and target).
@@ -293,6 +299,7 @@ impl MetaCache {
                 next_tick: 1,
                 next_gen: 1,
                 bytes: 0,
+                version: 0,
             }),
             counters: Counters::default(),
         }
@@ -391,6 +398,7 @@ impl MetaCache {
     /// which must be cached and trusted).
     pub fn put_link(&self, id: u64, target: &[u8]) {
         let mut s = self.state.lock();
+        s.version += 1;
         let Some(e) = s.inodes.get_mut(&id) else {
             return;
         };
@@ -512,6 +520,7 @@ impl MetaCache {
     /// What a lookup of `name` in `dir` found, read under the validator of `gen`.
     pub fn put_name(&self, dir: u64, gen: u64, name: &[u8], what: Name) {
         let mut s = self.state.lock();
+        s.version += 1;
         let Some(d) = s.dirs.get_mut(&dir) else {
             return;
         };
@@ -548,6 +557,7 @@ impl MetaCache {
     /// A whole listing of `dir` read from the backing under the validator of `gen`.
     pub fn put_listing(&self, dir: u64, gen: u64, entries: Vec<Dirent>) {
         let mut s = self.state.lock();
+        s.version += 1;
         let Some(d) = s.dirs.get_mut(&dir) else {
             return;
         };
@@ -586,6 +596,7 @@ impl MetaCache {
     /// to add to.
     pub fn clear(&self) -> usize {
         let mut s = self.state.lock();
+        s.version += 1;
         let n = s.inodes.len() + s.dirs.len();
         s.inodes.clear();
         s.dirs.clear();
@@ -724,15 +735,22 @@ impl MetaCache {
         self.evict(&mut s);
     }
 
+    /// A number that changes whenever what [`MetaCache::checkpoint`] would hold changes.
+    pub fn version(&self) -> u64 {
+        self.state.lock().version
+    }
+
     /// The whole cache as a checkpoint: the entries of the backing root's filesystem
-    /// (`root_dev`; node ids elsewhere are not stable across mounts).
-    pub fn checkpoint(&self, root_dev: u64, root_ino: u64) -> format::Checkpoint {
+    /// (`root_dev`; node ids elsewhere are not stable across mounts). `clean`: see
+    /// [`format::FLAG_CLEAN`].
+    pub fn checkpoint(&self, root_dev: u64, root_ino: u64, clean: bool) -> format::Checkpoint {
         use format::{DirRec, InodeRec, NameRec};
         let s = self.state.lock();
         let stable =
             |id: u64| id < (1 << 63) && s.inodes.get(&id).is_none_or(|e| e.st.st_dev == root_dev);
         let mut c = format::Checkpoint {
             root_ino,
+            clean,
             ..Default::default()
         };
         for (&id, e) in &s.inodes {
@@ -815,6 +833,7 @@ impl MetaCache {
         }
         let valid = trusted && self.exclusive();
         let mut s = self.state.lock();
+        s.version += 1;
         let mut n = 0;
         for i in c.inodes {
             // SAFETY: stat is plain old data (integers only); all-zero is valid.
@@ -1023,6 +1042,7 @@ impl State {
     }
 
     fn put_inode(&mut self, id: u64, st: &libc::stat, handle: Option<HandleRef>) {
+        self.version += 1;
         let tick = self.tick();
         match self.inodes.get_mut(&id) {
             Some(e) => {
@@ -1066,6 +1086,7 @@ impl State {
     }
 
     fn drop_inode(&mut self, id: u64) {
+        self.version += 1;
         if let Some(e) = self.inodes.remove(&id) {
             self.lru.remove(&e.tick);
             self.bytes -= e.bytes;
@@ -1073,6 +1094,7 @@ impl State {
     }
 
     fn drop_dir_entry(&mut self, id: u64) {
+        self.version += 1;
         if let Some(d) = self.dirs.remove(&id) {
             self.lru.remove(&d.tick);
             self.bytes -= d.bytes;
@@ -1092,6 +1114,7 @@ impl State {
     /// (None: it leaves the listing). A listed name whose listing entry is unknown makes
     /// the listing unknown.
     fn set_name(&mut self, dir: u64, name: &[u8], what: Name, listed: Option<(u64, u8)>) {
+        self.version += 1;
         let gen = self.next_gen();
         let Some(d) = self.dirs.get_mut(&dir) else {
             return;
@@ -1118,6 +1141,7 @@ impl State {
 
     /// Forgets what `name` in `dir` is, and the listing (it may be wrong about it).
     fn forget_name(&mut self, dir: u64, name: &[u8]) {
+        self.version += 1;
         let gen = self.next_gen();
         let Some(d) = self.dirs.get_mut(&dir) else {
             return;
