@@ -201,12 +201,42 @@ struct InodeEntry {
     st: libc::stat,
     handle: Option<HandleRef>,
     link: Option<Box<[u8]>>,
+    /// Extended attributes read from the backing, kept while the stat is trusted and its
+    /// ctime unchanged (an xattr change moves the ctime).
+    xattrs: Option<Box<Xattrs>>,
+    /// Bumped whenever `xattrs` is dropped: a store carries the gen read before its call.
+    xgen: u64,
     /// When the stat was taken (shared mode: trusted for `ttl` from here).
     fetched: Instant,
     /// Changed through the mount without a new stat: not to be served (the handle stays).
     expired: bool,
     tick: u64,
     bytes: usize,
+}
+
+/// The extended attributes of one inode known so far.
+#[derive(Default)]
+struct Xattrs {
+    /// A value, or None: the name is absent (ENODATA).
+    values: HashMap<Box<[u8]>, Option<Box<[u8]>>>,
+    /// The name list as a non-root caller sees it ([0]) and as root does ([1]: with
+    /// `trusted.*`).
+    lists: [Option<Box<[u8]>>; 2],
+}
+
+/// Largest xattr value or name list kept (bigger ones are always read from the backing).
+pub const MAX_XATTR_CACHED: usize = 4096;
+
+/// What the cache knows of an inode's extended attribute (or name list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XattrLookup {
+    /// Cached: the value (None: absent, ENODATA).
+    Hit(Option<Box<[u8]>>),
+    /// Not cached, but the inode's attributes are trusted: read it from the backing and
+    /// store it with this gen.
+    Miss(u64),
+    /// The inode's attributes are not trusted: read it from the backing, store nothing.
+    Untrusted,
 }
 
 struct DirEntry {
@@ -255,6 +285,17 @@ fn inode_bytes(e: &InodeEntry) -> usize {
     INODE_BASE
         + e.handle.as_ref().map_or(0, |h| h.bytes.len())
         + e.link.as_ref().map_or(0, |l| l.len())
+        + e.xattrs.as_ref().map_or(0, |x| xattrs_bytes(x))
+}
+
+fn xattrs_bytes(x: &Xattrs) -> usize {
+    let values: usize = x
+        .values
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()) + NAME_COST)
+        .sum();
+    let lists: usize = x.lists.iter().flatten().map(|l| l.len()).sum();
+    std::mem::size_of::<Xattrs>() + values + lists
 }
 
 fn dir_bytes(d: &DirEntry) -> usize {
@@ -409,6 +450,71 @@ impl MetaCache {
         let bytes = inode_bytes(e);
         let old = std::mem::replace(&mut e.bytes, bytes);
         s.bytes = s.bytes + bytes - old;
+        self.evict(&mut s);
+    }
+
+    /// Extended attribute `name` of `id` (`None`: the name list; `root`: as root sees it).
+    /// Counts a hit or a miss.
+    pub fn xattr(&self, id: u64, name: Option<&[u8]>, root: bool) -> XattrLookup {
+        let mut s = self.state.lock();
+        let Some(e) = s
+            .inodes
+            .get(&id)
+            .filter(|e| !e.expired && self.remaining(e.fetched).is_some())
+        else {
+            return XattrLookup::Untrusted;
+        };
+        let found = e.xattrs.as_ref().and_then(|x| match name {
+            Some(n) => x.values.get(n).cloned(),
+            None => x.lists[usize::from(root)].clone().map(Some),
+        });
+        let xgen = e.xgen;
+        match found {
+            Some(v) => {
+                bump(&self.counters.hits);
+                s.touch(Key::Inode(id));
+                XattrLookup::Hit(v)
+            }
+            None => {
+                bump(&self.counters.misses);
+                XattrLookup::Miss(xgen)
+            }
+        }
+    }
+
+    /// What a read of xattr `name` of `id` (None: the name list, as root saw it or not)
+    /// found, read after [`MetaCache::xattr`] gave `xgen`: `value` None is ENODATA.
+    /// Refused when anything dropped the inode's xattrs since, or it is too big.
+    pub fn put_xattr(
+        &self,
+        id: u64,
+        xgen: u64,
+        name: Option<&[u8]>,
+        root: bool,
+        value: Option<&[u8]>,
+    ) {
+        if value.is_some_and(|v| v.len() > MAX_XATTR_CACHED) || (name.is_none() && value.is_none())
+        {
+            return;
+        }
+        let mut s = self.state.lock();
+        let Some(e) = s.inodes.get_mut(&id) else {
+            return;
+        };
+        if e.xgen != xgen || e.expired {
+            return;
+        }
+        let x = e.xattrs.get_or_insert_with(Default::default);
+        match name {
+            Some(n) => {
+                x.values.insert(n.into(), value.map(Into::into));
+            }
+            None => x.lists[usize::from(root)] = value.map(Into::into),
+        }
+        let bytes = inode_bytes(e);
+        let old = std::mem::replace(&mut e.bytes, bytes);
+        s.bytes = s.bytes + bytes - old;
+        s.version += 1;
         self.evict(&mut s);
     }
 
@@ -702,6 +808,8 @@ impl MetaCache {
             }
             Change::Attr { id, st } => match st {
                 Some(st) => {
+                    // an xattr change may leave the ctime in the same tick: drop them anyway
+                    s.drop_xattrs(id);
                     s.put_inode(id, st, None);
                     if let Some(d) = s.dirs.get_mut(&id) {
                         // a directory's own change (chmod, utimens) moves its ctime
@@ -710,6 +818,7 @@ impl MetaCache {
                     }
                 }
                 None => {
+                    s.drop_xattrs(id);
                     if let Some(e) = s.inodes.get_mut(&id) {
                         // expire it, but keep the handle (it still names the inode)
                         e.expired = true;
@@ -1044,6 +1153,7 @@ impl State {
     fn put_inode(&mut self, id: u64, st: &libc::stat, handle: Option<HandleRef>) {
         self.version += 1;
         let tick = self.tick();
+        let gen = self.next_gen();
         match self.inodes.get_mut(&id) {
             Some(e) => {
                 let same = e.st.st_ino == st.st_ino
@@ -1051,6 +1161,8 @@ impl State {
                     && (e.st.st_ctime, e.st.st_ctime_nsec) == (st.st_ctime, st.st_ctime_nsec);
                 if !same {
                     e.link = None;
+                    e.xattrs = None;
+                    e.xgen = gen;
                 }
                 if e.st.st_ino != st.st_ino {
                     e.handle = None;
@@ -1072,6 +1184,8 @@ impl State {
                     st: *st,
                     handle,
                     link: None,
+                    xattrs: None,
+                    xgen: gen,
                     fetched: Instant::now(),
                     expired: false,
                     tick,
@@ -1083,6 +1197,20 @@ impl State {
             }
         }
         self.lru.insert(tick, Key::Inode(id));
+    }
+
+    /// Forgets `id`'s extended attributes; stores in flight carry an older gen.
+    fn drop_xattrs(&mut self, id: u64) {
+        let gen = self.next_gen();
+        if let Some(e) = self.inodes.get_mut(&id) {
+            e.xgen = gen;
+            if e.xattrs.take().is_some() {
+                self.version += 1;
+                let bytes = inode_bytes(e);
+                let old = std::mem::replace(&mut e.bytes, bytes);
+                self.bytes = self.bytes + bytes - old;
+            }
+        }
     }
 
     fn drop_inode(&mut self, id: u64) {
