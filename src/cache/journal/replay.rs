@@ -43,6 +43,11 @@ pub struct ReplayReport {
     pub stale: Vec<(crate::index::FileId, Extent)>,
     /// Journal entries scanned.
     pub entries: usize,
+    /// Replay stopped at a gap in the sequence (a torn tail, as a crash leaves one): the
+    /// seq it expected, and how many later entries it ignored.
+    pub torn_tail: Option<(u64, usize)>,
+    /// Metadata checkpoints named in the journal that did not load, newest first: (seq, why).
+    pub unreadable_meta: Vec<(u64, String)>,
 }
 
 /// Rebuilds the index from the newest readable checkpoint and the journal after it
@@ -99,12 +104,13 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     let mut expect = entries.get(first.wrapping_sub(1)).map(|s| s.entry.seq + 1);
     let mut applied = 0usize;
     let mut refused = 0usize;
-    for s in entries.iter().skip(first) {
-        if expect.is_some_and(|e| s.entry.seq != e) {
+    for (pos, s) in entries.iter().enumerate().skip(first) {
+        if let Some(e) = expect.filter(|&e| s.entry.seq != e) {
             tracing::info!(
                 seq = s.entry.seq,
                 "journal replay stops at a gap (torn tail)"
             );
+            report.torn_tail = Some((e, entries.len() - pos));
             break;
         }
         expect = Some(s.entry.seq + 1);
@@ -141,7 +147,7 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     );
     report.refused_records = refused;
     report.stale = stale;
-    let (meta, meta_location) = match newest_meta_checkpoint(alloc, &entries) {
+    let (meta, meta_location) = match newest_meta_checkpoint(alloc, &entries, &mut report) {
         Some((blob, trusted, location)) => (Some((blob, trusted)), Some(location)),
         None => (None, None),
     };
@@ -237,6 +243,7 @@ fn apply(index: &Index, r: &Record, sb: &crate::device::format::Superblock) -> b
 fn newest_meta_checkpoint(
     alloc: &Allocator,
     entries: &[crate::journal::Scanned],
+    report: &mut ReplayReport,
 ) -> Option<(Vec<u8>, bool, MetaLocation)> {
     let last = entries.last()?.entry.seq;
     for s in entries.iter().rev() {
@@ -254,7 +261,10 @@ fn newest_meta_checkpoint(
                     }
                     // the usual cause: a mount loaded it and reused its buckets, then crashed
                     // before its own clean unmount wrote a newer one; the cache starts cold
-                    Err(e) => tracing::info!(seq, "older metadata checkpoint not used: {e}"),
+                    Err(e) => {
+                        tracing::info!(seq, "older metadata checkpoint not used: {e}");
+                        report.unreadable_meta.push((*seq, e.to_string()));
+                    }
                 }
             }
         }
