@@ -467,7 +467,10 @@ impl Drop for Stopped {
 fn a_stopped_fuse_backing_goes_offline_and_its_return_is_noticed() {
     require_fuse!();
     let _s = serial();
-    let lower = Mount::new("");
+    // long kernel TTLs on the lower mount, as an NFS client's attribute cache: a stat of
+    // the backing root is answered by the kernel while the server is gone, so the probe
+    // must use calls the server itself answers
+    let lower = Mount::new("attr_timeout=60,entry_timeout=60");
     fs::create_dir_all(lower.b("alice")).unwrap();
     fs::write(lower.b("alice/cached.bin"), pattern(LEN, 1)).unwrap();
     fs::write(lower.b("alice/uncached.bin"), pattern(LEN, 2)).unwrap();
@@ -500,6 +503,9 @@ fn a_stopped_fuse_backing_goes_offline_and_its_return_is_noticed() {
     // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
     fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    // the kernel's attributes of the backing root are fresh when the server stops (a
+    // readdir invalidates a directory's atime, and with it the cached attributes)
+    fs::metadata(lower.mnt.join("alice")).unwrap();
     let stopped = Stopped::new(lower.pid());
     std::thread::sleep(Duration::from_millis(300));
 
