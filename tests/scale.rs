@@ -15,6 +15,15 @@ use std::time::{Duration, Instant};
 use common::{pattern, sh, sh_ok, Daemon, Mount};
 
 /// One figure from `stats --json`, as text (a string's quotes stripped).
+/// `forgotten_inodes_...` drops unused dentries and inodes machine-wide (drop_caches=2),
+/// which makes the kernel forget the inodes another test is counting: the tests that count
+/// or drop them run one at a time.
+static KERNEL_INODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn kernel_inodes() -> std::sync::MutexGuard<'static, ()> {
+    KERNEL_INODES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn figure(mnt: &Path, key: &str) -> String {
     match &common::stats(mnt)[key] {
         serde_json::Value::String(s) => s.clone(),
@@ -75,6 +84,7 @@ fn open_fds(pid: u32) -> usize {
 #[test]
 fn tree_of_5000_files_walks_stats_reads_and_tars_with_1024_descriptors() {
     require_fuse!();
+    let _k = kernel_inodes();
     let (dir, backing) = backing_dir();
     make_tree(&backing, "tree", 5000, 50);
     let cache = dir.path().join("cache");
@@ -249,6 +259,7 @@ fn daemon_raises_its_soft_descriptor_limit_to_the_hard_one() {
 #[test]
 fn forgotten_inodes_keep_nothing_and_memory_per_inode_is_small() {
     require_fuse!();
+    let _k = kernel_inodes();
     let (dir, backing) = backing_dir();
     make_tree(&backing, "t", 4000, 20);
     let cache = dir.path().join("cache");
