@@ -687,7 +687,11 @@ fn figures(
         "gc_stale_keys_dropped",
         get(&c.gc_stale_keys_dropped).into(),
     );
-    let ix = cache.index().stats();
+    let gens = cache.alloc().gens();
+    // stale keys (their bucket was reused) hold no cached data: not counted
+    let ix = cache
+        .index()
+        .stats_live(|p| gens.get(p.bucket as usize) == Some(&p.gen));
     put("index_files", ix.files.into());
     put("index_extents", ix.extents.into());
     put("cached_bytes", ix.cached_bytes.into());
