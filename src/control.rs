@@ -682,12 +682,17 @@ fn figures(
     put("journal_entries", get(&c.journal_entries).into());
     put("index_checkpoints", get(&c.index_checkpoints).into());
     put("metadata_checkpoints", get(&c.metadata_checkpoints).into());
+    put("fills_pending", get(&c.fills_pending).into());
     put("gc_runs", get(&c.gc_runs).into());
     put(
         "gc_stale_keys_dropped",
         get(&c.gc_stale_keys_dropped).into(),
     );
-    let ix = cache.index().stats();
+    let gens = cache.alloc().gens();
+    // stale keys (their bucket was reused) hold no cached data: not counted
+    let ix = cache
+        .index()
+        .stats_live(|p| gens.get(p.bucket as usize) == Some(&p.gen));
     put("index_files", ix.files.into());
     put("index_extents", ix.extents.into());
     put("cached_bytes", ix.cached_bytes.into());

@@ -506,10 +506,13 @@ pub const METRICS: &[Metric] = &[
 /// Numeric figures of `stats` deliberately not exported: ratios and windows Prometheus
 /// computes itself from the counters.
 /// `metadata_ttl_ms`, `backing_timeout_ms` and `offline_probe_interval_ms` are settings,
-/// shown by `get` (in seconds); `backing_network_fs` is a fact of the mount.
+/// shown by `get` (in seconds); `backing_network_fs` is a fact of the mount. `fills_pending`
+/// is a momentary gauge for tests (fills of replies not yet written), meaningless when
+/// scraped.
 pub const NOT_EXPORTED: &[&str] = &[
     "cache_hit_ratio",
     "metadata_ttl_ms",
+    "fills_pending",
     "backing_timeout_ms",
     "offline_probe_interval_ms",
     "backing_network_fs",
