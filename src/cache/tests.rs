@@ -347,3 +347,41 @@ fn a_fill_is_pending_from_its_miss_until_written_or_dropped() {
     drop(again);
     assert_eq!(pending(), 0);
 }
+
+/// Offline (issue 16): a file is servable from the cache alone only when all of it is cached
+/// under the validator the caller names, and `read_cached` never reads the backing: after
+/// the backing changed behind it, it still answers the cached bytes (the return revalidates).
+#[test]
+fn offline_serves_a_wholly_cached_file_only_and_never_reads_the_backing() {
+    let fx = fixture();
+    let file = fx.open(1);
+    let st = crate::sys::fstat_fd(fx.fd()).unwrap();
+    let len = 64 << 10;
+    let old = pattern(len, 0);
+    assert!(!fx.cache.offline_servable(&file, &st), "nothing cached yet");
+    fx.read(&file, 0, 32 << 10);
+    assert!(!fx.cache.offline_servable(&file, &st), "half cached");
+    assert_eq!(fx.cache.read_cached(&file, 0, 4096).unwrap(), old[..4096]);
+    assert!(
+        fx.cache.read_cached(&file, 40 << 10, 4096).is_none(),
+        "a gap"
+    );
+    fx.read(&file, 32 << 10, 32 << 10);
+    assert!(fx.cache.offline_servable(&file, &st));
+    let mut other = st;
+    other.st_mtime += 1;
+    assert!(
+        !fx.cache.offline_servable(&file, &other),
+        "attributes other than the cached validator"
+    );
+    fx.backing.write_all_at(&pattern(len, 9), 0).unwrap();
+    assert_eq!(
+        fx.cache.read_cached(&file, 1000, 10000).unwrap(),
+        old[1000..11000]
+    );
+    assert_eq!(fx.cache.read_cached(&file, len as u64, 10).unwrap(), b"");
+    assert_eq!(
+        fx.cache.read_cached(&file, len as u64 - 10, 100).unwrap(),
+        old[len - 10..]
+    );
+}
