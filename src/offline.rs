@@ -533,8 +533,8 @@ impl Offline {
         io::Error::from_raw_os_error(libc::EROFS)
     }
 
-    /// xattrs are not cached: offline, getxattr and listxattr answer `EOPNOTSUPP` (tools
-    /// such as `ls -l` then take it as "no ACLs"), counted as refused, not logged.
+    /// xattrs (cached online, not yet served offline): getxattr and listxattr answer
+    /// `EOPNOTSUPP` (`ls -l` then takes it as "no ACLs"), counted as refused, not logged.
     pub fn xattrs_offline(&self) -> io::Error {
         bump(&self.counters.refused);
         io::Error::from_raw_os_error(libc::EOPNOTSUPP)
