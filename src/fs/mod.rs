@@ -1448,24 +1448,37 @@ impl Filesystem for PassthroughFs {
             Err(e) => return reply.error(errno(e)),
         };
         if let Some((cache, file)) = self.cache_for(&handle.inode).filter(|_| handle.cached) {
-            match cache.read(
-                file,
-                handle.file.as_raw_fd(),
-                offset,
-                size.min(MAX_IO),
-                req.pid(),
-            ) {
-                Ok(result) => {
-                    reply.data(&result.data);
-                    if result.outside_change {
-                        self.invalidate_pages(&handle.inode);
+            // the thread's buffer, reused from request to request (not zeroed again:
+            // `read_into` writes every byte it serves)
+            let read = READ_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let r = cache.read_into(
+                    file,
+                    handle.file.as_raw_fd(),
+                    offset,
+                    size.min(MAX_IO),
+                    req.pid(),
+                    &mut buf,
+                );
+                match r {
+                    Ok(r) => {
+                        reply.data(&buf[r.data.clone()]);
+                        Some(r)
                     }
-                    // the fill happens after the reply: the reader does not wait for it
-                    if let Some(fill) = result.fill {
-                        cache.fill(file, fill);
+                    Err(e) => {
+                        reply.error(errno(e));
+                        None
                     }
                 }
-                Err(e) => reply.error(errno(e)),
+            });
+            if let Some(result) = read {
+                if result.outside_change {
+                    self.invalidate_pages(&handle.inode);
+                }
+                // the fill happens after the reply: the reader does not wait for it
+                if let Some(fill) = result.fill {
+                    cache.fill(file, fill);
+                }
             }
             return;
         }
