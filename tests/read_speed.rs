@@ -84,3 +84,36 @@ fn sequential_reads_reach_the_daemon_in_one_mib_requests() {
     let (_, window) = request_sizes("kernel_readahead=4M");
     assert_eq!(window, 4096);
 }
+
+/// A small file's open-read-close costs OPEN, READ, FLUSH and RELEASE; a read-only open is
+/// answered with FOPEN_NOFLUSH, so its close sends no FLUSH (nothing can be pending on a
+/// reader), while a writable handle's close still does (its backing close may report a write
+/// error). Counted by the daemon (`flush_requests`).
+#[test]
+fn a_read_only_close_sends_no_flush_and_a_writable_one_does() {
+    let (dir, backing, cache) = backing_and_cache("bcl-noflush");
+    for i in 0..20 {
+        fs::write(backing.join(format!("f{i}")), pattern(5000, i)).unwrap();
+    }
+    let m = Mount::over(
+        dir,
+        backing,
+        &format!("cache={},cache_size=64M", cache.display()),
+        &[],
+    );
+    let flushes = || common::stat_u64(&m.mnt, "flush_requests");
+    let before = flushes();
+    for i in 0..20 {
+        assert_eq!(fs::read(m.m(&format!("f{i}"))).unwrap(), pattern(5000, i));
+    }
+    assert_eq!(flushes(), before, "read-only closes sent FLUSH");
+    for i in 0..5 {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.m(&format!("f{i}")))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"x").unwrap();
+    }
+    assert_eq!(flushes(), before + 5, "writable closes must still flush");
+    m.unmount();
+}
