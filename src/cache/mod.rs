@@ -260,6 +260,25 @@ pub struct Fill {
     probation: bool,
     /// Block-aligned offset and block-padded data.
     chunks: Vec<(u64, Vec<u8>)>,
+    /// Counts it in `fills_pending` from before the reply until it is done or dropped.
+    _pending: PendingFill,
+}
+
+/// One fill not yet done (`stats`: `fills_pending`), so a test can wait for the fills of
+/// the replies it has seen instead of sleeping.
+struct PendingFill(Arc<Counters>);
+
+impl PendingFill {
+    fn new(counters: &Arc<Counters>) -> PendingFill {
+        counters.fills_pending.fetch_add(1, Ordering::Relaxed);
+        PendingFill(counters.clone())
+    }
+}
+
+impl Drop for PendingFill {
+    fn drop(&mut self) {
+        self.0.fills_pending.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub struct ReadResult {
@@ -316,16 +335,19 @@ pub struct CacheSet {
     /// The metadata checkpoint replay found (blob, trusted), until the metadata cache
     /// takes it.
     meta_checkpoint: Mutex<Option<(Vec<u8>, bool)>>,
-    /// Makes the metadata checkpoint written at a clean unmount (set by the FUSE layer).
+    /// Makes the metadata checkpoints (set by the FUSE layer): the periodic snapshots and
+    /// the one at a clean unmount. Its lock also orders a snapshot in flight before the
+    /// unmount's checkpoint, which must be the newest entry.
     meta_saver: Mutex<Option<MetaSaver>>,
     /// Debug: every read request, one line each, when `BCACHEFS_LITE_TRACE=FILE` is set at mount
     /// (the trace simulator's input, bench/sim.rs).
     trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
 
-/// Returns the metadata cache's checkpoint blob (see `meta::format`), called once at a
-/// clean unmount after the final index checkpoint.
-pub type MetaSaver = Box<dyn FnOnce() -> Option<Vec<u8>> + Send>;
+/// Returns the metadata cache's checkpoint blob (see `meta::format`). `clean`: for the
+/// clean unmount, after the final index checkpoint (the saver syncs the backing first);
+/// otherwise a periodic snapshot, None when nothing changed since the last one.
+pub type MetaSaver = Box<dyn Fn(bool) -> Option<Vec<u8>> + Send>;
 
 fn validator_of(st: &libc::stat) -> Validator {
     Validator {
@@ -429,7 +451,7 @@ impl CacheSet {
             counters.clone(),
             replayed.checkpoint,
         ));
-        journal.keep_meta_buckets(replayed.meta_buckets);
+        journal.keep_meta_checkpoint(replayed.meta_location);
         // First GC: marks every bucket from the index; allocation starts after it.
         gc::run(&alloc, &index, &journal, &counters);
         journal.checkpoint_now()?;
@@ -624,14 +646,37 @@ impl CacheSet {
     /// The metadata checkpoint found at mount (blob, trusted: written at a clean unmount
     /// with nothing after it); once.
     pub fn take_meta_checkpoint(&self) -> Option<(Vec<u8>, bool)> {
-        let taken = self.meta_checkpoint.lock().take();
-        self.journal.release_meta_buckets();
-        taken
+        self.meta_checkpoint.lock().take()
     }
 
-    /// What makes the metadata checkpoint at a clean unmount.
+    /// What makes the metadata checkpoints.
     pub fn set_meta_saver(&self, saver: MetaSaver) {
         *self.meta_saver.lock() = Some(saver);
+    }
+
+    /// Whether the cache set is closing (a clean unmount is under way).
+    pub fn is_closing(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// A periodic snapshot of the metadata cache (not trusted after a crash: its entries
+    /// start expired and are checked with one stat each, which still saves the listings);
+    /// true when one was written. Nothing once the cache set is closing.
+    pub fn snapshot_meta(&self) -> bool {
+        let saver = self.meta_saver.lock();
+        if self.shutdown.load(Ordering::Acquire) || !self.is_active() {
+            return false;
+        }
+        let Some(blob) = saver.as_ref().and_then(|f| f(false)) else {
+            return false;
+        };
+        match self.journal.write_meta_checkpoint(&blob) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("metadata snapshot not written: {e}");
+                false
+            }
+        }
     }
 
     /// As [`CacheSet::file_state`] without a descriptor, when that needs no syscall (the
@@ -877,6 +922,7 @@ impl CacheSet {
             pid,
             probation: admission == Admission::Probation,
             chunks: vec![(a, chunk)],
+            _pending: PendingFill::new(&self.counters),
         })
     }
 
@@ -918,9 +964,10 @@ impl CacheSet {
 
     /// [`CacheSet::read`] into `buf`, a buffer the caller keeps from request to request
     /// (one per FUSE worker thread): it grows to the largest request but is never zeroed
-    /// again, and the returned range of it holds the bytes. Every byte of the block-rounded span is written before
-    /// it is used, by a cache read that passed its checks or by the backing read of a gap
-    /// (a short backing read zeroes the rest), so nothing of an earlier request is served.
+    /// again, and the returned range of it holds the bytes. Every byte of the block-rounded
+    /// span is written before it is used, by a cache read that passed its checks or by the
+    /// backing read of a gap (a short backing read zeroes the rest), so nothing of an earlier
+    /// request is served.
     pub fn read_into(
         &self,
         file: &FileState,
@@ -1037,11 +1084,12 @@ impl CacheSet {
             chunks.push((s, data));
         }
         add(&c.bytes_hit, have.iter().map(|(s, e)| e - s).sum::<u64>());
-        let fill = (!chunks.is_empty()).then_some(Fill {
+        let fill = (!chunks.is_empty()).then(|| Fill {
             seen_seq,
             pid,
             probation: admission == Admission::Probation,
             chunks,
+            _pending: PendingFill::new(&self.counters),
         });
         Ok(ReadInto {
             data: (offset - a) as usize..(end - a) as usize,
@@ -1375,7 +1423,7 @@ impl CacheSet {
                 .and_then(|()| self.journal.checkpoint_now())
             {
                 tracing::error!("final index checkpoint failed: {e}");
-            } else if let Some(blob) = self.meta_saver.lock().take().and_then(|f| f()) {
+            } else if let Some(blob) = self.meta_saver.lock().take().and_then(|f| f(true)) {
                 // last, so that it is the newest entry: the next mount trusts it only then
                 match self.journal.write_meta_checkpoint(&blob) {
                     Ok(()) => tracing::info!(bytes = blob.len(), "metadata checkpoint written"),
