@@ -329,6 +329,23 @@ fn noflush_on_unmount_keeps_dirty_data_for_the_next_mount() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // nor is it reformatted for another tree
+    let other = dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&other)
+        .arg(&mnt)
+        .args(["-f", "-o"])
+        .arg(format!("cache={},reformat", cache.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "reformatted over dirty data");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dirty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // the next mount (writethrough here) serves them and writes them back
     let m = Mount::over(
         dir,
@@ -590,4 +607,44 @@ fn sigkill_under_writers_loses_nothing_fsync_acknowledged() {
         acked_syncs >= rounds as usize,
         "the writers hardly wrote: {acked_syncs} fsyncs"
     );
+}
+
+/// Invariant 4 for dirty data: buckets holding it are never invalidated, however much the
+/// cache churns (a cache of 8 MiB, 3 MiB dirty, 40 MiB read through it meanwhile).
+#[test]
+fn dirty_buckets_survive_a_cache_churned_by_reads() {
+    require_fuse!();
+    let (dir, backing, cache) = common::backing_and_cache("bcl-wb");
+    for i in 0..10 {
+        fs::write(backing.join(format!("big{i}")), pattern(4 << 20, 100 + i)).unwrap();
+    }
+    let m = Mount::over(
+        dir,
+        backing,
+        &format!(
+            "cache={},cache_size=8M,cache_mode=writeback,writeback_delay=3600,writeback_percent=100",
+            cache.display()
+        ),
+        &[],
+    );
+    let data = pattern(3 << 20, 40);
+    fs::write(m.m("dirty"), &data).unwrap();
+    for round in 0..2 {
+        for i in 0..10 {
+            let want = pattern(4 << 20, 100 + i);
+            assert!(fs::read(m.m(&format!("big{i}"))).unwrap() == want, "big{i}");
+        }
+        drop_caches();
+        assert!(
+            stat(&m.mnt, "buckets_invalidated") > 0,
+            "no churn: the test is void"
+        );
+        assert!(
+            fs::read(m.m("dirty")).unwrap() == data,
+            "round {round}: dirty data lost to eviction"
+        );
+    }
+    assert!(fs::read(m.b("dirty")).unwrap() != data);
+    flush_cli(&m.mnt);
+    assert!(fs::read(m.b("dirty")).unwrap() == data);
 }
