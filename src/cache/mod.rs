@@ -93,6 +93,7 @@ mod provision;
 pub mod seq;
 pub mod stats;
 pub mod writeback;
+pub use writeback::ChangeGuard;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -223,6 +224,10 @@ pub struct FileState {
     /// Writeback: held by a dirty write (edge blocks are read-modify-written), by the
     /// writeback of this file and by every other change of it (module `writeback`).
     wlock: Mutex<()>,
+    /// Held by the writeback of this file (its backing writes must not interleave with a
+    /// second writeback's, nor with a change: a late pwrite would undo a truncate) and by
+    /// every change but a writeback write. Taken after `wlock`.
+    wb_lock: Mutex<()>,
     /// A write grew the backing (or wrote through it) since the last writeback-mode fsync.
     backing_unsynced: AtomicBool,
     /// Writeback is writing this file's dirty data to the backing now: the attributes it
@@ -748,6 +753,7 @@ impl CacheSet {
             checked_ns: AtomicU64::new(self.now_ns()),
             pages_stale: AtomicBool::new(false),
             wlock: Mutex::new(()),
+            wb_lock: Mutex::new(()),
             backing_unsynced: AtomicBool::new(false),
             writing_back: AtomicBool::new(false),
             registry: Arc::downgrade(&self.files),

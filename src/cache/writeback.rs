@@ -42,10 +42,15 @@
 //!
 //! # Locks
 //!
-//! A file's write lock (`FileState::wlock`) is taken first, then the cache's `changes`
-//! read side, the file's seq lock, the index shard, the journal queue. The write lock is
-//! held across the writeback of that file's backing I/O (writers of that file wait); no
-//! other lock is held across I/O. `Writeback::state` is taken alone.
+//! A file's write lock (`FileState::wlock`, writers and changes) is taken first, then its
+//! writeback lock (`FileState::wb_lock`, the writeback of the file and changes), then the
+//! cache's `changes` read side, the file's seq lock, the index shard, the journal queue.
+//! Writeback holds only the writeback lock across the file's backing I/O, so writers go on
+//! meanwhile (a range they rewrite stays dirty: it is cleaned only while the same pointer
+//! covers it); a change (truncate...) holds both and writes the file back first. The seq lock
+//! is held across the backing's metadata calls of a write (`ftruncate`/`futimens` + fstat)
+//! and writeback's mtime restore, so the validator recorded always matches them.
+//! `Writeback::state` is taken alone.
 //!
 //! # What may block
 //!
@@ -164,6 +169,12 @@ fn eio() -> io::Error {
     io::Error::from_raw_os_error(libc::EIO)
 }
 
+/// What [`CacheSet::write_lock`] holds.
+pub struct ChangeGuard<'a> {
+    _w: parking_lot::MutexGuard<'a, ()>,
+    _wb: parking_lot::MutexGuard<'a, ()>,
+}
+
 impl CacheSet {
     /// Bytes the cache's data buckets hold.
     fn data_capacity(&self) -> u64 {
@@ -229,10 +240,13 @@ impl CacheSet {
         self.index.dirty_bytes(file.id) > 0
     }
 
-    /// The write lock of `file`: held by writeback writes, by the writeback of that file, and
-    /// by every other change of it (which flushes the file first).
-    pub fn write_lock<'a>(&self, file: &'a FileState) -> parking_lot::MutexGuard<'a, ()> {
-        file.wlock.lock()
+    /// The locks every change of `file` but a writeback write holds (which flushes the file
+    /// first): its write lock (no writeback write meanwhile) and its writeback lock (no
+    /// writeback meanwhile).
+    pub fn write_lock<'a>(&self, file: &'a FileState) -> ChangeGuard<'a> {
+        let w = file.wlock.lock();
+        let wb = file.wb_lock.lock();
+        ChangeGuard { _w: w, _wb: wb }
     }
 
     /// Waits (never fails) while the dirty data is at the bound.
@@ -431,6 +445,7 @@ impl CacheSet {
     /// `alloc_sectors` for a dirty write: waits as long as it takes (writeback frees
     /// buckets), failing only when the cache file failed.
     fn alloc_dirty(&self, key: KeyPos, sectors: u32, pid: u32) -> io::Result<(BucketPtr, u32)> {
+        let start = Instant::now();
         loop {
             if !self.is_active() {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
@@ -441,10 +456,15 @@ impl CacheSet {
             {
                 Ok(x) => return Ok(x),
                 Err(Error::NoFreeBucket) => {
-                    let mut st = self.wb.state.lock();
-                    st.urgent = true;
-                    self.wb.cond.notify_all();
-                    self.wb.cond.wait_for(&mut st, Duration::from_millis(10));
+                    // the allocator refills (clean buckets are invalidated); dirty bytes are
+                    // bounded by `wait_dirty_bound`, but dirty buckets may be fewer than half
+                    // full: after a while, write back at once so they become clean
+                    if start.elapsed() > Duration::from_millis(500)
+                        && self.wb.dirty.load(Ordering::Relaxed) > 0
+                    {
+                        self.request_flush();
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(e) => {
                     self.fail("allocate", &e);
@@ -574,7 +594,7 @@ impl CacheSet {
             }
             let file = self.state_of(id);
             let result = {
-                let _w = file.wlock.lock();
+                let _wb = file.wb_lock.lock();
                 self.writeback_file_locked(&file)
             };
             let mut st = self.wb.state.lock();
@@ -601,6 +621,13 @@ impl CacheSet {
             }
         }
         self.wb.running.store(false, Ordering::Relaxed);
+        if written > 0 && self.index.dirty_files().is_empty() {
+            // a flush asked for is done: from here on the delay applies again
+            self.wb.state.lock().urgent = false;
+            self.wb.dirty.store(0, Ordering::Relaxed);
+            self.wb.dirty_files.store(0, Ordering::Relaxed);
+            self.wb.cond.notify_all();
+        }
         written
     }
 
@@ -639,7 +666,8 @@ impl CacheSet {
             .all(|(d, &c)| crc32c::crc32c(d) == c)
     }
 
-    /// Writes `file`'s dirty extents back (module header); the caller holds its write lock.
+    /// Writes `file`'s dirty extents back (module header); the caller holds its writeback lock
+    /// (and, for a change, its write lock).
     /// Returns the bytes written.
     fn writeback_file_locked(&self, file: &FileState) -> io::Result<u64> {
         let id = file.id;
@@ -738,14 +766,16 @@ impl CacheSet {
             }
             i = j + 1;
         }
-        // the bytes are the mount's, written before: their mtime is the one it had
-        if let Err(e) = crate::sys::set_mtime_fd(fd, Some(v0.mtime_ns)) {
-            tracing::debug!(file = id, "writeback could not restore the mtime: {e}");
-        }
         crate::sys::fsync_fd(fd)?;
         {
             let _changes = self.changes.read();
             let _seq = file.seq.lock();
+            // the bytes are the mount's, written before: the mtime is the one the mount
+            // recorded for them (a write since has recorded its own)
+            let mtime = self.index.validator(id).map_or(v0.mtime_ns, |v| v.mtime_ns);
+            if let Err(e) = crate::sys::set_mtime_fd(fd, Some(mtime)) {
+                tracing::debug!(file = id, "writeback could not restore the mtime: {e}");
+            }
             let after = crate::sys::fstat_fd(fd);
             for e in extents {
                 if self.index.clean_if_unchanged(id, e) {
