@@ -582,14 +582,16 @@ class Bench:
         v = "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else value)
         log(f"  {system:14s} {workload:28s} {v} {unit}")
 
-    def timed(self, cmd, cwd=None, shell=False, ok=(0,)):
-        """Run cmd inside the throttle cgroup; return seconds."""
+    def timed(self, cmd, cwd=None, shell=False, ok=(0,), throttled=True, timeout=1800):
+        """Run cmd (inside the throttle cgroup unless told otherwise); return seconds and
+        its output."""
         if shell:
             cmd = ["bash", "-o", "pipefail", "-c", cmd]
-        cmd = self.throttle.wrap(cmd)
+        if throttled:
+            cmd = self.throttle.wrap(cmd)
         t0 = time.monotonic()
         r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=GIT_ENV,
-                           timeout=1800)
+                           timeout=timeout)
         t = time.monotonic() - t0
         if r.returncode not in ok:
             raise RuntimeError(f"{shlex.join(cmd)} failed ({r.returncode}): {r.stderr[-500:]}")
@@ -718,13 +720,7 @@ class Bench:
 
     def timed_plain(self, cmd, cwd):
         """A shell command outside the throttle (the dev-box backing is unthrottled)."""
-        t0 = time.monotonic()
-        r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=cwd, capture_output=True,
-                           text=True, env=GIT_ENV, timeout=3600)
-        t = time.monotonic() - t0
-        if r.returncode != 0:
-            raise RuntimeError(f"{cmd} failed ({r.returncode}): {r.stderr[-500:]}")
-        return t
+        return self.timed(cmd, cwd=cwd, shell=True, throttled=False, timeout=3600)[0]
 
     def zipf(self, s, label):
         cfg = self.cfg

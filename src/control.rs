@@ -88,21 +88,29 @@ fn lock_path(sock: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Takes the exclusive lock that serialises bind and removal of `sock`.
+/// Takes the exclusive lock that serialises bind and removal of `sock`. The holder may
+/// unlink the lock file (a daemon's last act removes it, so nothing is left behind): a lock
+/// taken on a file that is no longer the one at the path is let go and taken again.
 fn lock_socket(sock: &Path) -> io::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(lock_path(sock))?;
-    // SAFETY: flock on a descriptor we own; no memory is passed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error());
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = lock_path(sock);
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)?;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let held = f.metadata()?;
+        if dev_ino(&path) == Some((held.dev(), held.ino())) {
+            return Ok(f);
+        }
     }
-    Ok(f)
 }
 
 fn dev_ino(path: &Path) -> Option<(u64, u64)> {
@@ -148,6 +156,8 @@ impl Drop for SocketGuard {
                 self.path.display()
             );
         }
+        // still holding it: a daemon waiting on this file retries on the new one
+        let _ = std::fs::remove_file(lock_path(&self.path));
     }
 }
 
@@ -679,12 +689,17 @@ fn figures(
     put("evicted_probation", a.evicted_probation.into());
     put("journal_entries", get(&c.journal_entries).into());
     put("index_checkpoints", get(&c.index_checkpoints).into());
+    put("metadata_checkpoints", get(&c.metadata_checkpoints).into());
     put("gc_runs", get(&c.gc_runs).into());
     put(
         "gc_stale_keys_dropped",
         get(&c.gc_stale_keys_dropped).into(),
     );
-    let ix = cache.index().stats();
+    let gens = cache.alloc().gens();
+    // stale keys (their bucket was reused) hold no cached data: not counted
+    let ix = cache
+        .index()
+        .stats_live(|p| gens.get(p.bucket as usize) == Some(&p.gen));
     put("index_files", ix.files.into());
     put("index_extents", ix.extents.into());
     put("cached_bytes", ix.cached_bytes.into());
@@ -826,6 +841,36 @@ mod tests {
         UnixStream::connect(&sock).expect("the new daemon's socket still answers");
         drop(new);
         assert!(!sock.exists(), "a daemon removes its own socket");
+        assert!(!lock_path(&sock).exists(), "the lock file was left behind");
+    }
+
+    /// A lock taken on a lock file that its holder then unlinked is not a lock: the waiter
+    /// takes the new file's, so two daemons never both hold "the" lock.
+    #[test]
+    fn a_lock_on_an_unlinked_lock_file_is_taken_again() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("m.sock");
+        let first = lock_socket(&sock).unwrap();
+        let path = sock.clone();
+        let waiter = std::thread::spawn(move || lock_socket(&path).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::fs::remove_file(lock_path(&sock)).unwrap();
+        // a third daemon comes along and creates and holds the new lock file
+        let third = lock_socket(&sock).unwrap();
+        drop(first);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            !waiter.is_finished(),
+            "the waiter holds a stale lock beside the third"
+        );
+        drop(third);
+        let second = waiter.join().unwrap();
+        // SAFETY: stat is plain old data (integers only); all-zero is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat of a descriptor we own into a stat we own.
+        assert_eq!(unsafe { libc::fstat(second.as_raw_fd(), &mut st) }, 0);
+        assert_eq!(dev_ino(&lock_path(&sock)), Some((st.st_dev, st.st_ino)));
     }
 
     #[test]

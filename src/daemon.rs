@@ -174,6 +174,34 @@ fn fuse_config(req: &MountRequest) -> Config {
     config
 }
 
+/// Every `interval` (none when zero), a snapshot of the metadata cache if it changed, so a
+/// crash costs at most what was learnt since (`CacheSet::snapshot_meta`). Ends when the
+/// cache set closes; the clean unmount writes the last, trusted checkpoint itself.
+fn spawn_meta_snapshots(cache: Arc<crate::cache::CacheSet>, interval: std::time::Duration) {
+    if interval.is_zero() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("bcl-meta-ckpt".into())
+        .spawn(move || {
+            let step = interval.min(std::time::Duration::from_millis(200));
+            let mut waited = std::time::Duration::ZERO;
+            while !cache.is_closing() {
+                std::thread::sleep(step);
+                waited += step;
+                if waited >= interval {
+                    waited = std::time::Duration::ZERO;
+                    if cache.snapshot_meta() {
+                        tracing::debug!("metadata snapshot written");
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no periodic metadata snapshots: {e}");
+    }
+}
+
 fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain old data, initialised by sigemptyset before any other use;
     // every pointer passed is to the local `set` (or null for the unwanted old mask).
@@ -371,6 +399,9 @@ fn serve(req: &MountRequest, mut status: Option<std::fs::File>) -> Result<(), Mo
     }
     if let Some(s) = sweeper {
         s.spawn();
+    }
+    if let (Some(cache), Some(_)) = (&cache, &meta) {
+        spawn_meta_snapshots(cache.clone(), req.options.metadata_checkpoint_interval);
     }
     let socket = match &cache {
         Some(cache) => {

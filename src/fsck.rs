@@ -9,13 +9,14 @@
 //!    not verify are reported (a warning: recovery uses the older one).
 //! 4. The journal and the index checkpoints: replay as at mount; an index checkpoint that a
 //!    journal entry names but that does not load (torn, corrupt) and a malformed key record
-//!    are errors.
+//!    are errors; a torn tail (a gap in the sequence, as a crash leaves) and a metadata
+//!    checkpoint that does not load are warnings.
 //! 5. Every key against the design's invariants: a key whose gen is ahead of its bucket's
 //!    (it would come alive when the bucket is reused) or more than `BUCKET_GC_GEN_MAX`
 //!    behind it (the 8-bit gen could wrap onto it) is an error, one merely behind it is a
 //!    stale key as bcache leaves them (counted, not an error); no two live keys share a
 //!    sector of the cache file (a bucket's space handed out twice); no live key points into a
-//!    bucket that holds metadata (a gens or index checkpoint); live sectors per bucket fit
+//!    bucket that holds metadata (a gens, index or metadata checkpoint); live sectors per bucket fit
 //!    the bucket.
 //! 6. Every cached block's crc32c, read back from the cache file (the long part: progress
 //!    is reported through a callback).
@@ -52,7 +53,8 @@ pub const EXIT_USAGE: u8 = 16;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Finding {
     /// `checksum`, `shared_sectors`, `metadata_bucket`, `gen_ahead`, `gen_wrap`,
-    /// `unreadable_index_checkpoint`, `malformed_record`, `unreadable_gens_checkpoint`.
+    /// `unreadable_index_checkpoint`, `malformed_record`, `unreadable_gens_checkpoint`,
+    /// `torn_journal_tail` and `unreadable_metadata_checkpoint` (warnings).
     pub kind: &'static str,
     /// An error (counts for the exit code) or a warning.
     pub error: bool,
@@ -151,6 +153,30 @@ fn check_locked(path: &Path, progress: Progress<'_>) -> Result<(Report, Allocato
             drop: None,
         });
     }
+    if let Some((seq, ignored)) = rep.torn_tail {
+        r.findings.push(Finding {
+            kind: "torn_journal_tail",
+            error: false,
+            detail: format!(
+                "the journal ends at a gap (entry {seq} missing; {ignored} later entr{} \
+                 ignored), as a crash leaves it; their keys are re-read from the backing",
+                if ignored == 1 { "y" } else { "ies" }
+            ),
+            drop: None,
+        });
+    }
+    if replayed.meta.is_none() && !rep.unreadable_meta.is_empty() {
+        let (seq, why) = &rep.unreadable_meta[0];
+        r.findings.push(Finding {
+            kind: "unreadable_metadata_checkpoint",
+            error: false,
+            detail: format!(
+                "metadata checkpoint {seq} does not load ({why}); the next mount's metadata \
+                 cache starts cold"
+            ),
+            drop: None,
+        });
+    }
     if rep.refused_records > 0 {
         r.findings.push(Finding {
             kind: "malformed_record",
@@ -196,6 +222,9 @@ fn check_locked(path: &Path, progress: Progress<'_>) -> Result<(Report, Allocato
     r.files = live.iter().map(|(f, _)| *f).collect::<BTreeSet<_>>().len();
     let mut metadata: BTreeSet<u32> = alloc.checkpoint_buckets().into_iter().collect();
     metadata.extend(replayed.checkpoint.buckets.iter().copied());
+    if let Some(m) = &replayed.meta_location {
+        metadata.extend(m.buckets.iter().copied());
+    }
     let mut bad: BTreeSet<(FileId, u64)> = BTreeSet::new();
     let mut by_bucket: BTreeMap<u32, Vec<(u64, u64, usize)>> = BTreeMap::new();
     for (i, (file, e)) in live.iter().enumerate() {

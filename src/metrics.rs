@@ -250,6 +250,12 @@ pub const METRICS: &[Metric] = &[
         "Index checkpoints written",
     ),
     m(
+        "metadata_checkpoints",
+        "bcachefs_lite_metadata_checkpoints_total",
+        Counter,
+        "Metadata cache checkpoints written (periodic and at unmount)",
+    ),
+    m(
         "gc_runs",
         "bcachefs_lite_gc_runs_total",
         Counter,

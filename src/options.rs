@@ -54,6 +54,9 @@ pub struct MountOptions {
     pub metadata_ttl: Duration,
     /// `metadata_cache_size=` (bytes; 0 turns the metadata cache off).
     pub metadata_cache_size: u64,
+    /// `metadata_checkpoint_interval=` (seconds between snapshots of a changed metadata
+    /// cache into the cache file; 0: only at a clean unmount).
+    pub metadata_checkpoint_interval: Duration,
     /// `cache_mode=`; None: the cache file's default (its superblock), itself writethrough
     /// unless formatted otherwise.
     pub cache_mode: Option<CacheMode>,
@@ -98,6 +101,7 @@ impl Default for MountOptions {
             coherence: crate::meta::Coherence::Shared,
             metadata_ttl: crate::meta::DEFAULT_TTL,
             metadata_cache_size: crate::meta::DEFAULT_BUDGET,
+            metadata_checkpoint_interval: crate::meta::DEFAULT_CHECKPOINT_INTERVAL,
             cache_mode: None,
             noflush_on_unmount: false,
             drop_dirty: false,
@@ -177,6 +181,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "coherence",
     "metadata_ttl",
     "metadata_cache_size",
+    "metadata_checkpoint_interval",
     "cache_mode",
     "noflush_on_unmount",
     "drop_dirty",
@@ -301,6 +306,9 @@ impl MountOptions {
             }
             "metadata_ttl" => self.metadata_ttl = parse_seconds(name, value)?,
             "metadata_cache_size" => self.metadata_cache_size = parse_bytes(name, value)?,
+            "metadata_checkpoint_interval" => {
+                self.metadata_checkpoint_interval = parse_seconds(name, value)?
+            }
             "fsname" => match value {
                 Some(v) if !v.is_empty() => self.fsname = Some(v.to_string()),
                 _ => return Err(OptionError::MissingValue(name.to_string())),

@@ -456,6 +456,11 @@ fn a_cache_much_smaller_than_the_data_keeps_working_under_every_policy() {
         );
         assert!(stat(&m.mnt, "gens_checkpoints") > 2, "{policy}: {text}");
         assert_eq!(stat(&m.mnt, "checksum_errors"), 0);
+        // stale keys into reused buckets hold nothing: the figure never exceeds the cache
+        assert!(
+            stat(&m.mnt, "cached_bytes") <= cache_mb << 20,
+            "{policy}: more cached than the cache holds: {text}"
+        );
         // invariants 1 and 8: reads met keys into reused buckets, refused them (the pin at
         // the key's gen failed) and read the backing instead; every chunk was still right
         assert!(

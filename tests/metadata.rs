@@ -509,3 +509,175 @@ fn after_a_remount_outside_changes_are_found_in_both_modes() {
         }
     }
 }
+
+/// Waits until the mount has written a metadata snapshot since `from` and then none for
+/// 2.5 intervals of 1 s (snapshots are written only while the cache changes): the last one
+/// then holds everything.
+fn wait_for_settled_snapshot(m: &Mount, from: u64) {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let (mut last, mut since) = (from, std::time::Instant::now());
+    loop {
+        let n = stat_u64(&m.mnt, "metadata_checkpoints");
+        if n != last {
+            (last, since) = (n, std::time::Instant::now());
+        }
+        if n > from && since.elapsed() > Duration::from_millis(2500) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no periodic metadata snapshot"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The crash rule of the metadata checkpoints: after a SIGKILL the next mount starts from
+/// the last periodic snapshot (warm: fewer backing calls than a cold walk) but trusts none
+/// of it, even in exclusive mode (a chmod made in the backing while the daemon was dead is
+/// seen); a clean unmount's checkpoint is trusted once, never again after the mount that
+/// read it crashed.
+#[test]
+fn after_a_crash_the_last_snapshot_is_used_but_never_trusted() {
+    require_fuse!();
+    let (dir, backing, cache) = backing_and_cache("bcl-meta-crash-rule");
+    let opts = format!(
+        "cache={},cache_size=64M,coherence=exclusive,metadata_checkpoint_interval=1",
+        cache.display()
+    );
+    make_tree(&backing, 10, 20);
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    let before = stat_u64(&m.mnt, "metadata_checkpoints");
+    let cold = calls_of(&m, WALK);
+    wait_for_settled_snapshot(&m, before);
+    std::fs::set_permissions(
+        backing.join("d3/f7"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let m = Mount::over(m.crash(), backing.clone(), &opts, &[]);
+    let after_crash = calls_of(&m, WALK);
+    assert_eq!(tree(&m.mnt), tree(&backing), "a snapshot was trusted");
+    assert!(
+        after_crash < cold,
+        "the remount after a crash started cold ({after_crash} calls, cold {cold})"
+    );
+    // clean unmount, mount (reads the trusted checkpoint), crash at once
+    let (status, dir) = m.unmount_keep();
+    assert!(status.success());
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    assert_eq!(calls_of(&m, "stat d3/f7 >/dev/null"), 0, "not trusted once");
+    let dir = m.crash();
+    std::fs::set_permissions(
+        backing.join("d5/f2"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o604),
+    )
+    .unwrap();
+    let m = Mount::over(dir, backing.clone(), &opts, &[]);
+    assert_eq!(
+        tree(&m.mnt),
+        tree(&backing),
+        "a clean checkpoint was trusted again after the mount that read it crashed"
+    );
+}
+
+fn getxattr(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let (p, n) = (common::cpath(path), std::ffi::CString::new(name).unwrap());
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated; getxattr writes at most `buf.len()` bytes.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+fn setxattr(path: &Path, name: &str, value: &[u8]) {
+    let (p, n) = (common::cpath(path), std::ffi::CString::new(name).unwrap());
+    // SAFETY: both strings are NUL-terminated; setxattr reads `value.len()` bytes.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
+}
+
+fn listxattr(path: &Path) -> Vec<u8> {
+    let p = common::cpath(path);
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the path is NUL-terminated; listxattr writes at most `buf.len()` bytes.
+    let r = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(r >= 0, "listxattr: {}", std::io::Error::last_os_error());
+    buf.truncate(r as usize);
+    buf
+}
+
+/// Backing metadata calls made while `f` runs (the stats reading's own cost taken off).
+fn calls_during(m: &Mount, f: impl FnOnce()) -> u64 {
+    let c0 = stat_u64(&m.mnt, "backing_metadata_calls");
+    let c1 = stat_u64(&m.mnt, "backing_metadata_calls");
+    f();
+    stat_u64(&m.mnt, "backing_metadata_calls") - c1 - (c1 - c0)
+}
+
+/// Extended attributes (values, absent names, the name list) are answered from the
+/// metadata cache once read, and every xattr change through the mount is seen at once.
+#[test]
+fn xattrs_are_served_from_the_cache_and_changes_through_the_mount_show_at_once() {
+    require_fuse!();
+    let m = mount("bcl-meta-xattr", "coherence=exclusive");
+    let f = m.backing.join("f");
+    std::fs::write(&f, b"x").unwrap();
+    setxattr(&f, "user.color", b"blue");
+    let f = m.mnt.join("f");
+    std::fs::metadata(&f).unwrap();
+    assert_eq!(getxattr(&f, "user.color").unwrap(), b"blue");
+    assert_eq!(getxattr(&f, "user.absent"), Err(libc::ENODATA));
+    assert!(listxattr(&f).starts_with(b"user.color\0"));
+    let calls = calls_during(&m, || {
+        assert_eq!(getxattr(&f, "user.color").unwrap(), b"blue");
+        assert_eq!(getxattr(&f, "user.absent"), Err(libc::ENODATA));
+        assert!(listxattr(&f).starts_with(b"user.color\0"));
+    });
+    assert_eq!(calls, 0, "cached xattrs asked the backing");
+    assert!(stat_u64(&m.mnt, "metadata_hits") > 0);
+    // changes through the mount, at once (no TTL to wait out)
+    setxattr(&f, "user.color", b"red");
+    assert_eq!(getxattr(&f, "user.color").unwrap(), b"red");
+    setxattr(&f, "user.absent", b"here");
+    assert_eq!(getxattr(&f, "user.absent").unwrap(), b"here");
+    assert_eq!(listxattr(&f), b"user.color\0user.absent\0".to_vec());
+    let p = common::cpath(&f);
+    let n = std::ffi::CString::new("user.color").unwrap();
+    // SAFETY: both strings are NUL-terminated.
+    assert_eq!(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }, 0);
+    assert_eq!(getxattr(&f, "user.color"), Err(libc::ENODATA));
+    assert_eq!(listxattr(&f), b"user.absent\0".to_vec());
+}
+
+/// Shared coherence: an xattr changed in the backing from elsewhere shows once
+/// `metadata_ttl` has passed (its ctime moved, so the cached xattrs are dropped).
+#[test]
+fn an_xattr_changed_outside_shows_within_the_ttl() {
+    require_fuse!();
+    let m = mount("bcl-meta-xattr-out", "metadata_ttl=1");
+    let (outside, f) = (m.backing.join("f"), m.mnt.join("f"));
+    std::fs::write(&outside, b"x").unwrap();
+    setxattr(&outside, "user.v", b"1");
+    assert_eq!(getxattr(&f, "user.v").unwrap(), b"1");
+    setxattr(&outside, "user.v", b"2");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while getxattr(&f, "user.v").unwrap() != b"2" {
+        assert!(
+            std::time::Instant::now() < until,
+            "the outside xattr change never showed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

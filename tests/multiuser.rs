@@ -58,8 +58,21 @@ fn check_identity_through(options: &str, cached: bool) {
     std::os::unix::fs::chown(mount.b("private"), Some(OTHER), Some(OTHER)).unwrap();
     fs::set_permissions(mount.b("private"), fs::Permissions::from_mode(0o700)).unwrap();
 
+    std::process::Command::new("setfattr")
+        .args(["-n", "user.note", "-v", "private"])
+        .arg(mount.b("secret"))
+        .status()
+        .unwrap();
     let m = mount.mnt.display();
     if cached {
+        // root reads the private file's xattrs through the mount: in the metadata cache now
+        for _ in 0..2 {
+            let (code, out, err) = sh(
+                &format!("getfattr --only-values -n user.note {m}/secret"),
+                std::path::Path::new("/"),
+            );
+            assert_eq!((code, out.as_str()), (0, "private"), "{err}");
+        }
         // the kernel keeps the pages too: drop them after each read, so the second read
         // and the unprivileged ones below come to the daemon
         for _ in 0..2 {
@@ -97,6 +110,9 @@ fn check_identity_through(options: &str, cached: bool) {
     // refusals
     let (code, out, err) = as_user(&format!("cat {m}/secret"), &[]);
     assert_ne!(code, 0, "read another user's 0600 file: {out}");
+    assert!(err.contains("Permission denied"), "{err}");
+    let (code, out, err) = as_user(&format!("getfattr -n user.note {m}/secret"), &[]);
+    assert_ne!(code, 0, "read another user's 0600 file's xattr: {out}");
     assert!(err.contains("Permission denied"), "{err}");
     let (code, _, err) = as_user(&format!("echo x >> {m}/secret"), &[]);
     assert_ne!(code, 0);

@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,13 +139,22 @@ fn one_op(rng: &mut Rng, root: &Path, outside: bool, buf: &mut [u8]) -> std::io:
 /// Runs operations until the daemon is gone (through the mount) or `stop` is set (the
 /// outside writer, which never sees the crash).
 /// Returns how many operations succeeded.
-fn worker(root: PathBuf, outside: bool, seed: u64, stop: Arc<AtomicBool>) -> u64 {
+fn worker(
+    root: PathBuf,
+    outside: bool,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    through_mount: Arc<AtomicU64>,
+) -> u64 {
     let mut rng = Rng(seed);
     let mut buf = vec![0u8; 256 << 10];
     let mut done = 0;
     while !stop.load(Ordering::Relaxed) {
         let r = one_op(&mut rng, &root, outside, &mut buf);
         done += u64::from(r.is_ok());
+        if r.is_ok() && !outside {
+            through_mount.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(e) = r {
             match e.raw_os_error() {
                 Some(libc::ENOTCONN) | Some(libc::ECONNABORTED) => return done, // the daemon died
@@ -259,15 +268,22 @@ fn sigkill_at_random_moments_of_a_mixed_workload_never_serves_a_wrong_byte() {
             &[],
         );
         let stop = Arc::new(AtomicBool::new(false));
+        let ops = Arc::new(AtomicU64::new(0));
         let mut workers: Vec<_> = (0..3)
             .map(|w| {
                 let (mnt, s, stop) = (m.mnt.clone(), seed ^ ((w + 1) * 0x9e37), stop.clone());
-                std::thread::spawn(move || worker(mnt, false, s, stop))
+                let ops = ops.clone();
+                std::thread::spawn(move || worker(mnt, false, s, stop, ops))
             })
             .collect();
-        let (b, s, st) = (backing.clone(), seed ^ 0xb5, stop.clone());
-        workers.push(std::thread::spawn(move || worker(b, true, s, st)));
+        let (b, s, st, o) = (backing.clone(), seed ^ 0xb5, stop.clone(), ops.clone());
+        workers.push(std::thread::spawn(move || worker(b, true, s, st, o)));
         std::thread::sleep(Duration::from_millis(200 + rng.below(1500)));
+        // a loaded machine may have run little so far: the kill waits for 20 operations
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while ops.load(Ordering::Relaxed) < 20 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let d = m.crash();
         stop.store(true, Ordering::Relaxed);
         let done: Vec<u64> = workers.into_iter().map(|w| w.join().unwrap()).collect();

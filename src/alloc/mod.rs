@@ -599,6 +599,17 @@ impl Allocator {
         Ok(self.shared.state.lock().buckets[bucket as usize].gen)
     }
 
+    /// Every bucket's gen, as of one moment (for figures that must not count stale keys).
+    pub fn gens(&self) -> Vec<u8> {
+        self.shared
+            .state
+            .lock()
+            .buckets
+            .iter()
+            .map(|b| b.gen)
+            .collect()
+    }
+
     /// A cache hit on `bucket`: its prio goes back to the initial value (LRU).
     pub fn touch(&self, bucket: u32) -> Result<()> {
         self.check_bucket(bucket)?;

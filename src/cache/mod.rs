@@ -331,7 +331,9 @@ pub struct CacheSet {
     /// The metadata checkpoint replay found (blob, trusted), until the metadata cache
     /// takes it.
     meta_checkpoint: Mutex<Option<(Vec<u8>, bool)>>,
-    /// Makes the metadata checkpoint written at a clean unmount (set by the FUSE layer).
+    /// Makes the metadata checkpoints (set by the FUSE layer): the periodic snapshots and
+    /// the one at a clean unmount. Its lock also orders a snapshot in flight before the
+    /// unmount's checkpoint, which must be the newest entry.
     meta_saver: Mutex<Option<MetaSaver>>,
     /// Writeback's settings, figures and thread state.
     wb: writeback::Writeback,
@@ -341,9 +343,10 @@ pub struct CacheSet {
     trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
 
-/// Returns the metadata cache's checkpoint blob (see `meta::format`), called once at a
-/// clean unmount after the final index checkpoint.
-pub type MetaSaver = Box<dyn FnOnce() -> Option<Vec<u8>> + Send>;
+/// Returns the metadata cache's checkpoint blob (see `meta::format`). `clean`: for the
+/// clean unmount, after the final index checkpoint (the saver syncs the backing first);
+/// otherwise a periodic snapshot, None when nothing changed since the last one.
+pub type MetaSaver = Box<dyn Fn(bool) -> Option<Vec<u8>> + Send>;
 
 fn validator_of(st: &libc::stat) -> Validator {
     Validator {
@@ -475,7 +478,7 @@ impl CacheSet {
             counters.clone(),
             replayed.checkpoint,
         ));
-        journal.keep_meta_buckets(replayed.meta_buckets);
+        journal.keep_meta_checkpoint(replayed.meta_location);
         {
             let mut handles = journal.handles.lock();
             for (id, _) in &dirty {
@@ -704,14 +707,37 @@ impl CacheSet {
     /// The metadata checkpoint found at mount (blob, trusted: written at a clean unmount
     /// with nothing after it); once.
     pub fn take_meta_checkpoint(&self) -> Option<(Vec<u8>, bool)> {
-        let taken = self.meta_checkpoint.lock().take();
-        self.journal.release_meta_buckets();
-        taken
+        self.meta_checkpoint.lock().take()
     }
 
-    /// What makes the metadata checkpoint at a clean unmount.
+    /// What makes the metadata checkpoints.
     pub fn set_meta_saver(&self, saver: MetaSaver) {
         *self.meta_saver.lock() = Some(saver);
+    }
+
+    /// Whether the cache set is closing (a clean unmount is under way).
+    pub fn is_closing(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// A periodic snapshot of the metadata cache (not trusted after a crash: its entries
+    /// start expired and are checked with one stat each, which still saves the listings);
+    /// true when one was written. Nothing once the cache set is closing.
+    pub fn snapshot_meta(&self) -> bool {
+        let saver = self.meta_saver.lock();
+        if self.shutdown.load(Ordering::Acquire) || !self.is_active() {
+            return false;
+        }
+        let Some(blob) = saver.as_ref().and_then(|f| f(false)) else {
+            return false;
+        };
+        match self.journal.write_meta_checkpoint(&blob) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("metadata snapshot not written: {e}");
+                false
+            }
+        }
     }
 
     /// As [`CacheSet::file_state`] without a descriptor, when that needs no syscall (the
@@ -1498,7 +1524,7 @@ impl CacheSet {
                 .and_then(|()| self.journal.checkpoint_now())
             {
                 tracing::error!("final index checkpoint failed: {e}");
-            } else if let Some(blob) = self.meta_saver.lock().take().and_then(|f| f()) {
+            } else if let Some(blob) = self.meta_saver.lock().take().and_then(|f| f(true)) {
                 // last, so that it is the newest entry: the next mount trusts it only then
                 match self.journal.write_meta_checkpoint(&blob) {
                     Ok(()) => tracing::info!(bytes = blob.len(), "metadata checkpoint written"),

@@ -46,6 +46,8 @@ pub struct Counters {
     pub invalidations: AtomicU64,
     pub journal_entries: AtomicU64,
     pub index_checkpoints: AtomicU64,
+    /// Metadata cache checkpoints written (periodic snapshots and the clean unmount's).
+    pub metadata_checkpoints: AtomicU64,
     pub gc_runs: AtomicU64,
     pub gc_stale_keys_dropped: AtomicU64,
     pub moving_gc_moved_bytes: AtomicU64,

@@ -281,34 +281,52 @@ fn a_failed_index_checkpoint_stops_caching_everywhere() {
 }
 
 #[test]
-fn a_metadata_checkpoint_is_trusted_only_while_it_is_the_newest_entry() {
+fn a_metadata_checkpoint_is_trusted_only_while_it_is_alone_in_the_newest_entry() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = CacheConfig::new(dir.path().join("c.cache"));
     cfg.size = Some(32 << 20);
-    let blob = crate::meta::format::Checkpoint {
-        root_ino: 7,
-        ..Default::default()
-    }
-    .encode();
+    let blob = |n: u64| {
+        crate::meta::format::Checkpoint {
+            root_ino: n,
+            ..Default::default()
+        }
+        .encode()
+    };
     {
         let cache = CacheSet::open(&cfg, "/tree").unwrap();
         assert!(cache.take_meta_checkpoint().is_none());
-        let b = blob.clone();
-        cache.set_meta_saver(Box::new(move || Some(b)));
+        cache.set_meta_saver(Box::new(move |clean| Some(blob(if clean { 1 } else { 2 }))));
+        // a periodic snapshot, then the clean unmount's
+        assert!(cache.snapshot_meta());
         cache.close();
     }
     {
-        // a clean unmount wrote it last: trusted
+        // a clean unmount wrote it last, alone: trusted
         let cache = CacheSet::open(&cfg, "/tree").unwrap();
-        assert_eq!(cache.take_meta_checkpoint(), Some((blob.clone(), true)));
-        // this mount ends without one (a crash, or a saver that gives none)
+        assert_eq!(cache.take_meta_checkpoint(), Some((blob(1), true)));
+        // this mount ends without one (a crash, or a saver that gives none); the mount's own
+        // index checkpoint repeated its record
+        cache.close();
+    }
+    {
+        let cache = CacheSet::open(&cfg, "/tree").unwrap();
+        // still there (its buckets are kept until a newer one replaces them), not trusted
+        assert_eq!(
+            cache.take_meta_checkpoint(),
+            Some((blob(1), false)),
+            "an out-of-date metadata checkpoint was trusted, or lost"
+        );
+        cache.set_meta_saver(Box::new(move |clean| (!clean).then(|| blob(3))));
+        assert!(cache.snapshot_meta());
+        // index checkpoints now name the snapshot, and the ring wraps over the entry that
+        // wrote it: it must still be found
+        let sb = cache.alloc.superblock().clone();
+        for _ in 0..=sb.journal_size / u64::from(sb.block_size) {
+            cache.journal.checkpoint_now().unwrap();
+        }
         cache.close();
     }
     let cache = CacheSet::open(&cfg, "/tree").unwrap();
-    // still readable: entries were journaled after it, so it is not trusted (or its buckets
-    // were reused since and it is gone, which is as safe)
-    if let Some((b, trusted)) = cache.take_meta_checkpoint() {
-        assert_eq!(b, blob);
-        assert!(!trusted, "an out-of-date metadata checkpoint was trusted");
-    }
+    // found through the repetitions; not trusted (the unmount's index checkpoint came after)
+    assert_eq!(cache.take_meta_checkpoint(), Some((blob(3), false)));
 }

@@ -44,7 +44,7 @@ use fuser::{
 use parking_lot::Mutex;
 
 use crate::cache::{CacheSet, Changed, FileState, Revalidated, Touch};
-use crate::meta::{self, Change, Coherence, DirCheck, MetaCache, Name};
+use crate::meta::{self, Change, Coherence, DirCheck, MetaCache, Name, XattrLookup};
 use crate::options::MountOptions;
 use creds::{CallerCreds, WithoutFsetid};
 use inode::{Inode, InodeTable};
@@ -419,6 +419,8 @@ impl PassthroughFs {
         if let Some((blob, trusted)) = cache.take_meta_checkpoint() {
             match meta::format::Checkpoint::decode(&blob) {
                 Ok(c) => {
+                    // trusted: alone in the journal's newest entry and written clean
+                    let trusted = trusted && c.clean;
                     let n = meta.load(c, st.st_ino, st.st_dev, mount, trusted);
                     tracing::info!(entries = n, trusted, "metadata checkpoint loaded");
                 }
@@ -430,13 +432,21 @@ impl PassthroughFs {
         let keep = sys::open(&sys::proc_path(fd.as_raw_fd()), flags)?;
         let m = meta.clone();
         let (dev, ino) = (st.st_dev, st.st_ino);
-        cache.set_meta_saver(Box::new(move || {
-            // what the checkpoint describes must be durable in the backing before it is
-            if let Err(e) = sys::syncfs(keep.as_raw_fd()) {
-                tracing::warn!("syncfs of the backing failed ({e}); no metadata checkpoint");
+        let saved = AtomicU64::new(u64::MAX);
+        cache.set_meta_saver(Box::new(move |clean| {
+            let version = m.version();
+            if !clean && saved.swap(version, Ordering::Relaxed) == version {
                 return None;
             }
-            Some(m.checkpoint(dev, ino).encode())
+            // what a trusted checkpoint describes must be durable in the backing before it
+            // is; a snapshot is never trusted (its entries are checked after a crash)
+            if clean {
+                if let Err(e) = sys::syncfs(keep.as_raw_fd()) {
+                    tracing::warn!("syncfs of the backing failed ({e}); no metadata checkpoint");
+                    return None;
+                }
+            }
+            Some(m.checkpoint(dev, ino, clean).encode())
         }));
         Ok(())
     }
@@ -609,8 +619,8 @@ impl PassthroughFs {
         Ok(Some((sys::attr_from_stat(&st, inode.id), ttls)))
     }
 
-    /// Whether the caller may search (`want` = x) or read (r) directory `dir`, judged
-    /// from its cached attributes without the backing. Conservative: root, the owner by
+    /// Whether the caller may search (`want` = x) or read (r) inode `dir` (a directory, or
+    /// a file for its `user.*` xattrs), judged from its cached attributes without the backing. Conservative: root, the owner by
     /// the owner bits, anyone else only when group and other bits both allow (the
     /// caller's groups are not known here); false sends the request to the backing,
     /// which decides with the caller's credentials.
@@ -1218,6 +1228,52 @@ impl PassthroughFs {
                 Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// What the metadata cache knows of xattr `name` of `inode` (None: its name list), when
+    /// the caller may be answered from it: root; `security.*` and `system.*` (readable by
+    /// whoever reached the inode); `user.*` when the cached mode lets the caller read the
+    /// file (as [`PassthroughFs::may`] judges, conservatively). `trusted.*` and anything else
+    /// go to the backing, which decides with the caller's credentials.
+    fn cached_xattr(
+        &self,
+        inode: &Inode,
+        req: &Request,
+        name: Option<&[u8]>,
+    ) -> Option<XattrLookup> {
+        let meta = self.meta.as_ref()?;
+        let root = req.uid() == 0;
+        let allowed = root
+            || match name {
+                None => true,
+                Some(n) if n.starts_with(b"security.") || n.starts_with(b"system.") => true,
+                Some(n) if n.starts_with(b"user.") => self.may(meta, inode.id, req, 4),
+                Some(_) => false,
+            };
+        allowed.then(|| meta.xattr(inode.id, name, root))
+    }
+
+    /// Stores what a backing xattr call found, when [`PassthroughFs::cached_xattr`] said
+    /// it may be stored: a value, or ENODATA as absent; other errors are not kept.
+    fn store_xattr(
+        &self,
+        inode: &Inode,
+        req: &Request,
+        cached: Option<XattrLookup>,
+        name: Option<&[u8]>,
+        got: &io::Result<Vec<u8>>,
+    ) {
+        let (Some(meta), Some(XattrLookup::Miss(xgen))) = (&self.meta, cached) else {
+            return;
+        };
+        let root = req.uid() == 0;
+        match got {
+            Ok(v) => meta.put_xattr(inode.id, xgen, name, root, Some(v)),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {
+                meta.put_xattr(inode.id, xgen, name, root, None)
+            }
+            Err(_) => {}
         }
     }
 
@@ -1903,11 +1959,23 @@ impl Filesystem for PassthroughFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let result = self.inode(ino).and_then(|inode| {
+            if inode.is_symlink() {
+                return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+            }
+            let key = Some(name.as_bytes());
+            let cached = self.cached_xattr(&inode, req, key);
+            if let Some(XattrLookup::Hit(v)) = cached {
+                return v
+                    .map(Into::into)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODATA));
+            }
             let (_fd, path) = self.xattr_target(&inode)?;
-            let name = cstr(name)?;
-            as_caller(req, || {
-                Self::sized_call(|buf| sys::getxattr(&path, &name, buf))
-            })
+            let cname = cstr(name)?;
+            let got = as_caller(req, || {
+                Self::sized_call(|buf| sys::getxattr(&path, &cname, buf))
+            });
+            self.store_xattr(&inode, req, cached, key, &got);
+            got
         });
         Self::xattr_reply(result, size, reply);
     }
@@ -1917,9 +1985,15 @@ impl Filesystem for PassthroughFs {
             if inode.is_symlink() {
                 return Ok(Vec::new());
             }
+            let cached = self.cached_xattr(&inode, req, None);
+            if let Some(XattrLookup::Hit(Some(list))) = cached {
+                return Ok(list.into());
+            }
             let fd = self.inodes.fd(&inode)?;
             let path = sys::proc_path(fd.as_raw_fd());
-            as_caller(req, || Self::sized_call(|buf| sys::listxattr(&path, buf)))
+            let got = as_caller(req, || Self::sized_call(|buf| sys::listxattr(&path, buf)));
+            self.store_xattr(&inode, req, cached, None, &got);
+            got
         });
         Self::xattr_reply(result, size, reply);
     }

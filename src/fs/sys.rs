@@ -31,8 +31,8 @@ pub fn proc_path(fd: RawFd) -> CString {
     CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a formatted number")
 }
 
-/// Metadata syscalls made on the backing for requests (lookups, stats, readlink, directory
-/// opens, reopens by handle): `stats` shows it as `backing_metadata_calls`, so a test can
+/// Metadata syscalls made on the backing for requests (lookups, stats, readlink, xattr
+/// reads, directory opens, reopens by handle): `stats` shows it as `backing_metadata_calls`, so a test can
 /// prove a cached tree is served without any. The exclusive mode's sweep is not counted
 /// here (it has its own figure).
 pub static BACKING_META_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -320,6 +320,7 @@ fn xattr_buf(buf: &mut [u8]) -> *mut libc::c_void {
 
 /// `getxattr` into `buf` (empty: the size the value needs); the value's length.
 pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    count_meta_call();
     let len = buf.len();
     let ptr = xattr_buf(buf);
     // SAFETY: `path` and `name` are NUL-terminated; `ptr` is null with length 0, or
@@ -329,6 +330,7 @@ pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
 
 /// `listxattr` into `buf` (empty: the size the list needs); the list's length.
 pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    count_meta_call();
     let len = buf.len();
     let ptr = xattr_buf(buf);
     // SAFETY: `path` is NUL-terminated; `ptr` is null with length 0, or points at `buf`,

@@ -186,7 +186,7 @@ pub struct IndexStats {
     pub files: u64,
     /// Extents (after merging).
     pub extents: u64,
-    /// Sum of extent lengths, bytes.
+    /// Sum of extent lengths, bytes (of the live ones, from [`Index::stats_live`]).
     pub cached_bytes: u64,
     /// Estimate of the heap the index uses, bytes (tables, tree nodes, crc arrays, malloc
     /// overhead). `tests/index_memory.rs` checks it against a counting allocator.
@@ -576,8 +576,14 @@ impl Index {
         dropped
     }
 
-    /// Counters and a heap estimate, shard by shard.
+    /// Counters and a heap estimate, shard by shard; every extent counts as cached.
     pub fn stats(&self) -> IndexStats {
+        self.stats_live(|_| true)
+    }
+
+    /// As [`Index::stats`], but `cached_bytes` counts only the extents `live` accepts (the
+    /// others are stale keys into reused buckets, still indexed until GC or a read drops them).
+    pub fn stats_live(&self, live: impl Fn(&crate::alloc::BucketPtr) -> bool) -> IndexStats {
         let mut s = IndexStats {
             heap_bytes_estimate: (SHARDS * std::mem::size_of::<Mutex<Shard>>()) as u64,
             ..IndexStats::default()
@@ -590,7 +596,9 @@ impl Index {
                 s.extents += fe.extents.len() as u64;
                 s.heap_bytes_estimate += heap::tree(fe.extents.len());
                 for x in fe.extents.values() {
-                    s.cached_bytes += x.len;
+                    if live(&x.ptr) {
+                        s.cached_bytes += x.len;
+                    }
                     s.heap_bytes_estimate += heap::crcs(x.crcs.len());
                 }
             }

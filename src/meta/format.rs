@@ -3,12 +3,13 @@
 //! record (docs/DESIGN.md §3). Little-endian, no padding:
 //!
 //! ```text
-//! header (40 bytes)
+//! header (48 bytes)
 //!  0  8 magic "bcfsmeta"        24  8 root_ino (the backing root's inode number)
-//!  8  4 version (1)             32  4 ninodes
+//!  8  4 version (2)             32  4 ninodes
 //! 12  4 crc32c (whole blob,     36  4 ndirs
-//!       crc field zero)
-//! 16  8 len (whole blob)
+//!       crc field zero)         40  4 flags: bit 0 clean (written at a clean unmount after
+//! 16  8 len (whole blob)              a syncfs of the backing); other bits zero
+//!                               44  4 reserved, zero
 //! inode x ninodes
 //!   id u64, ino u64, mode u32, uid u32, gid u32, nlink u64, size i64, blocks i64, rdev u64,
 //!   blksize i64, atime (s i64, ns i64), mtime (s, ns), ctime (s, ns),
@@ -28,8 +29,11 @@
 use crate::error::{Error, Result};
 
 pub const META_MAGIC: [u8; 8] = *b"bcfsmeta";
-pub const META_VERSION: u32 = 1;
-pub const META_HDR: usize = 40;
+pub const META_VERSION: u32 = 2;
+pub const META_HDR: usize = 48;
+/// Header flag: written at a clean unmount, after a syncfs of the backing (a periodic
+/// snapshot taken while the mount runs has it clear).
+pub const FLAG_CLEAN: u32 = 1;
 pub const MAX_HANDLE: usize = 128;
 pub const MAX_LINK: usize = 4095;
 pub const MAX_NAME: usize = 255;
@@ -77,6 +81,8 @@ pub struct DirRec {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Checkpoint {
     pub root_ino: u64,
+    /// Written at a clean unmount after a syncfs of the backing ([`FLAG_CLEAN`]).
+    pub clean: bool,
     pub inodes: Vec<InodeRec>,
     pub dirs: Vec<DirRec>,
 }
@@ -165,6 +171,8 @@ impl Checkpoint {
         b[24..32].copy_from_slice(&self.root_ino.to_le_bytes());
         b[32..36].copy_from_slice(&(self.inodes.len() as u32).to_le_bytes());
         b[36..40].copy_from_slice(&(self.dirs.len() as u32).to_le_bytes());
+        let flags = if self.clean { FLAG_CLEAN } else { 0 };
+        b[40..44].copy_from_slice(&flags.to_le_bytes());
         let crc = blob_crc(&b);
         b[12..16].copy_from_slice(&crc.to_le_bytes());
         b
@@ -190,6 +198,10 @@ impl Checkpoint {
         let root_ino = r.u64()?;
         let ninodes = r.u32()? as usize;
         let ndirs = r.u32()? as usize;
+        let flags = r.u32()?;
+        if flags & !FLAG_CLEAN != 0 || r.u32()? != 0 {
+            return Err(bad("unknown flags"));
+        }
         // every inode and directory takes at least its fixed part: the counts must fit
         let least = ninodes as u64 * MIN_INODE as u64 + ndirs as u64 * MIN_DIR as u64;
         if least > r.left() as u64 {
@@ -277,6 +289,7 @@ impl Checkpoint {
         }
         Ok(Checkpoint {
             root_ino,
+            clean: flags & FLAG_CLEAN != 0,
             inodes,
             dirs,
         })
@@ -364,6 +377,7 @@ mod tests {
     fn sample() -> Checkpoint {
         Checkpoint {
             root_ino: 2,
+            clean: true,
             inodes: vec![InodeRec {
                 id: 12,
                 ino: 12,
@@ -443,6 +457,7 @@ mod tests {
         };
         let c = Checkpoint {
             root_ino: 2,
+            clean: false,
             inodes: (1..=50).map(inode).collect(),
             dirs: (1..=50).map(dir).collect(),
         };

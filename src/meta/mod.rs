@@ -85,6 +85,10 @@ impl Coherence {
 
 /// Default byte budget (`metadata_cache_size=`).
 pub const DEFAULT_BUDGET: u64 = 64 << 20;
+/// Default `metadata_checkpoint_interval=`: how much metadata a crash can cost (the
+/// entries learnt since the last snapshot; they are fetched again) against the write of a
+/// snapshot (the whole cache, at most `metadata_cache_size`) each interval it changed.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 /// Default `metadata_ttl=` (NFS's `actimeo` order of magnitude).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3);
 /// A directory validator whose times lie this close to the clock cannot vouch for its
@@ -197,12 +201,42 @@ struct InodeEntry {
     st: libc::stat,
     handle: Option<HandleRef>,
     link: Option<Box<[u8]>>,
+    /// Extended attributes read from the backing, kept while the stat is trusted and its
+    /// ctime unchanged (an xattr change moves the ctime).
+    xattrs: Option<Box<Xattrs>>,
+    /// Bumped whenever `xattrs` is dropped: a store carries the gen read before its call.
+    xgen: u64,
     /// When the stat was taken (shared mode: trusted for `ttl` from here).
     fetched: Instant,
     /// Changed through the mount without a new stat: not to be served (the handle stays).
     expired: bool,
     tick: u64,
     bytes: usize,
+}
+
+/// The extended attributes of one inode known so far.
+#[derive(Default)]
+struct Xattrs {
+    /// A value, or None: the name is absent (ENODATA).
+    values: HashMap<Box<[u8]>, Option<Box<[u8]>>>,
+    /// The name list as a non-root caller sees it ([0]) and as root does ([1]: with
+    /// `trusted.*`).
+    lists: [Option<Box<[u8]>>; 2],
+}
+
+/// Largest xattr value or name list kept (bigger ones are always read from the backing).
+pub const MAX_XATTR_CACHED: usize = 4096;
+
+/// What the cache knows of an inode's extended attribute (or name list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XattrLookup {
+    /// Cached: the value (None: absent, ENODATA).
+    Hit(Option<Box<[u8]>>),
+    /// Not cached, but the inode's attributes are trusted: read it from the backing and
+    /// store it with this gen.
+    Miss(u64),
+    /// The inode's attributes are not trusted: read it from the backing, store nothing.
+    Untrusted,
 }
 
 struct DirEntry {
@@ -235,6 +269,8 @@ struct State {
     next_tick: u64,
     next_gen: u64,
     bytes: usize,
+    /// Bumped by every change of what a checkpoint would hold (not by LRU touches).
+    version: u64,
 }
 
 /// Bytes an inode entry costs (the stat, map slot and LRU node, handle and target).
@@ -249,6 +285,17 @@ fn inode_bytes(e: &InodeEntry) -> usize {
     INODE_BASE
         + e.handle.as_ref().map_or(0, |h| h.bytes.len())
         + e.link.as_ref().map_or(0, |l| l.len())
+        + e.xattrs.as_ref().map_or(0, |x| xattrs_bytes(x))
+}
+
+fn xattrs_bytes(x: &Xattrs) -> usize {
+    let values: usize = x
+        .values
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()) + NAME_COST)
+        .sum();
+    let lists: usize = x.lists.iter().flatten().map(|l| l.len()).sum();
+    std::mem::size_of::<Xattrs>() + values + lists
 }
 
 fn dir_bytes(d: &DirEntry) -> usize {
@@ -293,6 +340,7 @@ impl MetaCache {
                 next_tick: 1,
                 next_gen: 1,
                 bytes: 0,
+                version: 0,
             }),
             counters: Counters::default(),
         }
@@ -391,6 +439,7 @@ impl MetaCache {
     /// which must be cached and trusted).
     pub fn put_link(&self, id: u64, target: &[u8]) {
         let mut s = self.state.lock();
+        s.version += 1;
         let Some(e) = s.inodes.get_mut(&id) else {
             return;
         };
@@ -401,6 +450,71 @@ impl MetaCache {
         let bytes = inode_bytes(e);
         let old = std::mem::replace(&mut e.bytes, bytes);
         s.bytes = s.bytes + bytes - old;
+        self.evict(&mut s);
+    }
+
+    /// Extended attribute `name` of `id` (`None`: the name list; `root`: as root sees it).
+    /// Counts a hit or a miss.
+    pub fn xattr(&self, id: u64, name: Option<&[u8]>, root: bool) -> XattrLookup {
+        let mut s = self.state.lock();
+        let Some(e) = s
+            .inodes
+            .get(&id)
+            .filter(|e| !e.expired && self.remaining(e.fetched).is_some())
+        else {
+            return XattrLookup::Untrusted;
+        };
+        let found = e.xattrs.as_ref().and_then(|x| match name {
+            Some(n) => x.values.get(n).cloned(),
+            None => x.lists[usize::from(root)].clone().map(Some),
+        });
+        let xgen = e.xgen;
+        match found {
+            Some(v) => {
+                bump(&self.counters.hits);
+                s.touch(Key::Inode(id));
+                XattrLookup::Hit(v)
+            }
+            None => {
+                bump(&self.counters.misses);
+                XattrLookup::Miss(xgen)
+            }
+        }
+    }
+
+    /// What a read of xattr `name` of `id` (None: the name list, as root saw it or not)
+    /// found, read after [`MetaCache::xattr`] gave `xgen`: `value` None is ENODATA.
+    /// Refused when anything dropped the inode's xattrs since, or it is too big.
+    pub fn put_xattr(
+        &self,
+        id: u64,
+        xgen: u64,
+        name: Option<&[u8]>,
+        root: bool,
+        value: Option<&[u8]>,
+    ) {
+        if value.is_some_and(|v| v.len() > MAX_XATTR_CACHED) || (name.is_none() && value.is_none())
+        {
+            return;
+        }
+        let mut s = self.state.lock();
+        let Some(e) = s.inodes.get_mut(&id) else {
+            return;
+        };
+        if e.xgen != xgen || e.expired {
+            return;
+        }
+        let x = e.xattrs.get_or_insert_with(Default::default);
+        match name {
+            Some(n) => {
+                x.values.insert(n.into(), value.map(Into::into));
+            }
+            None => x.lists[usize::from(root)] = value.map(Into::into),
+        }
+        let bytes = inode_bytes(e);
+        let old = std::mem::replace(&mut e.bytes, bytes);
+        s.bytes = s.bytes + bytes - old;
+        s.version += 1;
         self.evict(&mut s);
     }
 
@@ -512,6 +626,7 @@ impl MetaCache {
     /// What a lookup of `name` in `dir` found, read under the validator of `gen`.
     pub fn put_name(&self, dir: u64, gen: u64, name: &[u8], what: Name) {
         let mut s = self.state.lock();
+        s.version += 1;
         let Some(d) = s.dirs.get_mut(&dir) else {
             return;
         };
@@ -548,6 +663,7 @@ impl MetaCache {
     /// A whole listing of `dir` read from the backing under the validator of `gen`.
     pub fn put_listing(&self, dir: u64, gen: u64, entries: Vec<Dirent>) {
         let mut s = self.state.lock();
+        s.version += 1;
         let Some(d) = s.dirs.get_mut(&dir) else {
             return;
         };
@@ -586,6 +702,7 @@ impl MetaCache {
     /// to add to.
     pub fn clear(&self) -> usize {
         let mut s = self.state.lock();
+        s.version += 1;
         let n = s.inodes.len() + s.dirs.len();
         s.inodes.clear();
         s.dirs.clear();
@@ -691,6 +808,8 @@ impl MetaCache {
             }
             Change::Attr { id, st } => match st {
                 Some(st) => {
+                    // an xattr change may leave the ctime in the same tick: drop them anyway
+                    s.drop_xattrs(id);
                     s.put_inode(id, st, None);
                     if let Some(d) = s.dirs.get_mut(&id) {
                         // a directory's own change (chmod, utimens) moves its ctime
@@ -699,6 +818,7 @@ impl MetaCache {
                     }
                 }
                 None => {
+                    s.drop_xattrs(id);
                     if let Some(e) = s.inodes.get_mut(&id) {
                         // expire it, but keep the handle (it still names the inode)
                         e.expired = true;
@@ -724,15 +844,22 @@ impl MetaCache {
         self.evict(&mut s);
     }
 
+    /// A number that changes whenever what [`MetaCache::checkpoint`] would hold changes.
+    pub fn version(&self) -> u64 {
+        self.state.lock().version
+    }
+
     /// The whole cache as a checkpoint: the entries of the backing root's filesystem
-    /// (`root_dev`; node ids elsewhere are not stable across mounts).
-    pub fn checkpoint(&self, root_dev: u64, root_ino: u64) -> format::Checkpoint {
+    /// (`root_dev`; node ids elsewhere are not stable across mounts). `clean`: see
+    /// [`format::FLAG_CLEAN`].
+    pub fn checkpoint(&self, root_dev: u64, root_ino: u64, clean: bool) -> format::Checkpoint {
         use format::{DirRec, InodeRec, NameRec};
         let s = self.state.lock();
         let stable =
             |id: u64| id < (1 << 63) && s.inodes.get(&id).is_none_or(|e| e.st.st_dev == root_dev);
         let mut c = format::Checkpoint {
             root_ino,
+            clean,
             ..Default::default()
         };
         for (&id, e) in &s.inodes {
@@ -815,6 +942,7 @@ impl MetaCache {
         }
         let valid = trusted && self.exclusive();
         let mut s = self.state.lock();
+        s.version += 1;
         let mut n = 0;
         for i in c.inodes {
             // SAFETY: stat is plain old data (integers only); all-zero is valid.
@@ -1023,7 +1151,9 @@ impl State {
     }
 
     fn put_inode(&mut self, id: u64, st: &libc::stat, handle: Option<HandleRef>) {
+        self.version += 1;
         let tick = self.tick();
+        let gen = self.next_gen();
         match self.inodes.get_mut(&id) {
             Some(e) => {
                 let same = e.st.st_ino == st.st_ino
@@ -1031,6 +1161,8 @@ impl State {
                     && (e.st.st_ctime, e.st.st_ctime_nsec) == (st.st_ctime, st.st_ctime_nsec);
                 if !same {
                     e.link = None;
+                    e.xattrs = None;
+                    e.xgen = gen;
                 }
                 if e.st.st_ino != st.st_ino {
                     e.handle = None;
@@ -1052,6 +1184,8 @@ impl State {
                     st: *st,
                     handle,
                     link: None,
+                    xattrs: None,
+                    xgen: gen,
                     fetched: Instant::now(),
                     expired: false,
                     tick,
@@ -1065,7 +1199,22 @@ impl State {
         self.lru.insert(tick, Key::Inode(id));
     }
 
+    /// Forgets `id`'s extended attributes; stores in flight carry an older gen.
+    fn drop_xattrs(&mut self, id: u64) {
+        let gen = self.next_gen();
+        if let Some(e) = self.inodes.get_mut(&id) {
+            e.xgen = gen;
+            if e.xattrs.take().is_some() {
+                self.version += 1;
+                let bytes = inode_bytes(e);
+                let old = std::mem::replace(&mut e.bytes, bytes);
+                self.bytes = self.bytes + bytes - old;
+            }
+        }
+    }
+
     fn drop_inode(&mut self, id: u64) {
+        self.version += 1;
         if let Some(e) = self.inodes.remove(&id) {
             self.lru.remove(&e.tick);
             self.bytes -= e.bytes;
@@ -1073,6 +1222,7 @@ impl State {
     }
 
     fn drop_dir_entry(&mut self, id: u64) {
+        self.version += 1;
         if let Some(d) = self.dirs.remove(&id) {
             self.lru.remove(&d.tick);
             self.bytes -= d.bytes;
@@ -1092,6 +1242,7 @@ impl State {
     /// (None: it leaves the listing). A listed name whose listing entry is unknown makes
     /// the listing unknown.
     fn set_name(&mut self, dir: u64, name: &[u8], what: Name, listed: Option<(u64, u8)>) {
+        self.version += 1;
         let gen = self.next_gen();
         let Some(d) = self.dirs.get_mut(&dir) else {
             return;
@@ -1118,6 +1269,7 @@ impl State {
 
     /// Forgets what `name` in `dir` is, and the listing (it may be wrong about it).
     fn forget_name(&mut self, dir: u64, name: &[u8]) {
+        self.version += 1;
         let gen = self.next_gen();
         let Some(d) = self.dirs.get_mut(&dir) else {
             return;

@@ -11,6 +11,25 @@ use crate::error::{expect_ok, Error, Result};
 use crate::index::Index;
 use crate::journal::format::Record;
 
+/// Where the current metadata checkpoint lives: the record every index checkpoint entry
+/// repeats, and the buckets kept as metadata until a newer one replaces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaLocation {
+    pub seq: u64,
+    pub buckets: Vec<u32>,
+    pub len: u64,
+}
+
+impl MetaLocation {
+    fn record(&self) -> Record {
+        Record::MetaCheckpoint {
+            seq: self.seq,
+            buckets: self.buckets.clone(),
+            len: self.len,
+        }
+    }
+}
+
 /// Where the current index checkpoint lives.
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointState {
@@ -44,6 +63,8 @@ impl JournalWriter {
             len: blob.len() as u64,
         }];
         records.extend(self.identity.records());
+        // the metadata checkpoint too: the ring must never wrap over the only entry naming it
+        records.extend(self.meta.lock().as_ref().map(MetaLocation::record));
         handles.extend(self.handles.lock().iter().map(|(k, v)| (*k, v.clone())));
         let mut handles: Vec<_> = handles.into_iter().collect();
         handles.sort_by_key(|(file, _)| *file);
@@ -126,19 +147,20 @@ impl JournalWriter {
     }
 
     /// Writes a metadata cache checkpoint (`blob`, see `meta::format`) and names it in the
-    /// journal: at a clean unmount, after the final index checkpoint, so that it is the
-    /// newest entry (replay trusts it only then). Its buckets are not kept for GC: the next
-    /// mount reads it before GC runs, and never again.
+    /// journal, alone in its entry: at a clean unmount after the final index checkpoint (so
+    /// that it is the newest entry, which replay requires to trust it), or as a periodic
+    /// snapshot. Its buckets stay metadata (for GC) until the next one replaces it; then the
+    /// previous one's are freed.
     pub fn write_meta_checkpoint(&self, blob: &[u8]) -> Result<()> {
         self.flush()?;
         let _io = self.io.lock();
         let buckets = self.write_blob(blob)?;
-        let record = Record::MetaCheckpoint {
+        let location = MetaLocation {
             seq: self.ckpt.lock().seq,
             buckets: buckets.clone(),
             len: blob.len() as u64,
         };
-        let appended = self.alloc.journal_append(vec![record]);
+        let appended = self.alloc.journal_append(vec![location.record()]);
         for &b in &buckets {
             expect_ok(self.alloc.unpin(b), "unpin a metadata checkpoint bucket");
         }
@@ -146,6 +168,16 @@ impl JournalWriter {
             Ok((_, ring)) => {
                 self.ring_bytes.store(ring, Ordering::Relaxed);
                 bump(&self.counters.journal_entries);
+                bump(&self.counters.metadata_checkpoints);
+                let old = self.meta.lock().replace(location);
+                for b in old.map(|o| o.buckets).unwrap_or_default() {
+                    if let Err(e) = self.alloc.bucket_free(b) {
+                        tracing::debug!(
+                            bucket = b,
+                            "old metadata checkpoint bucket not freed: {e}"
+                        );
+                    }
+                }
                 Ok(())
             }
             Err(e) => {

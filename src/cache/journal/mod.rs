@@ -45,7 +45,7 @@ use crate::journal::format::Record;
 mod checkpoint;
 mod replay;
 
-pub use checkpoint::CheckpointState;
+pub use checkpoint::{CheckpointState, MetaLocation};
 pub use replay::{may_hold_dirty, replay, ReplayReport, Replayed};
 
 /// Queue length (records) that wakes the writer before its timer.
@@ -70,8 +70,8 @@ pub struct JournalWriter {
     pub(super) io: Mutex<()>,
     pub(super) ckpt: Mutex<CheckpointState>,
     pub(super) ring_bytes: AtomicU64,
-    /// Buckets of the metadata checkpoint read at mount, until it is consumed.
-    meta_buckets: Mutex<Vec<u32>>,
+    /// The current metadata checkpoint (read at mount or written since), if any.
+    pub(super) meta: Mutex<Option<MetaLocation>>,
     /// The `FileHandle` of every file that has (or may have) dirty keys: every index
     /// checkpoint entry repeats them, so the ring never wraps past the only record naming
     /// one (writeback, `cache/writeback.rs`).
@@ -104,7 +104,7 @@ impl JournalWriter {
             io: Mutex::new(()),
             ckpt: Mutex::new(ckpt),
             ring_bytes: AtomicU64::new(0),
-            meta_buckets: Mutex::new(Vec::new()),
+            meta: Mutex::new(None),
             handles: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -124,24 +124,17 @@ impl JournalWriter {
     /// Buckets of the current index checkpoint (metadata, for GC).
     pub fn checkpoint_buckets(&self) -> Vec<u32> {
         let mut b = self.ckpt.lock().buckets.clone();
-        b.extend(self.meta_buckets.lock().iter().copied());
+        if let Some(m) = self.meta.lock().as_ref() {
+            b.extend(m.buckets.iter().copied());
+        }
         b
     }
 
-    /// The metadata checkpoint found at mount lives in `buckets`: metadata for GC until
-    /// [`JournalWriter::release_meta_buckets`].
-    pub fn keep_meta_buckets(&self, buckets: Vec<u32>) {
-        *self.meta_buckets.lock() = buckets;
-    }
-
-    /// The metadata checkpoint was read: its buckets are freed, as an old index
-    /// checkpoint's are.
-    pub fn release_meta_buckets(&self) {
-        for b in std::mem::take(&mut *self.meta_buckets.lock()) {
-            if let Err(e) = self.alloc.bucket_free(b) {
-                tracing::debug!(bucket = b, "old metadata checkpoint bucket not freed: {e}");
-            }
-        }
+    /// The metadata checkpoint found at mount: its buckets stay metadata (for GC), and index
+    /// checkpoints repeat its record, until a newer one replaces it (so that a crash soon
+    /// after a mount still finds it, untrusted).
+    pub fn keep_meta_checkpoint(&self, location: Option<MetaLocation>) {
+        *self.meta.lock() = location;
     }
 
     /// The writer thread: append queued records until `stop`, checkpointing as the ring fills.

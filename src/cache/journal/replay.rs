@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::checkpoint::{load_blob, load_checkpoint, CheckpointState};
+use super::checkpoint::{load_blob, load_checkpoint, CheckpointState, MetaLocation};
 use crate::alloc::{Allocator, BucketPtr};
 use crate::cache::identity::{FsKey, Identity};
 use crate::cache::stats::Counters;
@@ -31,11 +31,11 @@ pub struct Replayed {
     pub checkpoint: CheckpointState,
     /// What replay found and left out, for `fsck` (the mount only logs it).
     pub report: ReplayReport,
-    /// The newest metadata cache checkpoint's blob, and whether it is trusted: it is the
-    /// newest entry of the journal (written at a clean unmount, nothing happened after).
+    /// The newest metadata cache checkpoint's blob, and whether it may be trusted: its record
+    /// is alone in the journal's newest entry (a clean unmount wrote it, nothing after).
     pub meta: Option<(Vec<u8>, bool)>,
-    /// The buckets holding it (metadata until the metadata cache took it).
-    pub meta_buckets: Vec<u32>,
+    /// Where it lives (metadata buckets until a newer metadata checkpoint replaces it).
+    pub meta_location: Option<MetaLocation>,
 }
 
 /// What replay skipped or dropped.
@@ -49,6 +49,11 @@ pub struct ReplayReport {
     pub stale: Vec<(crate::index::FileId, Extent)>,
     /// Journal entries scanned.
     pub entries: usize,
+    /// Replay stopped at a gap in the sequence (a torn tail, as a crash leaves one): the
+    /// seq it expected, and how many later entries it ignored.
+    pub torn_tail: Option<(u64, usize)>,
+    /// Metadata checkpoints named in the journal that did not load, newest first: (seq, why).
+    pub unreadable_meta: Vec<(u64, String)>,
 }
 
 /// Rebuilds the index from the newest readable checkpoint and the journal after it
@@ -120,12 +125,13 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     let mut expect = entries.get(first.wrapping_sub(1)).map(|s| s.entry.seq + 1);
     let mut applied = 0usize;
     let mut refused = 0usize;
-    for s in entries.iter().skip(first) {
-        if expect.is_some_and(|e| s.entry.seq != e) {
+    for (pos, s) in entries.iter().enumerate().skip(first) {
+        if let Some(e) = expect.filter(|&e| s.entry.seq != e) {
             tracing::info!(
                 seq = s.entry.seq,
                 "journal replay stops at a gap (torn tail)"
             );
+            report.torn_tail = Some((e, entries.len() - pos));
             break;
         }
         expect = Some(s.entry.seq + 1);
@@ -173,9 +179,9 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     );
     report.refused_records = refused;
     report.stale = stale;
-    let (meta, meta_buckets) = match newest_meta_checkpoint(alloc, &entries) {
-        Some((blob, trusted, buckets)) => (Some((blob, trusted)), buckets),
-        None => (None, Vec::new()),
+    let (meta, meta_location) = match newest_meta_checkpoint(alloc, &entries, &mut report) {
+        Some((blob, trusted, location)) => (Some((blob, trusted)), Some(location)),
+        None => (None, None),
     };
     Ok(Replayed {
         index,
@@ -186,7 +192,7 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
         checkpoint: ckpt,
         report,
         meta,
-        meta_buckets,
+        meta_location,
     })
 }
 
@@ -265,20 +271,36 @@ fn apply(index: &Index, r: &Record, sb: &crate::device::format::Superblock) -> b
     true
 }
 
-/// The newest metadata checkpoint that loads, and whether it is the journal's newest entry.
+/// The newest metadata checkpoint that loads, and whether it may be trusted: its record is
+/// the journal's newest entry and alone in it, as a clean unmount writes it. (Every index
+/// checkpoint entry repeats the current record so that the ring never wraps over it; such
+/// a repetition, e.g. the one a mount writes, says the checkpoint is no longer the last
+/// word. The blob's own clean flag is the other half of the rule, checked by its reader.)
 fn newest_meta_checkpoint(
     alloc: &Allocator,
     entries: &[crate::journal::Scanned],
-) -> Option<(Vec<u8>, bool, Vec<u32>)> {
+    report: &mut ReplayReport,
+) -> Option<(Vec<u8>, bool, MetaLocation)> {
     let last = entries.last()?.entry.seq;
     for s in entries.iter().rev() {
         for r in &s.entry.records {
             if let Record::MetaCheckpoint { seq, buckets, len } = r {
                 match load_blob(alloc, buckets, *len, &crate::meta::format::META_MAGIC) {
-                    Ok(blob) => return Some((blob, s.entry.seq == last, buckets.clone())),
+                    Ok(blob) => {
+                        let alone = s.entry.seq == last && s.entry.records.len() == 1;
+                        let location = MetaLocation {
+                            seq: *seq,
+                            buckets: buckets.clone(),
+                            len: *len,
+                        };
+                        return Some((blob, alone, location));
+                    }
                     // the usual cause: a mount loaded it and reused its buckets, then crashed
                     // before its own clean unmount wrote a newer one; the cache starts cold
-                    Err(e) => tracing::info!(seq, "older metadata checkpoint not used: {e}"),
+                    Err(e) => {
+                        tracing::info!(seq, "older metadata checkpoint not used: {e}");
+                        report.unreadable_meta.push((*seq, e.to_string()));
+                    }
                 }
             }
         }
