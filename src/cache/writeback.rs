@@ -492,7 +492,13 @@ impl CacheSet {
         }
         self.journal
             .flush()
-            .map_err(|_| io::Error::from_raw_os_error(libc::EIO))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
+        // the journal thread may have taken our records and failed with them: the queue was
+        // empty for us, but nothing is durable
+        if !self.is_active() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
     }
 
     /// Marks that `file`'s backing got a change not yet fsync'd (a write through it in
