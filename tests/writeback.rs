@@ -597,6 +597,16 @@ fn sigkill_under_writers_loses_nothing_fsync_acknowledged() {
                 rel.display()
             );
         }
+        // a crash is no conflict: our own last writes' attributes are not an outside change
+        let copies: Vec<_> = fs::read_dir(&m.backing)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".conflict-"))
+            .collect();
+        assert!(
+            copies.is_empty(),
+            "round {round}: spurious conflict copies {copies:?}"
+        );
         // the next round crashes with these files clean, and rewrites them dirty first
         let (status, d) = m.unmount_keep();
         assert!(status.success());
@@ -647,4 +657,52 @@ fn dirty_buckets_survive_a_cache_churned_by_reads() {
     assert!(fs::read(m.b("dirty")).unwrap() != data);
     flush_cli(&m.mnt);
     assert!(fs::read(m.b("dirty")).unwrap() == data);
+}
+
+/// An outside change to a file with dirty data (issue 13, item 5): the mount's version wins in
+/// place, the outside version is kept beside it as `NAME.conflict-TIME`, counted.
+#[test]
+fn an_outside_change_to_a_file_with_dirty_data_keeps_both_versions() {
+    require_fuse!();
+    let (dir, backing, cache) = common::backing_and_cache("bcl-wb");
+    let m = Mount::over(dir, backing, &options(&cache, ",attr_timeout=0"), &[]);
+    let ours = pattern(300_000, 70);
+    fs::write(m.m("c"), &ours).unwrap();
+    // outside, in the backing itself: same size, other bytes
+    std::thread::sleep(Duration::from_millis(20));
+    let theirs = pattern(300_000, 71);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.b("c"))
+        .unwrap()
+        .write_all_at(&theirs, 0)
+        .unwrap();
+    // the mount notices (a stat after the attribute timeout)
+    let _ = fs::metadata(m.m("c")).unwrap();
+    assert_eq!(stat(&m.mnt, "writeback_conflicts"), 1);
+    let copies: Vec<PathBuf> = fs::read_dir(&m.backing)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("c.conflict-"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(
+        fs::read(&copies[0]).unwrap() == theirs,
+        "the outside version was not kept"
+    );
+    drop_caches();
+    assert!(
+        fs::read(m.m("c")).unwrap() == ours,
+        "the mount's version lost"
+    );
+    flush_cli(&m.mnt);
+    assert!(
+        fs::read(m.b("c")).unwrap() == ours,
+        "the mount's version did not win in place"
+    );
+    assert_eq!(
+        stat(&m.mnt, "writeback_conflicts"),
+        1,
+        "a conflict counted twice"
+    );
 }

@@ -500,6 +500,7 @@ impl CacheSet {
         );
         wb.percent
             .store(cfg.writeback_percent.min(100), Ordering::Relaxed);
+        wb.recovered.lock().extend(dirty.iter().map(|(id, _)| *id));
         let pin_limit = cfg
             .pin_limit
             .unwrap_or_else(|| alloc.superblock().file_size().unwrap_or(0) / 4);
@@ -834,12 +835,7 @@ impl CacheSet {
                         // reused: that data has nowhere to go, and is not this file's
                         self.drop_dirty_of_gone_locked(file);
                     } else if self.index.dirty_bytes(file.id) > 0 {
-                        bump(&self.wb.conflicts);
-                        tracing::warn!(
-                            file = file.id,
-                            "a file with dirty data changed outside the mount: its dirty \
-                             ranges are kept and will be written over the outside version"
-                        );
+                        self.conflict(file);
                     }
                     self.drop_all_locked(file);
                     file.pages_stale.store(true, Ordering::Release);

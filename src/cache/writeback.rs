@@ -131,6 +131,8 @@ pub struct Writeback {
     pub conflicts: AtomicU64,
     /// A clean unmount writes everything back first (`-o noflush_on_unmount`: false).
     pub flush_on_close: AtomicBool,
+    /// Files with dirty data replay found, not yet checked against the backing since.
+    pub(super) recovered: Mutex<std::collections::HashSet<FileId>>,
 }
 
 impl Default for Writeback {
@@ -150,6 +152,7 @@ impl Default for Writeback {
             written: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             flush_on_close: AtomicBool::new(true),
+            recovered: Mutex::new(std::collections::HashSet::new()),
         }
     }
 }
@@ -726,16 +729,21 @@ impl CacheSet {
         extents: &[Extent],
     ) -> io::Result<u64> {
         let id = file.id;
-        let st0 = crate::sys::fstat_fd(fd)?;
+        let st0 = {
+            // with the seq lock: a write's attributes and its validator are seen together
+            let _seq = file.seq.lock();
+            let st0 = crate::sys::fstat_fd(fd)?;
+            let v0 = validator_of(&st0);
+            if self
+                .index
+                .validator(id)
+                .is_some_and(|v| v != v0 && v.ctime_ns <= v0.ctime_ns)
+            {
+                self.conflict(file);
+            }
+            st0
+        };
         let v0 = validator_of(&st0);
-        if self.index.validator(id).is_some_and(|v| v != v0) {
-            bump(&self.wb.conflicts);
-            tracing::warn!(
-                file = id,
-                "the backing copy of a file with dirty data changed outside the mount; \
-                 the mount's data is written over it"
-            );
-        }
         let size = st0.st_size as u64;
         // runs of neighbours, in offset order
         let mut i = 0;
@@ -797,6 +805,70 @@ impl CacheSet {
             }
         }
         Ok(bytes)
+    }
+
+    /// An outside change to `file`, which has dirty data (item 5 of issue 13): the mount's
+    /// version wins in place (its dirty ranges are written over the outside version), and the
+    /// outside version is preserved beside it as `NAME.conflict-UNIXTIME` (same mode and
+    /// owner), logged and counted (`writeback_conflicts`). Best effort: a file that cannot be
+    /// copied (no name left, no room) is logged. Runs under the file's seq lock (rare).
+    pub(super) fn conflict(&self, file: &FileState) {
+        if self.wb.recovered.lock().remove(&file.id) {
+            // after a crash the backing may carry attributes of our own last writes whose
+            // records were lost with them: the first difference is taken as ours
+            tracing::info!(
+                file = file.id,
+                "replayed dirty file: the backing's attributes moved since the last journaled \
+                 write; taken as the mount's own"
+            );
+            return;
+        }
+        bump(&self.wb.conflicts);
+        match self.preserve_outside_version(file) {
+            Ok(copy) => tracing::warn!(
+                file = file.id,
+                copy = %copy.display(),
+                "a file with dirty data changed outside the mount: the mount's version wins in \
+                 place, the outside version is kept as the copy"
+            ),
+            Err(e) => tracing::error!(
+                file = file.id,
+                "a file with dirty data changed outside the mount: the mount's version wins in \
+                 place; the outside version could not be kept: {e}"
+            ),
+        }
+    }
+
+    fn preserve_outside_version(&self, file: &FileState) -> io::Result<std::path::PathBuf> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+        let handle = self.journal.handles.lock().get(&file.id).cloned();
+        let reopen = self.wb.reopen.lock().clone();
+        let (Some((t, h)), Some(reopen)) = (handle, reopen) else {
+            return Err(io::Error::other("no handle to reopen it by"));
+        };
+        let src = std::fs::File::from(reopen(t, &h, libc::O_RDONLY)?);
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", src.as_raw_fd()))?;
+        if path.to_string_lossy().ends_with(" (deleted)") {
+            return Err(io::Error::other("it has no name left"));
+        }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut name = path.clone().into_os_string();
+        name.push(format!(".conflict-{secs}"));
+        let copy = std::path::PathBuf::from(name);
+        let meta = src.metadata()?;
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&copy)?;
+        let mut reader = &src;
+        std::io::copy(&mut reader, &mut dst)?;
+        let _ = std::os::unix::fs::fchown(&dst, Some(meta.uid()), Some(meta.gid()));
+        dst.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        dst.sync_all()?;
+        Ok(copy)
     }
 
     /// Writeback found `file` gone from the backing (`ESTALE`): its dirty keys have nowhere to
