@@ -723,6 +723,7 @@ fn figures(
     put("dirty_data", dirty_bytes.into());
     put("dirty_files", dirty_files.into());
     put("writeback_rate", get(&wb.rate).into());
+    put("writeback_rate_target", get(&wb.rate_target).into());
     put(
         "writeback_running",
         u64::from(wb.running.load(std::sync::atomic::Ordering::Relaxed)).into(),

@@ -198,6 +198,12 @@ pub const METRICS: &[Metric] = &[
         "Bytes per second written back over the last second",
     ),
     m(
+        "writeback_rate_target",
+        "bcachefs_lite_writeback_rate_target_bytes",
+        Gauge,
+        "Bytes per second the writeback rate controller allows now",
+    ),
+    m(
         "writeback_running",
         "bcachefs_lite_writeback_running",
         Gauge,

@@ -834,7 +834,10 @@ impl CacheSet {
                         // the inode the dirty data belonged to is deleted and its number
                         // reused: that data has nowhere to go, and is not this file's
                         self.drop_dirty_of_gone_locked(file);
-                    } else if self.index.dirty_bytes(file.id) > 0 {
+                    } else if self.index.dirty_bytes(file.id) > 0
+                        && known.is_some_and(|v| v.size != now.size || v.mtime_ns != now.mtime_ns)
+                    {
+                        // a data change (a ctime alone moves with a rename, link or chmod)
                         self.conflict(file);
                     }
                     self.drop_all_locked(file);

@@ -25,10 +25,12 @@
 //! dirty key). `ESTALE` (the file is gone) drops its dirty keys; any other error keeps them
 //! and is retried with backoff, counted in `writeback_errors`.
 //!
-//! Rate: below `writeback_percent` of the cache dirty, a file is written back once it has
-//! not been written for `writeback_delay`; above it (or when a flush is asked for) every
-//! dirty file is written back at once. Writers wait, and never fail, while the dirty data
-//! reaches `dirty_max_percent` of the cache.
+//! Rate: bcache's PD controller on `writeback_percent` ([`pd_rate`]): at or below the
+//! target share of the cache dirty, a file is written back once it has not been written for
+//! `writeback_delay`, at the controller's floor; above it every dirty file is eligible at once,
+//! at a rate that grows with the excess (written back over about 40 s) and with the dirty
+//! data's growth. A flush asked for (`flush`, a mode switch, unmount) or writers waiting at
+//! the bound (`dirty_max_percent` of the cache; they wait, never fail) lift the limit.
 //!
 //! # Invariants
 //!
@@ -89,6 +91,33 @@ pub const DEFAULT_DIRTY_MAX_PERCENT: u8 = 50;
 const MERGE_MAX: u64 = 8 << 20;
 /// The thread's tick.
 const TICK: Duration = Duration::from_millis(100);
+/// The rate controller's floor (bytes per second): below the target, idle files still trickle
+/// back at this rate.
+pub const MIN_RATE: u64 = 4 << 20;
+/// bcache's `writeback_rate_p_term_inverse`: above the target the excess is written back in
+/// about this many seconds.
+const P_TERM_INVERSE: f64 = 40.0;
+/// The derivative term's weight: while the dirty data grows above the target, writeback also
+/// goes as fast as it grows.
+const D_TERM: f64 = 1.0;
+
+/// bcache's writeback rate controller (a PD controller on `writeback_percent`), in bytes per
+/// second: `dirty` bytes now, `prev` `dt` seconds ago, against `target`. At or below the
+/// target the floor; above it the floor plus the excess over `P_TERM_INVERSE` seconds plus,
+/// while the dirty data grows, its growth rate.
+pub fn pd_rate(dirty: u64, prev: u64, target: u64, dt: f64) -> u64 {
+    if dirty <= target {
+        return MIN_RATE;
+    }
+    let p = (dirty - target) as f64 / P_TERM_INVERSE;
+    let d = if dt > 0.0 && dirty > prev {
+        (dirty - prev) as f64 / dt * D_TERM
+    } else {
+        0.0
+    };
+    MIN_RATE.saturating_add((p + d) as u64)
+}
+
 /// Retry backoff after a backing error: doubles from here up to `BACKOFF_MAX`.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -106,6 +135,10 @@ struct State {
     /// Bytes written back since `rate_since`.
     rate_bytes: u64,
     rate_since: Option<Instant>,
+    /// The controller: bytes it may still write back (a token bucket filled at its rate,
+    /// at most one second's worth), the dirty bytes and time of the last pass.
+    tokens: f64,
+    last_pass: Option<(Instant, u64)>,
 }
 
 /// Writeback's settings, figures and thread state (one per cache set).
@@ -124,6 +157,9 @@ pub struct Writeback {
     pub dirty_files: AtomicU64,
     /// Bytes per second written back over the last second or so.
     pub rate: AtomicU64,
+    /// The rate controller's allowance now (bytes per second; not applied while a flush is
+    /// asked for or writers wait at the dirty bound).
+    pub rate_target: AtomicU64,
     pub running: AtomicBool,
     pub errors: AtomicU64,
     pub written: AtomicU64,
@@ -147,6 +183,7 @@ impl Default for Writeback {
             dirty: AtomicU64::new(0),
             dirty_files: AtomicU64::new(0),
             rate: AtomicU64::new(0),
+            rate_target: AtomicU64::new(MIN_RATE),
             running: AtomicBool::new(false),
             errors: AtomicU64::new(0),
             written: AtomicU64::new(0),
@@ -583,7 +620,20 @@ impl CacheSet {
         let target =
             self.data_capacity() / 100 * u64::from(self.wb.percent.load(Ordering::Relaxed));
         let delay = Duration::from_millis(self.wb.delay_ms.load(Ordering::Relaxed));
-        let urgent = force || total > target || self.wb.state.lock().urgent;
+        let urgent = force || self.wb.state.lock().urgent;
+        // above the target every dirty file is eligible at once, at the controller's rate
+        let above = total > target;
+        {
+            let mut st = self.wb.state.lock();
+            let now = Instant::now();
+            let (dt, prev) = st.last_pass.map_or((0.0, total), |(t, d)| {
+                (now.duration_since(t).as_secs_f64(), d)
+            });
+            let rate = pd_rate(total, prev, target, dt) as f64;
+            st.tokens = (st.tokens + rate * dt).min(rate);
+            st.last_pass = Some((now, total));
+            self.wb.rate_target.store(rate as u64, Ordering::Relaxed);
+        }
         let mut written = 0u64;
         self.wb.running.store(true, Ordering::Relaxed);
         for (id, _) in files {
@@ -597,8 +647,11 @@ impl CacheSet {
                         continue;
                     }
                 }
-                if !urgent && st.touched.get(&id).is_some_and(|t| t.elapsed() < delay) {
+                if !urgent && !above && st.touched.get(&id).is_some_and(|t| t.elapsed() < delay) {
                     continue;
+                }
+                if !urgent && st.tokens <= 0.0 {
+                    break; // the controller's allowance is spent until the next pass
                 }
             }
             let file = self.state_of(id);
@@ -610,6 +663,9 @@ impl CacheSet {
             match result {
                 Ok(n) => {
                     written += n;
+                    if !urgent {
+                        st.tokens -= n as f64;
+                    }
                     st.retry.remove(&id);
                     st.touched.remove(&id);
                     self.update_rate(&mut st, n);
@@ -734,11 +790,10 @@ impl CacheSet {
             let _seq = file.seq.lock();
             let st0 = crate::sys::fstat_fd(fd)?;
             let v0 = validator_of(&st0);
-            if self
-                .index
-                .validator(id)
-                .is_some_and(|v| v != v0 && v.ctime_ns <= v0.ctime_ns)
-            {
+            if self.index.validator(id).is_some_and(|v| {
+                // a data change (a ctime alone moves with a rename, link or chmod)
+                v.ctime_ns <= v0.ctime_ns && (v.size != v0.size || v.mtime_ns != v0.mtime_ns)
+            }) {
                 self.conflict(file);
             }
             st0
@@ -931,5 +986,36 @@ impl CacheSet {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The controller: the floor at or below the target; above it more the further above, and
+    /// more again while the dirty data grows; never below the floor.
+    #[test]
+    fn pd_rate_follows_the_excess_and_its_growth() {
+        let t = 100 << 20;
+        assert_eq!(pd_rate(0, 0, t, 1.0), MIN_RATE);
+        assert_eq!(pd_rate(t, 0, t, 1.0), MIN_RATE);
+        let a = pd_rate(t + (40 << 20), t + (40 << 20), t, 1.0);
+        assert_eq!(a, MIN_RATE + (1 << 20), "40 MiB over: 1 MiB/s more");
+        let b = pd_rate(t + (80 << 20), t + (80 << 20), t, 1.0);
+        assert!(b > a, "further above, faster");
+        let growing = pd_rate(t + (80 << 20), t + (70 << 20), t, 1.0);
+        assert_eq!(
+            growing,
+            b + (10 << 20),
+            "growing 10 MiB/s: that much faster"
+        );
+        let shrinking = pd_rate(t + (80 << 20), t + (90 << 20), t, 1.0);
+        assert_eq!(shrinking, b, "shrinking adds nothing");
+        assert_eq!(
+            pd_rate(t + 1, t, t, 0.0),
+            MIN_RATE,
+            "no interval: no derivative"
+        );
     }
 }
