@@ -31,7 +31,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1 << 20
 
-SYSTEMS = ["backing", "ssd", "passthrough", "rclone", "bcachefs-lite", "bcachefs-lite-excl"]
+SYSTEMS = ["backing", "ssd", "passthrough", "rclone", "bcachefs-lite", "bcachefs-lite-excl",
+           "bcachefs-lite-wb"]
 DEB_PACKAGES = ["bindfs", "rclone", "fio", "python3-matplotlib", "git", "e2fsprogs", "fuse3",
                 "util-linux", "tar", "grep", "findutils"]
 
@@ -82,7 +83,8 @@ def config(quick):
         # quick: the Zipf run for bcachefs-lite and the backing only
         "zipf_systems": env("BENCH_ZIPF_SYSTEMS",
                             "backing,bcachefs-lite" if q
-                            else ",".join(x for x in SYSTEMS if x != "bcachefs-lite-excl")
+                            else ",".join(x for x in SYSTEMS
+                                          if x not in ("bcachefs-lite-excl", "bcachefs-lite-wb"))
                             ).split(","),
         "bcl_extra_opts": env("BCL_EXTRA_OPTS", ""),
         # the dev-box workload (unthrottled backing vs the local disk); its cargo build
@@ -282,6 +284,26 @@ def make_tree(root, nfiles, seed=5):
             n += len(line) + 1
         with open(os.path.join(d, f"file{i:05d}.rs"), "w") as f:
             f.write("\n".join(lines) + "\n")
+
+
+def make_crate(root, nmods=40):
+    """A small dependency-free Rust crate (a library of `nmods` modules of generic code) for
+    the edit + build workload; returns the module file the edit touches."""
+    os.makedirs(os.path.join(root, "src"))
+    with open(os.path.join(root, "Cargo.toml"), "w") as f:
+        f.write('[package]\nname = "benchcrate"\nversion = "0.1.0"\nedition = "2021"\n')
+    mods = []
+    for i in range(nmods):
+        body = "\n".join(
+            f"pub fn f{j}<T: Clone + std::fmt::Debug>(v: &[T]) -> Vec<String> {{\n"
+            f"    v.iter().cloned().map(|x| format!(\"{i}-{j} {{:?}}\", x)).collect()\n}}"
+            for j in range(30))
+        with open(os.path.join(root, "src", f"m{i}.rs"), "w") as f:
+            f.write(body + "\n")
+        mods.append(f"pub mod m{i};")
+    with open(os.path.join(root, "src", "lib.rs"), "w") as f:
+        f.write("\n".join(mods) + "\n")
+    return os.path.join(root, "src", "m7.rs")
 
 
 def make_random_file(path, size):
@@ -646,6 +668,49 @@ class Bench:
                            "conv=fsync"])
         self.record(f"seq write {n}M fsync", "MB/s", "higher", s.name, cfg["write_size"] / t / 1e6)
         os.unlink(f"{p}/write.bin")
+        # 6. a 1,000-file change committed with git (edits, then git's objects and index)
+        tree = f"{p}/tree"
+        tracked = subprocess.run(["git", "-C", tree, "ls-files"], capture_output=True,
+                                 text=True, env=GIT_ENV).stdout.split()[:1000]
+        listing = os.path.join(self.work, "commit-files")
+        with open(listing, "w") as f:
+            f.write("\n".join(tracked) + "\n")
+        drop_caches()
+        t, _ = self.timed(f"cd {shlex.quote(tree)} && while read -r f; do echo edit >> \"$f\"; "
+                          f"done < {shlex.quote(listing)} && git add -A && "
+                          f"git commit -q -m bench", shell=True)
+        self.record(f"git commit {len(tracked)} files", "s", "lower", s.name, t)
+        sh(["git", "-C", tree, "reset", "-q", "--hard", "HEAD~1"], env=GIT_ENV)
+        # 7. a small crate built, one module edited, built again (cargo writes target/ through
+        # the mount: what writeback is for)
+        crate = f"{p}/crate"
+        edited = make_crate(crate)
+        build = f"cd {shlex.quote(crate)} && CARGO_TARGET_DIR=target cargo build --offline -q"
+        drop_caches()
+        t, _ = self.timed(build, shell=True)
+        self.record("cargo build (small crate)", "s", "lower", s.name, t)
+        with open(edited, "a") as f:
+            f.write("pub fn edited() -> u32 { 7 }\n")
+        t, _ = self.timed(build, shell=True)
+        self.record("edit + cargo build", "s", "lower", s.name, t)
+        shutil.rmtree(crate, ignore_errors=True)
+        if s.name == "bcachefs-lite-wb":
+            self.flush_and_compare(s)
+
+    def flush_and_compare(self, s):
+        """Writeback: `bcachefs-lite flush`, then the backing must hold what the mount shows
+        (the source tree compared byte by byte, outside the throttle)."""
+        t0 = time.monotonic()
+        r = subprocess.run([self.cfg["bin"], "flush", s.path], capture_output=True, text=True)
+        self.record("flush after the workloads", "s", "lower", s.name, time.monotonic() - t0)
+        if r.returncode != 0:
+            log(f"flush failed: {r.stderr[-300:]}")
+        drop_caches()
+        same = subprocess.run(["diff", "-rq", f"{s.path}/tree", f"{self.data}/tree"],
+                              capture_output=True, text=True)
+        log(f"backing identical after flush: {same.returncode == 0} {same.stdout[-300:]}")
+        self.record("backing identical after flush", "1 = yes", "higher", s.name,
+                    1.0 if same.returncode == 0 and r.returncode == 0 else 0.0)
 
     def after_remount(self, s):
         """The metadata walk and git status again, on the remounted cache (the metadata
@@ -784,6 +849,9 @@ class Bench:
             # the metadata cache trusted until changed through the mount
             "bcachefs-lite-excl": lambda: Bcl(self, "bcachefs-lite-excl",
                                               extra="coherence=exclusive"),
+            # writes land in the cache, written back in the background
+            "bcachefs-lite-wb": lambda: Bcl(self, "bcachefs-lite-wb",
+                                            extra="cache_mode=writeback"),
         }
         for name in cfg["systems"]:
             s = systems[name]()
@@ -911,8 +979,12 @@ class Bench:
                  "figures across runs.")
         L.append("- Ratio columns: bcachefs-lite's figure divided by the other system's "
                  "(for MB/s and IOPS above 1 is better, for seconds and MiB below 1 is "
-                 "better).\n")
+                 "better); `wb/ssd` and `wb/wt`: bcachefs-lite-wb (cache_mode=writeback) "
+                 "over ssd and over bcachefs-lite (writethrough).\n")
         hdr = ["workload", "unit"] + main + ["bcl/ssd", "bcl/backing", "bcl/rclone"]
+        wb = "bcachefs-lite-wb" in main
+        if wb:
+            hdr += ["wb/ssd", "wb/wt"]
         L.append("| " + " | ".join(hdr) + " |")
         L.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(hdr) - 2)) + "|")
         for w in order:
@@ -924,6 +996,9 @@ class Bench:
             bcl = row.get("bcachefs-lite")
             for other in ("ssd", "backing", "rclone"):
                 cells.append(fmt_ratio(bcl, row.get(other)))
+            if wb:
+                cells.append(fmt_ratio(row.get("bcachefs-lite-wb"), row.get("ssd")))
+                cells.append(fmt_ratio(row.get("bcachefs-lite-wb"), bcl))
             L.append("| " + " | ".join(cells) + " |")
         if zipf_sys or "zipf read" in t:
             L.append("\n### Zipf reads, working set larger than the cache\n")

@@ -690,6 +690,7 @@ fn figures(
     put("journal_entries", get(&c.journal_entries).into());
     put("index_checkpoints", get(&c.index_checkpoints).into());
     put("metadata_checkpoints", get(&c.metadata_checkpoints).into());
+    put("fills_pending", get(&c.fills_pending).into());
     put("gc_runs", get(&c.gc_runs).into());
     put(
         "gc_stale_keys_dropped",

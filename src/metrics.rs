@@ -499,8 +499,9 @@ pub const METRICS: &[Metric] = &[
 
 /// Numeric figures of `stats` deliberately not exported: ratios and windows Prometheus
 /// computes itself from the counters.
-/// `metadata_ttl_ms` is a setting, shown by `get` (in seconds).
-pub const NOT_EXPORTED: &[&str] = &["cache_hit_ratio", "metadata_ttl_ms"];
+/// `metadata_ttl_ms` is a setting, shown by `get` (in seconds). `fills_pending` is a
+/// momentary gauge for tests (fills of replies not yet written), meaningless when scraped.
+pub const NOT_EXPORTED: &[&str] = &["cache_hit_ratio", "metadata_ttl_ms", "fills_pending"];
 
 fn escape_label(s: &str) -> String {
     s.replace('\\', "\\\\")

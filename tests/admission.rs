@@ -110,10 +110,10 @@ fn hot_set_around_a_scan(extra: &str) -> (f64, f64, serde_json::Value) {
     drop(f);
     let m = mount(dir, &backing, &cache, CACHE, extra);
     read_hot(&m); // cold: fills
-    std::thread::sleep(std::time::Duration::from_millis(300)); // fills land after replies
+    common::settle_fills(&m.mnt);
     let before = read_hot(&m);
     cat(&m.m("scan"));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    common::settle_fills(&m.mnt);
     let after = read_hot(&m);
     let stats = common::stats(&m.mnt);
     eprintln!("[{extra}] hot set hit ratio before the scan {before:.3}, after {after:.3}");

@@ -548,7 +548,7 @@ fn data_written_through_the_mount_is_cached_on_the_way() {
         fs::read(backing.join("new")).unwrap() == data,
         "writethrough: the backing first"
     );
-    std::thread::sleep(Duration::from_millis(200)); // fills run after the write's reply
+    common::settle_fills(&m.mnt);
     drop_caches();
     let misses = stat(&m.mnt, "cache_misses");
     assert!(read_all(&m.m("new")) == data);

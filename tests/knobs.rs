@@ -325,7 +325,7 @@ fn cache_mode_set_live_changes_what_writes_fill() {
     let filled = |m: &Mount| stat(&m.mnt, "bytes_filled");
     let write = |name: &str| {
         fs::write(m.m(name), pattern(1 << 20, 3)).unwrap();
-        std::thread::sleep(Duration::from_millis(300)); // fills run after the reply
+        common::settle_fills(&m.mnt);
     };
     let before = filled(&m);
     write("wt");

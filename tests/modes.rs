@@ -318,7 +318,7 @@ fn write_then_read(m: &Mount, rel: &str, seed: u64) -> (u64, u64) {
     let data = pattern(1 << 20, seed);
     fs::write(m.m(rel), &data).unwrap();
     // a write's fill happens after its reply: give it a moment
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    common::settle_fills(&m.mnt);
     let filled = stat(&m.mnt, "bytes_filled") - filled0;
     drop_caches();
     let hits0 = stat(&m.mnt, "cache_hits");
@@ -345,7 +345,7 @@ fn writearound_fills_only_from_reads_and_drops_what_a_write_overlaps() {
     assert_eq!(common::stats(&m.mnt)["cache_mode"], "writearound");
     let data = pattern(1 << 20, 21);
     fs::write(m.m("f"), &data).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    common::settle_fills(&m.mnt);
     assert_eq!(
         stat(&m.mnt, "bytes_filled"),
         0,
@@ -364,7 +364,7 @@ fn writearound_fills_only_from_reads_and_drops_what_a_write_overlaps() {
         "the first read misses"
     );
     // the read filled it: the next read hits
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    common::settle_fills(&m.mnt);
     let cached = stat(&m.mnt, "cached_bytes");
     assert_eq!(cached, 1 << 20, "the read filled the cache");
     drop_caches();
@@ -379,7 +379,7 @@ fn writearound_fills_only_from_reads_and_drops_what_a_write_overlaps() {
         .unwrap()
         .write_all_at(&patch, 4096)
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    common::settle_fills(&m.mnt);
     assert_eq!(
         stat(&m.mnt, "cached_bytes"),
         (1 << 20) - 8192,
@@ -452,7 +452,7 @@ fn live_switch_to_none_and_back_stays_coherent() {
     fs::write(m.m("g"), pattern(1 << 20, 31)).unwrap();
     drop_caches();
     let _ = fs::read(m.m("g")).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    common::settle_fills(&m.mnt);
     assert_eq!(stat(&m.mnt, "cache_hits"), h0, "mode none served a hit");
     assert_eq!(stat(&m.mnt, "bytes_filled"), f0, "mode none filled");
     // a write in none to the cached file, then back to writethrough: the new bytes

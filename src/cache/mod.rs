@@ -291,6 +291,25 @@ pub struct Fill {
     probation: bool,
     /// Block-aligned offset and block-padded data.
     chunks: Vec<(u64, Vec<u8>)>,
+    /// Counts it in `fills_pending` from before the reply until it is done or dropped.
+    _pending: PendingFill,
+}
+
+/// One fill not yet done (`stats`: `fills_pending`), so a test can wait for the fills of
+/// the replies it has seen instead of sleeping.
+struct PendingFill(Arc<Counters>);
+
+impl PendingFill {
+    fn new(counters: &Arc<Counters>) -> PendingFill {
+        counters.fills_pending.fetch_add(1, Ordering::Relaxed);
+        PendingFill(counters.clone())
+    }
+}
+
+impl Drop for PendingFill {
+    fn drop(&mut self) {
+        self.0.fills_pending.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub struct ReadResult {
@@ -1024,6 +1043,7 @@ impl CacheSet {
             pid,
             probation: admission == Admission::Probation,
             chunks: vec![(a, chunk)],
+            _pending: PendingFill::new(&self.counters),
         })
     }
 
@@ -1162,11 +1182,12 @@ impl CacheSet {
         let start = (offset - a) as usize;
         buf.truncate((end - a) as usize);
         buf.drain(..start);
-        let fill = (!chunks.is_empty()).then_some(Fill {
+        let fill = (!chunks.is_empty()).then(|| Fill {
             seen_seq,
             pid,
             probation: admission == Admission::Probation,
             chunks,
+            _pending: PendingFill::new(&self.counters),
         });
         Ok(ReadResult {
             data: buf,

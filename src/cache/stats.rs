@@ -46,6 +46,8 @@ pub struct Counters {
     pub invalidations: AtomicU64,
     pub journal_entries: AtomicU64,
     pub index_checkpoints: AtomicU64,
+    /// Fills handed out with a reply and not yet written (a gauge).
+    pub fills_pending: AtomicU64,
     /// Metadata cache checkpoints written (periodic snapshots and the clean unmount's).
     pub metadata_checkpoints: AtomicU64,
     pub gc_runs: AtomicU64,

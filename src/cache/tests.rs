@@ -330,3 +330,20 @@ fn a_metadata_checkpoint_is_trusted_only_while_it_is_alone_in_the_newest_entry()
     // found through the repetitions; not trusted (the unmount's index checkpoint came after)
     assert_eq!(cache.take_meta_checkpoint(), Some((blob(3), false)));
 }
+
+/// `fills_pending` counts a fill from the miss that made it until it is written or dropped
+/// (tests wait on it instead of sleeping).
+#[test]
+fn a_fill_is_pending_from_its_miss_until_written_or_dropped() {
+    let fx = fixture();
+    let file = fx.open(11);
+    let pending = || stats::get(&fx.cache.counters.fills_pending);
+    let r = fx.cache.read(&file, fx.fd(), 0, 8192, 1).unwrap();
+    assert_eq!(pending(), 1);
+    let again = fx.cache.read(&file, fx.fd(), 16384, 4096, 1).unwrap();
+    assert_eq!(pending(), 2);
+    fx.cache.fill(&file, r.fill.unwrap());
+    assert_eq!(pending(), 1);
+    drop(again);
+    assert_eq!(pending(), 0);
+}

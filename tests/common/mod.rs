@@ -295,6 +295,19 @@ pub fn stats(mnt: &Path) -> serde_json::Value {
 }
 
 /// One numeric figure of [`stats`].
+/// Waits until every fill handed out with a reply so far is written (`fills_pending` 0):
+/// what a test reads next meets the cache as the replies left it, however slow the machine.
+pub fn settle_fills(mnt: &Path) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while stat_u64(mnt, "fills_pending") > 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "fills still pending after 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 pub fn stat_u64(mnt: &Path, key: &str) -> u64 {
     let s = stats(mnt);
     s[key]
