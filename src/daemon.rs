@@ -107,6 +107,8 @@ pub fn validate(req: &mut MountRequest) -> Result<(), MountError> {
             ("metrics", o.metrics.is_some()),
             ("pin_limit", o.pin_limit.is_some()),
             ("cache_mode", o.cache_mode.is_some()),
+            ("noflush_on_unmount", o.noflush_on_unmount),
+            ("drop_dirty", o.drop_dirty),
         ];
         if let Some((name, _)) = cache_only.iter().find(|(_, set)| *set) {
             return Err(MountError::usage(format!(
@@ -513,6 +515,21 @@ fn open_cache(req: &MountRequest) -> Result<Option<std::sync::Arc<CacheSet>>, St
     };
     let mode = start_mode(o.cache_mode, path)?;
     if mode == CacheMode::None {
+        // serving the backing alone would serve older bytes than the cache's dirty data
+        if path.exists() && crate::cache::journal::may_hold_dirty(path).unwrap_or(false) {
+            if !o.drop_dirty {
+                return Err(format!(
+                    "cache {}: holds dirty data not yet written back; cache_mode=none would \
+                     serve the backing's older bytes. Mount in writeback (or writethrough) to \
+                     write it back first, or add -o drop_dirty to ignore it",
+                    path.display()
+                ));
+            }
+            tracing::error!(
+                "cache {}: holds dirty data; drop_dirty: serving the backing without it",
+                path.display()
+            );
+        }
         // plain passthrough: the cache file is neither created, locked nor written
         tracing::info!(
             "cache_mode=none: cache file {} left untouched",
@@ -531,6 +548,10 @@ fn open_cache(req: &MountRequest) -> Result<Option<std::sync::Arc<CacheSet>>, St
     cfg.pin_limit = o.pin_limit;
     cfg.revalidate = o.attr_timeout;
     cfg.mode = mode;
+    cfg.flush_on_unmount = !o.noflush_on_unmount;
+    cfg.drop_dirty = o.drop_dirty;
+    cfg.writeback_delay = o.writeback_delay;
+    cfg.writeback_percent = o.writeback_percent;
     CacheSet::open(&cfg, &backing_identity(&req.backing))
         .map(|c| Some(std::sync::Arc::new(c)))
         .map_err(|e| format!("cache {}: {e}", path.display()))
@@ -539,33 +560,15 @@ fn open_cache(req: &MountRequest) -> Result<Option<std::sync::Arc<CacheSet>>, St
 /// The mode a mount starts in: `-o cache_mode=` when given, else the default recorded in
 /// the cache file's superblock (read without opening the file for writing), else
 /// writethrough (a new or unreadable file; opening it then creates, refuses or reformats it).
-/// Writeback is refused when asked for; a superblock that defaults to it (formatted with
-/// `--cache-mode writeback`) mounts writethrough, the safe direction, with a warning.
 fn start_mode(option: Option<CacheMode>, path: &Path) -> Result<CacheMode, String> {
     if let Some(mode) = option {
-        if mode == CacheMode::Writeback {
-            return Err(format!(
-                "cache {}: cache_mode=writeback is not available yet; use writethrough, writearound or none",
-                path.display()
-            ));
-        }
         return Ok(mode);
     }
     let recorded = std::fs::File::open(path)
         .ok()
         .and_then(|f| crate::alloc::read_superblock(&crate::device::FileDevice::new(f)).ok())
         .map(|sb| sb.cache_mode);
-    Ok(match recorded {
-        Some(CacheMode::Writeback) => {
-            tracing::warn!(
-                "cache {}: its default cache_mode is writeback, which is not available yet; mounting writethrough",
-                path.display()
-            );
-            CacheMode::Writethrough
-        }
-        Some(mode) => mode,
-        None => CacheMode::Writethrough,
-    })
+    Ok(recorded.unwrap_or(CacheMode::Writethrough))
 }
 
 /// Mounts `fs` at the mount point. As root, mounts with type `fuse.bcachefs-lite`

@@ -63,6 +63,18 @@ pub struct MountOptions {
     /// `cache_mode=`; None: the cache file's default (its superblock), itself writethrough
     /// unless formatted otherwise.
     pub cache_mode: Option<CacheMode>,
+    // ---- writeback (issue 13) ----
+    /// `noflush_on_unmount`: a clean unmount keeps dirty data for the next mount.
+    pub noflush_on_unmount: bool,
+    /// `drop_dirty`: mount even when the cache holds dirty data that cannot be written back,
+    /// dropping it (loud; that data is lost).
+    pub drop_dirty: bool,
+    /// `writeback_delay=SECONDS` (default 30): a file is written back once idle this long
+    /// (while the dirty share is below `writeback_percent`).
+    pub writeback_delay: Duration,
+    /// `writeback_percent=N` (default 10): above this share of the cache dirty, writeback
+    /// runs at once.
+    pub writeback_percent: u8,
 }
 
 impl Default for MountOptions {
@@ -95,6 +107,10 @@ impl Default for MountOptions {
             metadata_cache_size: crate::meta::DEFAULT_BUDGET,
             metadata_checkpoint_interval: crate::meta::DEFAULT_CHECKPOINT_INTERVAL,
             cache_mode: None,
+            noflush_on_unmount: false,
+            drop_dirty: false,
+            writeback_delay: crate::cache::writeback::DEFAULT_WRITEBACK_DELAY,
+            writeback_percent: crate::cache::writeback::DEFAULT_WRITEBACK_PERCENT,
         }
     }
 }
@@ -182,6 +198,10 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "metadata_cache_size",
     "metadata_checkpoint_interval",
     "cache_mode",
+    "noflush_on_unmount",
+    "drop_dirty",
+    "writeback_delay",
+    "writeback_percent",
     "rw",
     "defaults",
     "auto",
@@ -270,6 +290,22 @@ impl MountOptions {
                     value: v.to_string(),
                     why: "must be writethrough, writeback, writearound or none",
                 })?);
+            }
+            "noflush_on_unmount" => self.noflush_on_unmount = flag(value)?,
+            "drop_dirty" => self.drop_dirty = flag(value)?,
+            "writeback_delay" => self.writeback_delay = parse_seconds(name, value)?,
+            "writeback_percent" => {
+                let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+                self.writeback_percent = match v.parse::<u8>() {
+                    Ok(p) if p <= 100 => p,
+                    _ => {
+                        return Err(OptionError::BadValue {
+                            option: name.to_string(),
+                            value: v.to_string(),
+                            why: "must be a percentage, 0 to 100",
+                        })
+                    }
+                };
             }
             "discard" => self.discard = Some(flag(value)?),
             "nodiscard" => self.discard = Some(!flag(value)?),

@@ -255,6 +255,10 @@ pub struct PassthroughFs {
     next_handle: AtomicU64,
     /// The kernel TTLs put in replies; changeable at run time (`bcachefs-lite set`).
     ttls: Arc<Ttls>,
+    /// The mount id of the backing root's filesystem when its files have handles: only
+    /// files there are written back (writeback reopens them by handle on it); files of
+    /// other filesystems inside the backing stay writethrough.
+    wb_mount: Option<i32>,
 }
 
 /// The attribute and entry TTLs the kernel is told, read on every reply, so a change made
@@ -327,13 +331,54 @@ impl PassthroughFs {
             dirs: DashMap::new(),
             next_handle: AtomicU64::new(1),
             ttls: Arc::new(Ttls::new(options.attr_timeout, options.entry_timeout)),
+            wb_mount: None,
         })
     }
 
-    /// Serves reads of regular files through `cache`.
+    /// Serves reads of regular files through `cache`, and gives its writeback a way to
+    /// reopen files of the backing root's filesystem by handle (starting the writeback
+    /// thread, which writes back what replay found).
     pub fn with_cache(mut self, cache: Arc<CacheSet>) -> PassthroughFs {
+        // the root keeps its descriptor for life (no handle of its own): ask for its mount id;
+        // a file is written back only when its own handle names the same mount
+        let root = self.inodes.get(inode::ROOT_ID);
+        // open_by_handle_at wants a real descriptor on the filesystem, not an O_PATH one
+        let root_fd = root
+            .as_ref()
+            .and_then(|r| self.inodes.fd(r).ok())
+            .and_then(|fd| {
+                let path = sys::proc_path(fd.as_raw_fd());
+                sys::open_at(libc::AT_FDCWD, &path, libc::O_RDONLY | libc::O_DIRECTORY, 0).ok()
+            });
+        let mount = root_fd
+            .as_ref()
+            .and_then(|fd| sys::name_to_handle(fd.as_raw_fd()).ok())
+            .map(|(_, mount)| mount);
+        match (mount, root_fd) {
+            (Some(mount), Some(fd)) => {
+                self.wb_mount = Some(mount);
+                let reopen: crate::cache::writeback::Reopener =
+                    Arc::new(move |handle_type: i32, bytes: &[u8], flags: i32| {
+                        let h = sys::BackingHandle {
+                            handle_type,
+                            bytes: bytes.into(),
+                        };
+                        creds::as_daemon(|| sys::open_by_handle(fd.as_raw_fd(), &h, flags))
+                    });
+                cache.start_writeback(reopen);
+            }
+            _ => tracing::warn!(
+                "the backing root gives no file handles: cache_mode=writeback writes through"
+            ),
+        }
         self.cache = Some(cache);
         self
+    }
+
+    /// The handle to write `inode` back by, when writeback may hold its data dirty.
+    fn writeback_handle(&self, inode: &Inode) -> Option<crate::meta::HandleRef> {
+        let h = inode.handle_ref()?;
+        (Some(h.mount) == self.wb_mount).then_some(h)
     }
 
     /// The kernel TTLs (shared with the control socket's `set`).
@@ -460,6 +505,15 @@ impl PassthroughFs {
         let out = match self.cache_for(inode) {
             None => (apply(), Changed::default()),
             Some((cache, file)) => {
+                // writeback: every change but a writeback write writes the file's dirty data
+                // back first, under the file's write lock (held until the change is done)
+                let _w = cache.write_lock(file);
+                if cache.has_dirty(file) {
+                    if let Err(e) = cache.flush_file_locked(file) {
+                        return (Err(e), Changed::default());
+                    }
+                }
+                cache.backing_changed(file);
                 let (result, changed) = cache.change(file, fd, touch, apply);
                 if changed.outside_change {
                     self.invalidate_pages(inode);
@@ -475,6 +529,17 @@ impl PassthroughFs {
             });
         }
         out
+    }
+
+    /// Writes `inode`'s dirty data back now (before something reads its backing file).
+    fn flush_dirty(&self, inode: &Inode) -> io::Result<()> {
+        match self.cache_for(inode) {
+            Some((cache, file)) if cache.has_dirty(file) => {
+                let _w = cache.write_lock(file);
+                cache.flush_file_locked(file)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn inode(&self, ino: INodeNo) -> io::Result<Arc<Inode>> {
@@ -1604,6 +1669,45 @@ impl Filesystem for PassthroughFs {
         // The writer lacks CAP_FSETID: write without it too, so the backing clears the
         // file's set-id bits as it would for that writer (HANDLE_KILLPRIV_V2).
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        // Writeback: the data goes to the cache, dirty. Not for appends (written through,
+        // after a flush of the file) nor a write that must clear set-id bits.
+        if !appending {
+            if let Some(((cache, file), h)) = self
+                .cache_for(&handle.inode)
+                .filter(|(c, _)| c.writeback_ready())
+                .zip(self.writeback_handle(&handle.inode))
+            {
+                let setid = kill_suidgid
+                    && sys::fstat(&handle.file)
+                        .is_ok_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0);
+                if !setid {
+                    let r = cache.write_dirty(
+                        file,
+                        fd,
+                        (h.handle_type, &h.bytes),
+                        offset,
+                        data,
+                        req.pid(),
+                    );
+                    match r {
+                        Ok((n, outside)) => {
+                            if outside {
+                                self.invalidate_pages(&handle.inode);
+                            }
+                            if let Some(meta) = &self.meta {
+                                meta.apply(Change::Attr {
+                                    id: handle.inode.id,
+                                    st: None,
+                                });
+                            }
+                            reply.written(n as u32)
+                        }
+                        Err(e) => reply.error(errno(e)),
+                    }
+                    return;
+                }
+            }
+        }
         let (written, changed) = self.change(&handle.inode, fd, touch, || {
             let _no_fsetid = kill_suidgid.then(WithoutFsetid::now);
             if appending {
@@ -1672,9 +1776,16 @@ impl Filesystem for PassthroughFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self
-            .file(fh)
-            .and_then(|h| sys::sync(h.file.as_raw_fd(), datasync));
+        let result = self.file(fh).and_then(|h| match self.cache_for(&h.inode) {
+            // writeback: durable in the cache file (and the backing's size with it)
+            Some((cache, file))
+                if cache.cache_mode() == crate::device::format::CacheMode::Writeback
+                    || cache.has_dirty(file) =>
+            {
+                cache.fsync_dirty(file, h.file.as_raw_fd(), datasync)
+            }
+            _ => sys::sync(h.file.as_raw_fd(), datasync),
+        });
         reply_empty(result, reply);
     }
 
@@ -2023,9 +2134,13 @@ impl Filesystem for PassthroughFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let result = self
-            .file(fh)
-            .and_then(|h| sys::lseek(h.file.as_raw_fd(), offset, whence));
+        let result = self.file(fh).and_then(|h| {
+            // SEEK_DATA/SEEK_HOLE ask the backing: dirty data must be there first
+            if whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE {
+                self.flush_dirty(&h.inode)?;
+            }
+            sys::lseek(h.file.as_raw_fd(), offset, whence)
+        });
         match result {
             Ok(pos) => reply.offset(pos),
             Err(e) => reply.error(errno(e)),
@@ -2047,6 +2162,8 @@ impl Filesystem for PassthroughFs {
     ) {
         let result = self.file(fh_in).and_then(|src| {
             let dst = self.file(fh_out)?;
+            // the copy reads the source's backing file: its dirty data must be there first
+            self.flush_dirty(&src.inode)?;
             let mut off_in = offset_in as libc::off64_t;
             let mut off_out = offset_out as libc::off64_t;
             let len = len.min(u32::MAX as u64 & !0xfff) as usize;
