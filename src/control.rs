@@ -341,6 +341,13 @@ pub fn handle(line: &str, server: &Server) -> serde_json::Value {
                 Err(e) => return reply_err(e.to_string()),
             }
         }
+        // writeback: write everything back now; the client follows `dirty_data` in the stats
+        "flush" => {
+            cache.request_flush();
+            let (files, bytes) = cache.dirty_figures();
+            m.insert("dirty_files".into(), files.into());
+            m.insert("dirty_data".into(), bytes.into());
+        }
         other => return reply_err(format!("unknown command '{other}'")),
     };
     reply_ok(m)
@@ -604,7 +611,8 @@ pub fn send(mountpoint: &Path, req: &Request) -> io::Result<serde_json::Value> {
     let path = socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| connect_error(mountpoint, &path, e))?;
     let timeout = match req.cmd.as_str() {
-        "gc" | "drop" | "warm" | "unpin" | "pin_sync" => None,
+        // set: leaving writeback (cache_mode=) flushes first, which may take a while
+        "gc" | "drop" | "warm" | "unpin" | "pin_sync" | "set" | "set_cache_mode" => None,
         _ => Some(Duration::from_secs(30)),
     };
     stream.set_read_timeout(timeout)?;
@@ -710,6 +718,20 @@ fn figures(
         put("failure", why.into());
     }
     put("cache_mode", cache.cache_mode().name().into());
+    // writeback (issue 13)
+    let wb = cache.writeback();
+    let (dirty_files, dirty_bytes) = cache.dirty_figures();
+    put("dirty_data", dirty_bytes.into());
+    put("dirty_files", dirty_files.into());
+    put("writeback_rate", get(&wb.rate).into());
+    put("writeback_rate_target", get(&wb.rate_target).into());
+    put(
+        "writeback_running",
+        u64::from(wb.running.load(std::sync::atomic::Ordering::Relaxed)).into(),
+    );
+    put("writeback_errors", get(&wb.errors).into());
+    put("writeback_bytes", get(&wb.written).into());
+    put("writeback_conflicts", get(&wb.conflicts).into());
     put("sequential_cutoff", cache.sequential_cutoff().into());
     put("pinned_bytes", cache.pinned_bytes().into());
     put("pin_limit", cache.pin_limit().into());

@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +76,8 @@ pub enum Value {
     Bool(bool),
     Replacement(Replacement),
     CacheMode(CacheMode),
+    /// A share of the cache, 0..=100.
+    Percent(u8),
 }
 
 impl Value {
@@ -86,6 +89,7 @@ impl Value {
             Value::Bool(b) => (*b).into(),
             Value::Replacement(r) => r.name().into(),
             Value::CacheMode(m) => m.name().into(),
+            Value::Percent(p) => (*p).into(),
         }
     }
 }
@@ -107,6 +111,7 @@ impl fmt::Display for Value {
             Value::Bool(b) => write!(f, "{}", if *b { "on" } else { "off" }),
             Value::Replacement(r) => write!(f, "{}", r.name()),
             Value::CacheMode(m) => write!(f, "{}", m.name()),
+            Value::Percent(p) => write!(f, "{p}"),
         }
     }
 }
@@ -166,6 +171,13 @@ fn cache_mode(v: &str) -> Result<Value, String> {
         .map_err(|e| format!("{v:?}: {e}"))
 }
 
+fn percent(v: &str) -> Result<Value, String> {
+    match v.trim_end_matches('%').parse::<u8>() {
+        Ok(p) if p <= 100 => Ok(Value::Percent(p)),
+        _ => Err(format!("{v:?}: must be a percentage, 0 to 100")),
+    }
+}
+
 fn want_bytes(v: &Value) -> Result<u64, String> {
     match v {
         Value::Bytes(b) => Ok(*b),
@@ -209,7 +221,7 @@ pub const KNOBS: &[Knob] = &[
     },
     Knob {
         name: "cache_mode",
-        help: "how writes use the cache: writethrough, writearound or none (writeback: not built)",
+        help: "how writes use the cache: writethrough, writeback, writearound or none (leaving writeback flushes first)",
         persistent: false,
         parse: cache_mode,
         get: |t| Value::CacheMode(t.cache.cache_mode()),
@@ -222,6 +234,43 @@ pub const KNOBS: &[Knob] = &[
             other => Err(format!("expected a cache mode, got {other}")),
         },
         base: Origin::CacheFile,
+    },
+    // ---- writeback (issue 13) ----
+    Knob {
+        name: "writeback_delay",
+        help: "writeback: a file is written back once idle this long (below writeback_percent)",
+        persistent: false,
+        parse: seconds,
+        get: |t| {
+            Value::Seconds(Duration::from_millis(
+                t.cache.writeback().delay_ms.load(Ordering::Relaxed),
+            ))
+        },
+        set: |t, v| {
+            let d = want_seconds(v)?;
+            t.cache
+                .writeback()
+                .delay_ms
+                .store(d.as_millis().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+            Ok(())
+        },
+        base: Origin::Default,
+    },
+    Knob {
+        name: "writeback_percent",
+        help: "writeback: above this share of the cache dirty, write back at once",
+        persistent: false,
+        parse: percent,
+        get: |t| Value::Percent(t.cache.writeback().percent.load(Ordering::Relaxed)),
+        set: |t, v| match v {
+            Value::Percent(p) => {
+                t.cache.writeback().percent.store(*p, Ordering::Relaxed);
+                t.cache.writeback().kick();
+                Ok(())
+            }
+            other => Err(format!("expected a percentage, got {other}")),
+        },
+        base: Origin::Default,
     },
     Knob {
         name: "readahead",

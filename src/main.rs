@@ -77,6 +77,14 @@ enum Cmd {
     },
     /// Run garbage collection (and moving GC) on the mount at MOUNTPOINT now, and wait.
     Gc { mountpoint: PathBuf },
+    /// Write every dirty byte of the mount at MOUNTPOINT back to the backing now (writeback),
+    /// with a progress bar of the dirty bytes left; returns when nothing is dirty.
+    Flush {
+        mountpoint: PathBuf,
+        /// Give up (exit status 1, the data stays dirty) after SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+    },
     /// Drop the cached data of PATHs (files or trees inside the mount; default: all).
     Drop {
         mountpoint: PathBuf,
@@ -324,6 +332,75 @@ fn control(cmd: Cmd) -> ExitCode {
     }
 }
 
+/// `bcachefs-lite flush`: asks the daemon to write everything back, then follows
+/// `dirty_data` in its stats with a progress bar until it is 0.
+fn flush(mnt: &std::path::Path, timeout: Option<f64>) -> ExitCode {
+    use bcachefs_lite::control::request;
+    let start = std::time::Instant::now();
+    let first = match request(mnt, "flush") {
+        Ok(r) => r["dirty_data"].as_u64().unwrap_or(0),
+        Err(e) => {
+            eprintln!("bcachefs-lite: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let bar = indicatif::ProgressBar::new(first);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "flushing {wide_bar} {bytes}/{total_bytes} written back, {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut total = first;
+    let mut errors0 = None;
+    loop {
+        let s = match request(mnt, "stats") {
+            Ok(r) => r["stats"].clone(),
+            Err(e) => {
+                bar.abandon();
+                eprintln!("bcachefs-lite: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let left = s["dirty_data"].as_u64().unwrap_or(0);
+        let errors = s["writeback_errors"].as_u64().unwrap_or(0);
+        let errors0 = *errors0.get_or_insert(errors);
+        total = total.max(left);
+        bar.set_length(total);
+        bar.set_position(total - left);
+        bar.set_message(format!(
+            "{} left{}",
+            indicatif::HumanBytes(left),
+            if errors > errors0 {
+                format!(", {} backing errors (retrying)", errors - errors0)
+            } else {
+                String::new()
+            }
+        ));
+        if left == 0 {
+            bar.finish_and_clear();
+            println!(
+                "flushed: {} written back in {:.1} s, nothing dirty",
+                indicatif::HumanBytes(total),
+                start.elapsed().as_secs_f64()
+            );
+            return ExitCode::SUCCESS;
+        }
+        if timeout.is_some_and(|t| start.elapsed().as_secs_f64() >= t) {
+            bar.abandon();
+            eprintln!(
+                "bcachefs-lite: flush timed out with {} still dirty ({} writeback errors)",
+                indicatif::HumanBytes(left),
+                errors - errors0
+            );
+            return ExitCode::from(1);
+        }
+        // ask again: the daemon's urgency ends with a pass that found nothing dirty
+        let _ = request(mnt, "flush");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn warm(paths: &[PathBuf], jobs: usize, pin: bool, json: bool) -> ExitCode {
     let bar = if json {
         indicatif::ProgressBar::hidden()
@@ -504,6 +581,10 @@ fn main() -> ExitCode {
             };
             return stats(&mountpoint, view);
         }
+        Cmd::Flush {
+            mountpoint,
+            timeout,
+        } => return flush(&canonical(&mountpoint), timeout),
         c @ (Cmd::Set { .. } | Cmd::Get { .. } | Cmd::Gc { .. } | Cmd::Drop { .. }) => {
             return control(c)
         }

@@ -178,6 +178,49 @@ pub const METRICS: &[Metric] = &[
     bucket("buckets_unused", "unused"),
     bucket("buckets_data", "data"),
     bucket("buckets_dirty", "dirty"),
+    // writeback (issue 13)
+    m(
+        "dirty_data",
+        "bcachefs_lite_dirty_bytes",
+        Gauge,
+        "Bytes written to the cache not yet written back to the backing",
+    ),
+    m(
+        "dirty_files",
+        "bcachefs_lite_dirty_files",
+        Gauge,
+        "Files holding dirty data",
+    ),
+    m(
+        "writeback_rate",
+        "bcachefs_lite_writeback_rate_bytes",
+        Gauge,
+        "Bytes per second written back over the last second",
+    ),
+    m(
+        "writeback_rate_target",
+        "bcachefs_lite_writeback_rate_target_bytes",
+        Gauge,
+        "Bytes per second the writeback rate controller allows now",
+    ),
+    m(
+        "writeback_running",
+        "bcachefs_lite_writeback_running",
+        Gauge,
+        "1 while a writeback pass runs",
+    ),
+    m(
+        "writeback_errors",
+        "bcachefs_lite_writeback_errors_total",
+        Counter,
+        "Writebacks of a file that failed (retried with backoff; the data stays dirty)",
+    ),
+    m(
+        "writeback_bytes",
+        "bcachefs_lite_writeback_bytes_total",
+        Counter,
+        "Bytes written back to the backing",
+    ),
     bucket("buckets_metadata", "metadata"),
     list("buckets_free", "free"),
     list("buckets_free_inc", "free_inc"),
@@ -451,6 +494,12 @@ pub const METRICS: &[Metric] = &[
         "bcachefs_lite_backing_metadata_calls_total",
         Counter,
         "Metadata syscalls made on the backing for requests",
+    ),
+    m(
+        "flush_requests",
+        "bcachefs_lite_flush_requests_total",
+        Counter,
+        "FLUSH requests served (a read-only open gets none)",
     ),
     // offline mode (issue 16)
     m(

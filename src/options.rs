@@ -38,6 +38,9 @@ pub struct MountOptions {
     pub probation_after: u64,
     /// `readahead=` (default 0: the kernel's own readahead is enough).
     pub readahead: u64,
+    /// `kernel_readahead=` (default 1 MiB, 0 = the kernel's default): the mount's
+    /// readahead window in the kernel (its bdi's `read_ahead_kb`), set after the mount.
+    pub kernel_readahead: u64,
     /// `discard` / `nodiscard`; None keeps what the cache file says.
     pub discard: Option<bool>,
     pub reformat: bool,
@@ -60,6 +63,18 @@ pub struct MountOptions {
     /// `cache_mode=`; None: the cache file's default (its superblock), itself writethrough
     /// unless formatted otherwise.
     pub cache_mode: Option<CacheMode>,
+    // ---- writeback (issue 13) ----
+    /// `noflush_on_unmount`: a clean unmount keeps dirty data for the next mount.
+    pub noflush_on_unmount: bool,
+    /// `drop_dirty`: mount even when the cache holds dirty data that cannot be written back,
+    /// dropping it (loud; that data is lost).
+    pub drop_dirty: bool,
+    /// `writeback_delay=SECONDS` (default 30): a file is written back once idle this long
+    /// (while the dirty share is below `writeback_percent`).
+    pub writeback_delay: Duration,
+    /// `writeback_percent=N` (default 10): above this share of the cache dirty, writeback
+    /// runs at once.
+    pub writeback_percent: u8,
     // offline mode (issue 16)
     /// `offline=auto|never`: go offline when the backing is unreachable (default auto).
     pub offline: crate::offline::Policy,
@@ -88,6 +103,7 @@ impl Default for MountOptions {
             sequential_cutoff: 0,
             probation_after: crate::cache::DEFAULT_PROBATION_AFTER,
             readahead: 0,
+            kernel_readahead: DEFAULT_KERNEL_READAHEAD,
             discard: None,
             reformat: false,
             metrics: None,
@@ -98,12 +114,26 @@ impl Default for MountOptions {
             metadata_cache_size: crate::meta::DEFAULT_BUDGET,
             metadata_checkpoint_interval: crate::meta::DEFAULT_CHECKPOINT_INTERVAL,
             cache_mode: None,
+            noflush_on_unmount: false,
+            drop_dirty: false,
+            writeback_delay: crate::cache::writeback::DEFAULT_WRITEBACK_DELAY,
+            writeback_percent: crate::cache::writeback::DEFAULT_WRITEBACK_PERCENT,
             offline: crate::offline::Policy::Auto,
             backing_timeout: crate::offline::DEFAULT_BACKING_TIMEOUT,
             offline_probe_interval: crate::offline::DEFAULT_PROBE_INTERVAL,
         }
     }
 }
+
+/// Default `kernel_readahead=`: one full FUSE request (`max_pages` 256). The kernel's own
+/// default for a FUSE mount is 128 KiB, so a sequential read arrived as 128 KiB requests
+/// with at most one or two in flight; a window of 1 MiB makes them 1 MiB (measured in
+/// docs/DESIGN.md, "Threads and kernel settings"). Larger windows also mean larger mmap
+/// read-around on a page fault, from a slow backing on a cold read.
+pub const DEFAULT_KERNEL_READAHEAD: u64 = 1 << 20;
+
+/// Largest `kernel_readahead=`.
+pub const MAX_KERNEL_READAHEAD: u64 = 64 << 20;
 
 /// A `-o` list that cannot be used, with the option it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +197,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "sequential_cutoff",
     "probation_after",
     "readahead",
+    "kernel_readahead",
     "discard",
     "nodiscard",
     "reformat",
@@ -177,6 +208,10 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "metadata_cache_size",
     "metadata_checkpoint_interval",
     "cache_mode",
+    "noflush_on_unmount",
+    "drop_dirty",
+    "writeback_delay",
+    "writeback_percent",
     "offline",
     "backing_timeout",
     "offline_probe_interval",
@@ -242,6 +277,17 @@ impl MountOptions {
                 }
                 self.readahead = bytes;
             }
+            "kernel_readahead" => {
+                let bytes = parse_bytes(name, value)?;
+                if bytes > MAX_KERNEL_READAHEAD {
+                    return Err(OptionError::BadValue {
+                        option: name.to_string(),
+                        value: value.unwrap_or("").to_string(),
+                        why: "at most 64M",
+                    });
+                }
+                self.kernel_readahead = bytes;
+            }
             "replacement" => {
                 let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
                 self.replacement = Some(v.parse().map_err(|_| OptionError::BadValue {
@@ -257,6 +303,22 @@ impl MountOptions {
                     value: v.to_string(),
                     why: "must be writethrough, writeback, writearound or none",
                 })?);
+            }
+            "noflush_on_unmount" => self.noflush_on_unmount = flag(value)?,
+            "drop_dirty" => self.drop_dirty = flag(value)?,
+            "writeback_delay" => self.writeback_delay = parse_seconds(name, value)?,
+            "writeback_percent" => {
+                let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
+                self.writeback_percent = match v.parse::<u8>() {
+                    Ok(p) if p <= 100 => p,
+                    _ => {
+                        return Err(OptionError::BadValue {
+                            option: name.to_string(),
+                            value: v.to_string(),
+                            why: "must be a percentage, 0 to 100",
+                        })
+                    }
+                };
             }
             "discard" => self.discard = Some(flag(value)?),
             "nodiscard" => self.discard = Some(!flag(value)?),
@@ -412,6 +474,19 @@ mod tests {
             let e = parse(big).unwrap_err().to_string();
             assert!(e.contains("at most 64M"), "{big}: {e}");
         }
+    }
+
+    #[test]
+    fn kernel_readahead_defaults_to_one_request_and_is_bounded() {
+        assert_eq!(parse("").unwrap().kernel_readahead, 1 << 20);
+        assert_eq!(parse("kernel_readahead=0").unwrap().kernel_readahead, 0);
+        assert_eq!(
+            parse("kernel_readahead=8M").unwrap().kernel_readahead,
+            8 << 20
+        );
+        let e = parse("kernel_readahead=65M").unwrap_err().to_string();
+        assert!(e.contains("at most 64M"), "{e}");
+        assert!(parse("kernel_readahead").is_err());
     }
 
     #[test]

@@ -198,3 +198,42 @@ pub fn euid() -> libc::uid_t {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
+
+/// `ftruncate` of a backing file (writeback grows the backing synchronously).
+pub fn ftruncate_fd(fd: RawFd, size: u64) -> io::Result<()> {
+    fault_fd(FaultOp::Write, fd)?;
+    let size =
+        libc::off_t::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: ftruncate takes no pointers; an invalid `fd` is EBADF.
+    cvt(unsafe { libc::ftruncate(fd, size) }).map(drop)
+}
+
+/// `futimens(fd, [atime omitted, mtime])`: `mtime_ns` None sets it to now.
+pub fn set_mtime_fd(fd: RawFd, mtime_ns: Option<i64>) -> io::Result<()> {
+    let mtime = match mtime_ns {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(ns) => libc::timespec {
+            tv_sec: ns.div_euclid(1_000_000_000) as libc::time_t,
+            tv_nsec: ns.rem_euclid(1_000_000_000) as libc::c_long,
+        },
+    };
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        mtime,
+    ];
+    // SAFETY: `times` points at the two timespecs the call reads, borrowed for the call.
+    cvt(unsafe { libc::futimens(fd, times.as_ptr()) }).map(drop)
+}
+
+/// `fsync` of a backing file (writeback makes a range clean only after it).
+pub fn fsync_fd(fd: RawFd) -> io::Result<()> {
+    fault_fd(FaultOp::Fsync, fd)?;
+    // SAFETY: fsync takes no pointers; an invalid `fd` is EBADF.
+    cvt(unsafe { libc::fsync(fd) }).map(drop)
+}

@@ -149,12 +149,12 @@ fn crafted_but_crc_valid_records_are_dropped_alone() {
     cache.close();
 }
 
-/// A cache file holding dirty keys (written by a build with writeback) is refused by this
-/// build, which cannot write them back: it would serve them without the backing having them,
-/// and drop them at the next change. The refusal leaves the keys in place (a second open
-/// refuses again); a clean key alone does not refuse.
+/// Dirty keys (writeback) are replayed and kept when they can be written back: their slot is
+/// known, their gen current and their file has a `FileHandle` record. A dirty key that cannot
+/// be written back (unknown slot, no handle) is never dropped silently: the open is refused,
+/// the file left alone (a second open refuses again), until `drop_dirty` says to drop it.
 #[test]
-fn a_cache_file_with_dirty_keys_is_refused_and_left_alone() {
+fn dirty_keys_are_replayed_or_refused_loudly_never_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = CacheConfig::new(dir.path().join("c.cache"));
     cfg.size = Some(16 << 20);
@@ -172,22 +172,97 @@ fn a_cache_file_with_dirty_keys_is_refused_and_left_alone() {
         dirty,
         crcs: vec![0],
     };
-    let raw = Allocator::open_with(&cfg.path, manual()).unwrap();
-    raw.journal_append(vec![key(1, false)]).unwrap();
-    raw.close();
-    drop(raw);
+    let append = |records: Vec<Record>| {
+        let raw = Allocator::open_with(&cfg.path, manual()).unwrap();
+        raw.journal_append(records).unwrap();
+        raw.close();
+    };
+    append(vec![key(1, false)]);
     let cache = CacheSet::open(&cfg, "/tree").expect("a clean key refused the mount");
     cache.close();
     drop(cache);
+    // dirty keys at the bucket's current gen (the mounts since may have bumped it)
     let raw = Allocator::open_with(&cfg.path, manual()).unwrap();
-    raw.journal_append(vec![key(2, true)]).unwrap();
+    let gen = raw.bucket_gen(10).unwrap();
     raw.close();
     drop(raw);
+    let key = |file: u64, dirty: bool| match key(file, dirty) {
+        Record::KeyInsert { .. } if dirty => Record::KeyInsert {
+            file,
+            offset: 0,
+            len: block / 512,
+            bucket: 10,
+            gen,
+            bucket_offset: 0,
+            dirty,
+            crcs: vec![0],
+        },
+        r => r,
+    };
+    // slot 0 unknown: the dirty key cannot be trusted to name the right file
+    append(vec![key(2, true)]);
     for attempt in 0..2 {
         let e = CacheSet::open(&cfg, "/tree")
             .err()
-            .unwrap_or_else(|| panic!("open {attempt}: dirty data accepted"))
+            .unwrap_or_else(|| panic!("open {attempt}: untrusted dirty data accepted"))
             .to_string();
         assert!(e.contains("dirty data") && e.contains("4096 bytes"), "{e}");
     }
+    // the slot becomes known, but the file has no handle: still refused
+    let slot = Record::FsSlot {
+        slot: 0,
+        fs_type: 0xef53,
+        fsid: 7,
+        dev: 8,
+        dev_keyed: false,
+    };
+    append(vec![slot.clone(), key(2, true)]);
+    let e = CacheSet::open(&cfg, "/tree")
+        .err()
+        .expect("dirty data without a file handle accepted")
+        .to_string();
+    assert!(
+        e.contains("without a file handle") && e.contains("drop_dirty"),
+        "{e}"
+    );
+    // with its handle it is replayed, dirty, and kept across a clean close (no writeback
+    // without a mount to reopen files: the data stays dirty)
+    append(vec![
+        slot,
+        Record::FileHandle {
+            file: 2,
+            handle_type: 1,
+            handle: vec![9; 8],
+        },
+        key(2, true),
+    ]);
+    for _ in 0..2 {
+        let cache = CacheSet::open(&cfg, "/tree").expect("dirty data with a handle refused");
+        let ext = cache.index().extents(2);
+        assert!(
+            ext.len() == 1 && ext[0].dirty && ext[0].len == u64::from(block),
+            "the dirty key was not kept: {ext:?}"
+        );
+        cache.close();
+    }
+    // KeyClean makes it clean
+    append(vec![Record::KeyClean {
+        file: 2,
+        offset: 0,
+        len: u64::from(block),
+    }]);
+    let cache = CacheSet::open(&cfg, "/tree").unwrap();
+    assert!(
+        cache.index().extents(2).iter().all(|e| !e.dirty),
+        "KeyClean not replayed"
+    );
+    cache.close();
+    drop(cache);
+    // drop_dirty drops what cannot be written back, loudly, and mounts
+    append(vec![key(3 | (5 << 56), true)]);
+    assert!(CacheSet::open(&cfg, "/tree").is_err());
+    cfg.drop_dirty = true;
+    let cache = CacheSet::open(&cfg, "/tree").expect("drop_dirty did not mount");
+    assert!(cache.index().extents(3 | (5 << 56)).is_empty());
+    cache.close();
 }

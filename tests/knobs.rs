@@ -341,8 +341,8 @@ fn cache_mode_set_live_changes_what_writes_fill() {
     let before = filled(&m);
     write("wa");
     assert_eq!(filled(&m), before, "writearound set live still filled");
-    // writeback is not built: refused, nothing changed
-    let (code, _, err) = set(&m.mnt, &["readahead=1M", "cache_mode=writeback"]);
+    // an unknown mode is refused, and nothing changed (all or nothing)
+    let (code, _, err) = set(&m.mnt, &["readahead=1M", "cache_mode=fast"]);
     assert_eq!(code, 1, "{err}");
     let g = get(&m.mnt);
     assert_eq!(g["cache_mode"].0, serde_json::json!("writearound"));

@@ -6,7 +6,8 @@
 //!
 //! The workload: reads, writes, fsyncs, renames (also over another file), truncates,
 //! fallocate (allocate, punch, zero), mmap writes with msync, hard links, and pwrite /
-//! truncate / replace directly in the backing, in writethrough and writearound by turns.
+//! truncate / replace directly in the backing, in writethrough, writearound and writeback by
+//! turns (after a writeback round the remount flushes first, then checks).
 //! Each round prints the seed that replays it
 //! (`BCL_TORTURE_SEED=S BCL_TORTURE_ROUNDS=1`); `BCL_TORTURE_ROUNDS` (default 10, 100 in
 //! `make torture`) sets the rounds.
@@ -254,13 +255,16 @@ fn sigkill_at_random_moments_of_a_mixed_workload_never_serves_a_wrong_byte() {
             }
         }
         // the workload runs in each cache mode in turn (none leaves the cache file alone,
-        // so it has nothing to crash); the check runs in writethrough, reading the cache
-        let mode = ["writethrough", "writearound"][round as usize % 2];
+        // so it has nothing to crash); the check runs in writethrough, reading the cache.
+        // Writeback: the dirty data the crash left is replayed, written back (a flush first),
+        // and then the mount must equal the backing too (an outside write to a file with
+        // dirty data loses to the mount's bytes)
+        let mode = ["writethrough", "writearound", "writeback"][round as usize % 3];
         eprintln!("  cache_mode={mode}");
         let m = Mount::over(
             dir,
             backing.clone(),
-            &format!("{opts},cache_mode={mode}"),
+            &format!("{opts},cache_mode={mode},writeback_delay=0.1"),
             &[],
         );
         let stop = Arc::new(AtomicBool::new(false));
@@ -289,6 +293,15 @@ fn sigkill_at_random_moments_of_a_mixed_workload_never_serves_a_wrong_byte() {
             "the workload ran: {done:?}"
         );
         let m = Mount::over(d, backing.clone(), &opts, &[]);
+        if mode == "writeback" {
+            let out = Command::new(BIN).arg("flush").arg(&m.mnt).output().unwrap();
+            assert!(
+                out.status.success(),
+                "flush after crash {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            common::drop_caches();
+        }
         assert_mount_is_backing(&m, &format!("after crash {round} (seed {seed})"));
         common::drop_caches();
         assert_mount_is_backing(

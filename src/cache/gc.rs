@@ -44,7 +44,17 @@ const PERIOD: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_secs(60);
 const MIN_GAP: Duration = Duration::from_millis(200);
 
-pub fn run(alloc: &Allocator, index: &Index, journal: &JournalWriter, counters: &Counters) {
+/// One GC pass. Holds the cache's change lock (write side) throughout, so no dirty key is
+/// inserted between the index walk and `gc_finish` (which would then mark its bucket from a
+/// report without it, and could leave a dirty bucket evictable).
+pub fn run(
+    alloc: &Allocator,
+    index: &Index,
+    journal: &JournalWriter,
+    counters: &Counters,
+    changes: &RwLock<()>,
+) {
+    let _changes = changes.write();
     let mut report = alloc.gc_begin();
     let stale = index.retain(|_, e| report.is_live(e.ptr.bucket, e.ptr.gen));
     add(&counters.gc_stale_keys_dropped, stale.len() as u64);
@@ -90,7 +100,8 @@ pub fn moving(
     }
     let mut victims: Vec<(u64, Extent)> = Vec::new();
     index.for_each_extent(|file, e| {
-        if sparse.contains(&(e.ptr.bucket, e.ptr.gen)) {
+        // dirty extents stay where they are (their bucket is marked dirty, the new one would not be)
+        if !e.dirty && sparse.contains(&(e.ptr.bucket, e.ptr.gen)) {
             victims.push((file, e.clone()));
         }
     });
@@ -189,10 +200,10 @@ pub fn thread(
         // asked for, but not more often than every MIN_GAP (a small cache asks often)
         if (requests > seen && last_run.elapsed() >= MIN_GAP) || last_run.elapsed() >= PERIOD {
             seen = requests;
-            run(alloc, index, journal, counters);
+            run(alloc, index, journal, counters, changes);
             if moving(alloc, index, journal, counters, changes) > 0 {
                 // the compacted buckets are empty now: let the allocator have them
-                run(alloc, index, journal, counters);
+                run(alloc, index, journal, counters, changes);
             }
             last_run = Instant::now();
         }

@@ -47,7 +47,11 @@
 //! * none: reads go to the backing (no hit, no fill); switched on a live mount the keys stay
 //!   coherent as above. A mount that *starts* in none never opens the cache file (the
 //!   daemon makes no [`CacheSet`]);
-//! * writeback: not built; refused.
+//! * writeback: writes go to the cache as dirty keys and reach the backing later
+//!   ([`writeback`]: write path, fsync, the writeback thread, flush); every other change of
+//!   a file with dirty data writes it back first (the FUSE layer calls
+//!   [`CacheSet::flush_file_locked`] under the file's write lock before [`CacheSet::change`]).
+//!   Leaving writeback ([`CacheSet::set_cache_mode`]) flushes first.
 //!
 //! # Invariants (numbers from the design brief)
 //!
@@ -88,6 +92,8 @@ pub mod journal;
 mod provision;
 pub mod seq;
 pub mod stats;
+pub mod writeback;
+pub use writeback::ChangeGuard;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -138,6 +144,14 @@ pub struct CacheConfig {
     /// Writeback is refused ([`CacheSet::set_cache_mode`]); none is normally not opened at
     /// all (the daemon leaves the cache file untouched).
     pub mode: CacheMode,
+    /// A clean unmount writes the dirty data back first (`-o noflush_on_unmount`: false).
+    pub flush_on_unmount: bool,
+    /// Mount even when replay finds dirty keys it cannot write back (no file handle, a
+    /// stale gen, an unknown slot), dropping them: `-o drop_dirty`, loud.
+    pub drop_dirty: bool,
+    /// `writeback_delay`, `writeback_percent` (see [`writeback`]).
+    pub writeback_delay: Duration,
+    pub writeback_percent: u8,
 }
 
 impl CacheConfig {
@@ -154,6 +168,10 @@ impl CacheConfig {
             pin_limit: None,
             revalidate: Duration::from_secs(1),
             mode: CacheMode::Writethrough,
+            flush_on_unmount: true,
+            drop_dirty: false,
+            writeback_delay: writeback::DEFAULT_WRITEBACK_DELAY,
+            writeback_percent: writeback::DEFAULT_WRITEBACK_PERCENT,
         }
     }
 }
@@ -203,6 +221,19 @@ pub struct FileState {
     /// An outside change was seen since the kernel's pages were last dropped: the next
     /// open must not keep them (FOPEN_KEEP_CACHE).
     pages_stale: AtomicBool,
+    /// Writeback: held by a dirty write (edge blocks are read-modify-written), by the
+    /// writeback of this file and by every other change of it (module `writeback`).
+    wlock: Mutex<()>,
+    /// Held by the writeback of this file (its backing writes must not interleave with a
+    /// second writeback's, nor with a change: a late pwrite would undo a truncate) and by
+    /// every change but a writeback write. Taken after `wlock`.
+    wb_lock: Mutex<()>,
+    /// A write grew the backing (or wrote through it) since the last writeback-mode fsync.
+    backing_unsynced: AtomicBool,
+    /// Writeback is writing this file's dirty data to the backing now: the attributes it
+    /// changes are ours, not an outside change (as for a change in flight, whose step 4
+    /// records what the backing says after it).
+    writing_back: AtomicBool,
     registry: Weak<Registry>,
 }
 
@@ -289,6 +320,22 @@ pub struct ReadResult {
     pub outside_change: bool,
 }
 
+/// What [`CacheSet::read_into`] did: the bytes are `buf[data]`.
+pub struct ReadInto {
+    pub data: std::ops::Range<usize>,
+    pub fill: Option<Fill>,
+    /// The read path found the backing changed underneath: drop the kernel's pages.
+    pub outside_change: bool,
+}
+
+/// Makes `buf` at least `len` long; it never shrinks, and what it holds is not zeroed again
+/// (only a part that grows is zeroed, once): the read path overwrites every byte it serves.
+fn grow_to(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+}
+
 pub struct CacheSet {
     alloc: Arc<Allocator>,
     index: Arc<Index>,
@@ -323,6 +370,9 @@ pub struct CacheSet {
     /// the one at a clean unmount. Its lock also orders a snapshot in flight before the
     /// unmount's checkpoint, which must be the newest entry.
     meta_saver: Mutex<Option<MetaSaver>>,
+    /// Writeback's settings, figures and thread state.
+    wb: writeback::Writeback,
+    wb_thread: Mutex<Option<JoinHandle<()>>>,
     /// Debug: every read request, one line each, when `BCACHEFS_LITE_TRACE=FILE` is set at mount
     /// (the trace simulator's input, bench/sim.rs).
     trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
@@ -415,18 +465,46 @@ impl CacheSet {
         let alloc = Arc::new(alloc);
         let counters = Arc::new(Counters::default());
         let replayed = journal::replay(&alloc, &counters)?;
-        if replayed.dirty_bytes > 0 {
-            // before the first GC, so the allocator has invalidated nothing yet
+        // Dirty keys replay could not trust, or cannot write back (no file handle): refused
+        // before the first GC (the allocator has invalidated nothing yet), unless the mount
+        // says, loudly, to drop them.
+        let index = Arc::new(replayed.index);
+        let dirty = index.dirty_files();
+        let orphans: Vec<_> = dirty
+            .iter()
+            .filter(|(id, _)| !replayed.handles.contains_key(id))
+            .collect();
+        let orphan_bytes: u64 = orphans.iter().map(|(_, b)| b).sum();
+        if (replayed.untrusted_dirty > 0 || orphan_bytes > 0) && !cfg.drop_dirty {
             alloc.close();
             return Err(Error::Config(format!(
-                "cache file {} holds {} bytes of dirty data not yet written back to the backing; \
-                 this build has no writeback and will not serve, drop or overwrite it: mount it \
-                 with a build that has cache_mode=writeback",
+                "cache file {} holds dirty data (not yet written back) that cannot be written \
+                 back: {} bytes under keys replay cannot trust, {} bytes of {} files without a \
+                 file handle; refusing to mount. Mount with -o drop_dirty to drop them (that \
+                 data is lost)",
                 cfg.path.display(),
-                replayed.dirty_bytes
+                replayed.untrusted_dirty,
+                orphan_bytes,
+                orphans.len()
             )));
         }
-        let index = Arc::new(replayed.index);
+        if replayed.untrusted_dirty > 0 || orphan_bytes > 0 {
+            tracing::error!(
+                untrusted = replayed.untrusted_dirty,
+                orphaned = orphan_bytes,
+                "drop_dirty: dropping dirty data that cannot be written back"
+            );
+            for (id, _) in &orphans {
+                index.remove_file(*id);
+            }
+        }
+        if !dirty.is_empty() {
+            tracing::info!(
+                files = dirty.len(),
+                bytes = dirty.iter().map(|(_, b)| b).sum::<u64>(),
+                "replayed dirty data; writing it back"
+            );
+        }
         let identity = Arc::new(replayed.identity);
         let journal = Arc::new(JournalWriter::new(
             alloc.clone(),
@@ -436,9 +514,28 @@ impl CacheSet {
             replayed.checkpoint,
         ));
         journal.keep_meta_checkpoint(replayed.meta_location);
+        {
+            let mut handles = journal.handles.lock();
+            for (id, _) in &dirty {
+                if let Some(h) = replayed.handles.get(id) {
+                    handles.insert(*id, h.clone());
+                }
+            }
+        }
         // First GC: marks every bucket from the index; allocation starts after it.
-        gc::run(&alloc, &index, &journal, &counters);
+        let changes = Arc::new(parking_lot::RwLock::new(()));
+        gc::run(&alloc, &index, &journal, &counters, &changes);
         journal.checkpoint_now()?;
+        let wb = writeback::Writeback::default();
+        wb.flush_on_close
+            .store(cfg.flush_on_unmount, Ordering::Relaxed);
+        wb.delay_ms.store(
+            cfg.writeback_delay.as_millis().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+        wb.percent
+            .store(cfg.writeback_percent.min(100), Ordering::Relaxed);
+        wb.recovered.lock().extend(dirty.iter().map(|(id, _)| *id));
         let pin_limit = cfg
             .pin_limit
             .unwrap_or_else(|| alloc.superblock().file_size().unwrap_or(0) / 4);
@@ -461,12 +558,14 @@ impl CacheSet {
             shutdown: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
             path: cfg.path.clone(),
-            changes: Arc::new(parking_lot::RwLock::new(())),
+            changes,
             mode: AtomicU8::new(cfg.mode as u8),
             _lock: lock,
             meta_checkpoint: Mutex::new(replayed.meta),
             meta_saver: Mutex::new(None),
             trace: open_trace(),
+            wb,
+            wb_thread: Mutex::new(None),
         };
         set.start_threads();
         Ok(set)
@@ -530,13 +629,27 @@ impl CacheSet {
     }
 
     /// Switches the write mode of the live mount (what `bcachefs-lite set MOUNTPOINT
-    /// cache_mode=...` calls); returns the mode it replaced. Every mode this build has is
-    /// clean (no dirty data), so a switch needs no flush and takes effect with the next
-    /// request: writes in flight finish under the mode they started in, and a fill they
-    /// queue is still checked against the file's change sequence. Refused: writeback (not
-    /// built).
+    /// cache_mode=...` calls); returns the mode it replaced. Leaving writeback flushes
+    /// first, as bcache does: new writes go writethrough at once, then every dirty byte is
+    /// written back, then the new mode takes effect (a flush that fails puts writeback back
+    /// and returns the error; nothing is dropped). Every other switch takes effect with the
+    /// next request: writes in flight finish under the mode they started in, and a fill
+    /// they queue is still checked against the file's change sequence.
     pub fn set_cache_mode(&self, mode: CacheMode) -> Result<CacheMode> {
         check_mode(mode)?;
+        if self.cache_mode() == CacheMode::Writeback && mode != CacheMode::Writeback {
+            self.mode
+                .store(CacheMode::Writethrough as u8, Ordering::Release);
+            if let Err(e) = self.flush_all(Duration::from_secs(600)) {
+                self.mode
+                    .store(CacheMode::Writeback as u8, Ordering::Release);
+                return Err(Error::Config(format!(
+                    "leaving writeback needs a flush, which failed: {e}; still in writeback"
+                )));
+            }
+            self.mode
+                .store(CacheMode::Writeback as u8, Ordering::Release);
+        }
         let old = self.mode.swap(mode as u8, Ordering::AcqRel);
         let old = CacheMode::from_u8(old).unwrap_or(CacheMode::Writethrough);
         if old != mode {
@@ -701,6 +814,10 @@ impl CacheSet {
             seq: Mutex::new(ChangeSeq::start()),
             checked_ns: AtomicU64::new(self.now_ns()),
             pages_stale: AtomicBool::new(false),
+            wlock: Mutex::new(()),
+            wb_lock: Mutex::new(()),
+            backing_unsynced: AtomicBool::new(false),
+            writing_back: AtomicBool::new(false),
             registry: Arc::downgrade(&self.files),
         })
     }
@@ -733,12 +850,31 @@ impl CacheSet {
         let now = validator_of(st);
         match self.index.validator(file.id) {
             Some(v) if v == now => true,
-            known => {
+            _ => {
                 let _changes = self.changes.read();
                 let mut seq = file.seq.lock();
+                // again under the lock: a change of ours may have recorded a newer validator
+                // since `st` was taken; a stat older than it (its ctime is) is no outside
+                // change, only late
+                let known = self.index.validator(file.id);
+                if known.is_some_and(|v| v == now || v.ctime_ns > now.ctime_ns)
+                    || file.writing_back.load(Ordering::Acquire)
+                {
+                    return true;
+                }
                 seq.bump();
                 if known.is_some() {
                     bump(&self.counters.invalidations);
+                    if self.index.dirty_bytes(file.id) > 0 && self.dirty_owner_gone(file) {
+                        // the inode the dirty data belonged to is deleted and its number
+                        // reused: that data has nowhere to go, and is not this file's
+                        self.drop_dirty_of_gone_locked(file);
+                    } else if self.index.dirty_bytes(file.id) > 0
+                        && known.is_some_and(|v| v.size != now.size || v.mtime_ns != now.mtime_ns)
+                    {
+                        // a data change (a ctime alone moves with a rename, link or chmod)
+                        self.conflict(file);
+                    }
                     self.drop_all_locked(file);
                     file.pages_stale.store(true, Ordering::Release);
                 }
@@ -788,14 +924,27 @@ impl CacheSet {
         });
     }
 
-    /// With the file's seq lock held: forget every extent and the validator.
+    /// With the file's seq lock held: forget every clean extent and the validator. Dirty
+    /// extents are never dropped here (writeback): with any, only the clean ranges go, one
+    /// `KeyDelete` each (a whole-file delete replayed would drop the dirty keys too), and
+    /// the validator stays for the caller to replace.
     fn drop_all_locked(&self, file: &FileState) {
-        self.index.remove_file(file.id);
-        self.journal.queue(Record::KeyDelete {
-            file: file.id,
-            offset: 0,
-            len: u64::MAX,
-        });
+        if self.index.dirty_bytes(file.id) == 0 {
+            self.index.remove_file(file.id);
+            self.journal.queue(Record::KeyDelete {
+                file: file.id,
+                offset: 0,
+                len: u64::MAX,
+            });
+            return;
+        }
+        for e in self.index.remove_clean(file.id) {
+            self.journal.queue(Record::KeyDelete {
+                file: file.id,
+                offset: e.offset,
+                len: e.len,
+            });
+        }
     }
 
     /// With the file's seq lock held: drop the keys `touch` covers.
@@ -891,7 +1040,11 @@ impl CacheSet {
             round_up(offset, self.block),
             round_down(offset + len, self.block),
         );
-        if b <= a || !self.is_active() || self.cache_mode() != CacheMode::Writethrough {
+        let fills = matches!(
+            self.cache_mode(),
+            CacheMode::Writethrough | CacheMode::Writeback
+        );
+        if b <= a || !self.is_active() || !fills {
             // writearound and none: the data went to the backing only
             return None;
         }
@@ -926,6 +1079,7 @@ impl CacheSet {
 
     /// Reads `size` bytes at `offset`: cached pieces from the cache file, gaps from
     /// `backing_fd`. Returns the data and, for a miss, what to fill after replying.
+    /// Allocates the data; the request path uses [`CacheSet::read_into`].
     pub fn read(
         &self,
         file: &FileState,
@@ -934,14 +1088,39 @@ impl CacheSet {
         size: u32,
         pid: u32,
     ) -> io::Result<ReadResult> {
+        let mut buf = Vec::new();
+        let r = self.read_into(file, backing_fd, offset, size, pid, &mut buf)?;
+        buf.truncate(r.data.end);
+        buf.drain(..r.data.start);
+        Ok(ReadResult {
+            data: buf,
+            fill: r.fill,
+            outside_change: r.outside_change,
+        })
+    }
+
+    /// [`CacheSet::read`] into `buf`, a buffer the caller keeps from request to request
+    /// (one per FUSE worker thread): it grows to the largest request but is never zeroed
+    /// again, and the returned range of it holds the bytes. Every byte of the block-rounded
+    /// span is written before it is used, by a cache read that passed its checks or by the
+    /// backing read of a gap (a short backing read zeroes the rest), so nothing of an earlier
+    /// request is served.
+    pub fn read_into(
+        &self,
+        file: &FileState,
+        backing_fd: RawFd,
+        offset: u64,
+        size: u32,
+        pid: u32,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<ReadInto> {
         let outside_change = self.revalidate_on_read(file, backing_fd);
         if !self.caches_reads() {
             // mode none (or a failed cache file): the backing only, no hit, no fill
-            let mut data = vec![0u8; size as usize];
-            let n = crate::sys::pread_full(backing_fd, &mut data, offset)?;
-            data.truncate(n);
-            return Ok(ReadResult {
-                data,
+            grow_to(buf, size as usize);
+            let n = crate::sys::pread_full(backing_fd, &mut buf[..size as usize], offset)?;
+            return Ok(ReadInto {
+                data: 0..n,
                 fill: None,
                 outside_change,
             });
@@ -964,15 +1143,15 @@ impl CacheSet {
             );
         }
         if offset >= end {
-            return Ok(ReadResult {
-                data: Vec::new(),
+            return Ok(ReadInto {
+                data: 0..0,
                 fill: None,
                 outside_change,
             });
         }
         let a = round_down(offset, self.block);
         let b = round_up(end, self.block);
-        let mut buf = vec![0u8; (b - a) as usize];
+        grow_to(buf, (b - a) as usize);
         let mut have = Vec::new(); // cached (start, end) ranges, sorted
         if self.is_active() {
             for ext in self.index.lookup(file.id, a, b - a) {
@@ -982,6 +1161,9 @@ impl CacheSet {
                     &mut buf[(ext.offset - a) as usize..(ext.end() - a) as usize],
                 ) {
                     have.push((ext.offset, ext.end()));
+                } else if ext.dirty {
+                    // the backing holds older bytes: never serve them for dirty data
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
                 }
             }
         }
@@ -1015,7 +1197,10 @@ impl CacheSet {
         let readahead = self.readahead.load(Ordering::Relaxed);
         for (i, (s, e)) in gaps.into_iter().enumerate() {
             let piece = &mut buf[(s - a) as usize..(e - a) as usize];
-            crate::sys::pread_full(backing_fd, piece, s)?;
+            let n = crate::sys::pread_full(backing_fd, piece, s)?;
+            // past the backing's end (it shrank since the validator): zeros, as a fresh
+            // buffer had, never an earlier request's bytes
+            piece[n..].fill(0);
             add(&c.bytes_missed, e - s);
             if bypass || !self.is_active() {
                 continue;
@@ -1039,9 +1224,6 @@ impl CacheSet {
             chunks.push((s, data));
         }
         add(&c.bytes_hit, have.iter().map(|(s, e)| e - s).sum::<u64>());
-        let start = (offset - a) as usize;
-        buf.truncate((end - a) as usize);
-        buf.drain(..start);
         let fill = (!chunks.is_empty()).then(|| Fill {
             seen_seq,
             pid,
@@ -1049,8 +1231,8 @@ impl CacheSet {
             chunks,
             _pending: PendingFill::new(&self.counters),
         });
-        Ok(ReadResult {
-            data: buf,
+        Ok(ReadInto {
+            data: (offset - a) as usize..(end - a) as usize,
             fill,
             outside_change,
         })
@@ -1066,7 +1248,11 @@ impl CacheSet {
             Ok(false) => {
                 bump(&self.counters.stale_pointers);
                 bump(&self.counters.cache_read_races);
-                self.index.remove_if_matches(file, ext.offset, ptr);
+                if !ext.dirty {
+                    self.index.remove_if_matches(file, ext.offset, ptr);
+                } else {
+                    tracing::error!(file, offset = ext.offset, "a dirty key's bucket is stale");
+                }
                 return false;
             }
             Err(e) => {
@@ -1093,7 +1279,9 @@ impl CacheSet {
                 bucket = ptr.bucket,
                 "checksum mismatch in the cache; reading the backing"
             );
-            self.index.remove_if_matches(file, ext.offset, ptr);
+            if !ext.dirty {
+                self.index.remove_if_matches(file, ext.offset, ptr);
+            }
             return false;
         }
         true
@@ -1346,7 +1534,13 @@ impl CacheSet {
 
     /// Runs GC and moving GC now (the control socket's `gc`). Returns bytes compacted.
     pub fn gc_now(&self) -> u64 {
-        gc::run(&self.alloc, &self.index, &self.journal, &self.counters);
+        gc::run(
+            &self.alloc,
+            &self.index,
+            &self.journal,
+            &self.counters,
+            &self.changes,
+        );
         let moved = gc::moving(
             &self.alloc,
             &self.index,
@@ -1355,7 +1549,13 @@ impl CacheSet {
             &self.changes,
         );
         if moved > 0 {
-            gc::run(&self.alloc, &self.index, &self.journal, &self.counters);
+            gc::run(
+                &self.alloc,
+                &self.index,
+                &self.journal,
+                &self.counters,
+                &self.changes,
+            );
         }
         moved
     }
@@ -1363,6 +1563,11 @@ impl CacheSet {
     /// Clean shutdown: journal everything, write an index checkpoint, stop the threads
     /// and the allocator. The next mount serves hits at once.
     pub fn close(&self) {
+        if self.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        // before the threads stop: the journal writer is still there
+        self.close_writeback();
         if self.shutdown.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -1393,14 +1598,8 @@ impl CacheSet {
     }
 }
 
-/// Refuses the modes this build cannot run.
-fn check_mode(mode: CacheMode) -> Result<()> {
-    if mode == CacheMode::Writeback {
-        return Err(Error::Config(
-            "cache_mode=writeback is not available yet; use writethrough, writearound or none"
-                .into(),
-        ));
-    }
+/// Refuses the modes this build cannot run (none: every mode is built).
+fn check_mode(_mode: CacheMode) -> Result<()> {
     Ok(())
 }
 

@@ -107,6 +107,16 @@ pub(super) fn prepare_cache_file(cfg: &CacheConfig, backing_id: &str) -> Result<
                 sb.backing
             )));
         }
+        // dirty data (writeback) of the other tree would be lost: never without drop_dirty
+        if !cfg.drop_dirty && super::journal::may_hold_dirty(&cfg.path).unwrap_or(true) {
+            return Err(Error::Config(format!(
+                "cache file {} serves {} and may hold its dirty data (not yet written back); \
+                 not reformatting: mount it on that tree to write it back, or add -o drop_dirty \
+                 to lose it",
+                cfg.path.display(),
+                sb.backing
+            )));
+        }
         let mut g = geometry().unwrap_or(Geometry {
             size: sb.file_size().unwrap_or(0),
             ..Geometry::default()

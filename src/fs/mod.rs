@@ -261,6 +261,10 @@ pub struct PassthroughFs {
     next_handle: AtomicU64,
     /// The kernel TTLs put in replies; changeable at run time (`bcachefs-lite set`).
     ttls: Arc<Ttls>,
+    /// The mount id of the backing root's filesystem when its files have handles: only
+    /// files there are written back (writeback reopens them by handle on it); files of
+    /// other filesystems inside the backing stay writethrough.
+    wb_mount: Option<i32>,
 }
 
 /// The attribute and entry TTLs the kernel is told, read on every reply, so a change made
@@ -333,13 +337,54 @@ impl PassthroughFs {
             dirs: DashMap::new(),
             next_handle: AtomicU64::new(1),
             ttls: Arc::new(Ttls::new(options.attr_timeout, options.entry_timeout)),
+            wb_mount: None,
         })
     }
 
-    /// Serves reads of regular files through `cache`.
+    /// Serves reads of regular files through `cache`, and gives its writeback a way to
+    /// reopen files of the backing root's filesystem by handle (starting the writeback
+    /// thread, which writes back what replay found).
     pub fn with_cache(mut self, cache: Arc<CacheSet>) -> PassthroughFs {
+        // the root keeps its descriptor for life (no handle of its own): ask for its mount id;
+        // a file is written back only when its own handle names the same mount
+        let root = self.inodes.get(inode::ROOT_ID);
+        // open_by_handle_at wants a real descriptor on the filesystem, not an O_PATH one
+        let root_fd = root
+            .as_ref()
+            .and_then(|r| self.inodes.fd(r).ok())
+            .and_then(|fd| {
+                let path = sys::proc_path(fd.as_raw_fd());
+                sys::open_at(libc::AT_FDCWD, &path, libc::O_RDONLY | libc::O_DIRECTORY, 0).ok()
+            });
+        let mount = root_fd
+            .as_ref()
+            .and_then(|fd| sys::name_to_handle(fd.as_raw_fd()).ok())
+            .map(|(_, mount)| mount);
+        match (mount, root_fd) {
+            (Some(mount), Some(fd)) => {
+                self.wb_mount = Some(mount);
+                let reopen: crate::cache::writeback::Reopener =
+                    Arc::new(move |handle_type: i32, bytes: &[u8], flags: i32| {
+                        let h = sys::BackingHandle {
+                            handle_type,
+                            bytes: bytes.into(),
+                        };
+                        creds::as_daemon(|| sys::open_by_handle(fd.as_raw_fd(), &h, flags))
+                    });
+                cache.start_writeback(reopen);
+            }
+            _ => tracing::warn!(
+                "the backing root gives no file handles: cache_mode=writeback writes through"
+            ),
+        }
         self.cache = Some(cache);
         self
+    }
+
+    /// The handle to write `inode` back by, when writeback may hold its data dirty.
+    fn writeback_handle(&self, inode: &Inode) -> Option<crate::meta::HandleRef> {
+        let h = inode.handle_ref()?;
+        (Some(h.mount) == self.wb_mount).then_some(h)
     }
 
     /// The kernel TTLs (shared with the control socket's `set`).
@@ -475,6 +520,15 @@ impl PassthroughFs {
         let out = match self.cache_for(inode) {
             None => (apply(), Changed::default()),
             Some((cache, file)) => {
+                // writeback: every change but a writeback write writes the file's dirty data
+                // back first, under the file's write lock (held until the change is done)
+                let _w = cache.write_lock(file);
+                if cache.has_dirty(file) {
+                    if let Err(e) = cache.flush_file_locked(file) {
+                        return (Err(e), Changed::default());
+                    }
+                }
+                cache.backing_changed(file);
                 let (result, changed) = cache.change(file, fd, touch, apply);
                 if changed.outside_change {
                     self.invalidate_pages(inode);
@@ -490,6 +544,17 @@ impl PassthroughFs {
             });
         }
         out
+    }
+
+    /// Writes `inode`'s dirty data back now (before something reads its backing file).
+    fn flush_dirty(&self, inode: &Inode) -> io::Result<()> {
+        match self.cache_for(inode) {
+            Some((cache, file)) if cache.has_dirty(file) => {
+                let _w = cache.write_lock(file);
+                cache.flush_file_locked(file)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn inode(&self, ino: INodeNo) -> io::Result<Arc<Inode>> {
@@ -950,19 +1015,34 @@ impl PassthroughFs {
     }
 
     fn fopen_flags(flags: i32) -> FopenFlags {
-        if flags & libc::O_DIRECT != 0 {
+        let mut fopen = if flags & libc::O_DIRECT != 0 {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
+        };
+        // A read-only handle has nothing to report at close (no write error can be
+        // pending on it, and no lock is ours to release: POSIX locks stay in the
+        // kernel): the kernel skips its FLUSH request, one round trip of the four a
+        // small file's open-read-close costs (issue 12). Writable handles still get
+        // `flush` (close(dup(fd)) on the backing, where NFS reports write errors).
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            fopen |= FopenFlags::FOPEN_NOFLUSH;
         }
+        fopen
     }
 
-    fn add_file_handle(&self, file: OwnedFd, inode: Arc<Inode>, flags: i32) -> u64 {
+    /// `st`: the opened descriptor's fstat (one per open serves both this handle's change
+    /// mark and `open_validate`); None if it failed.
+    fn add_file_handle(
+        &self,
+        file: OwnedFd,
+        inode: Arc<Inode>,
+        flags: i32,
+        st: Option<&libc::stat>,
+    ) -> u64 {
         let fh = self.new_handle();
         let cached = self.cache_for(&inode).is_some();
-        let seen = sys::fstat(&file)
-            .map(|st| change_mark(&st))
-            .unwrap_or_default();
+        let seen = st.map(change_mark).unwrap_or_default();
         self.files.insert(
             fh,
             Arc::new(FileHandleState {
@@ -982,15 +1062,15 @@ impl PassthroughFs {
 
     /// Open (or create) of a regular file: checks the validator, and answers whether
     /// the kernel may keep the pages it has (FOPEN_KEEP_CACHE).
-    fn open_validate(&self, inode: &Inode, fd: RawFd, flags: i32) -> FopenFlags {
+    fn open_validate(&self, inode: &Inode, st: Option<&libc::stat>, flags: i32) -> FopenFlags {
         let mut fopen = Self::fopen_flags(flags);
         let Some((cache, file)) = self.cache_for(inode) else {
             return fopen;
         };
-        let Ok(st) = sys::fstat_path(fd) else {
+        let Some(st) = st else {
             return fopen;
         };
-        if cache.open_check(file, &st) && flags & libc::O_DIRECT == 0 {
+        if cache.open_check(file, st) && flags & libc::O_DIRECT == 0 {
             fopen |= FopenFlags::FOPEN_KEEP_CACHE;
         }
         fopen
@@ -1633,20 +1713,27 @@ impl PassthroughFs {
             Err(e) => return Err((e, reply)),
         };
         if let Some((cache, file)) = self.cache_for(&handle.inode).filter(|_| handle.cached) {
-            return match cache.read(file, fd.as_raw_fd(), offset, size, pid) {
-                Ok(result) => {
-                    reply.data(&result.data);
-                    if result.outside_change {
-                        self.invalidate_pages(&handle.inode);
+            // the thread's buffer, reused from request to request (not zeroed again:
+            // `read_into` writes every byte it serves)
+            let read = READ_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                match cache.read_into(file, fd.as_raw_fd(), offset, size, pid, &mut buf) {
+                    Ok(r) => {
+                        reply.data(&buf[r.data.clone()]);
+                        Ok(r)
                     }
-                    // the fill happens after the reply: the reader does not wait for it
-                    if let Some(fill) = result.fill {
-                        cache.fill(file, fill);
-                    }
-                    Ok(())
+                    Err(e) => Err((e, reply)),
                 }
-                Err(e) => Err((e, reply)),
-            };
+            });
+            let result = read?;
+            if result.outside_change {
+                self.invalidate_pages(&handle.inode);
+            }
+            // the fill happens after the reply: the reader does not wait for it
+            if let Some(fill) = result.fill {
+                cache.fill(file, fill);
+            }
+            return Ok(());
         }
         let size = size as usize;
         READ_BUF.with(|buf| {
@@ -1941,8 +2028,12 @@ impl Filesystem for PassthroughFs {
                 // with a SETATTR of size 0, which goes through the change protocol.
                 let file = as_caller(req, || sys::open(&path, Self::backing_open_flags(flags.0)))
                     .map_err(|e| self.inodes.limit_error(e))?;
-                let fopen = self.open_validate(&inode, file.as_raw_fd(), flags.0);
-                Ok((self.add_file_handle(file, inode.clone(), flags.0), fopen))
+                let st = sys::fstat(&file).ok();
+                let fopen = self.open_validate(&inode, st.as_ref(), flags.0);
+                Ok((
+                    self.add_file_handle(file, inode.clone(), flags.0, st.as_ref()),
+                    fopen,
+                ))
             };
             self.or_offline(online, |o| self.open_offline(o, req, &inode, flags.0))
         });
@@ -2020,6 +2111,45 @@ impl Filesystem for PassthroughFs {
         // The writer lacks CAP_FSETID: write without it too, so the backing clears the
         // file's set-id bits as it would for that writer (HANDLE_KILLPRIV_V2).
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        // Writeback: the data goes to the cache, dirty. Not for appends (written through,
+        // after a flush of the file) nor a write that must clear set-id bits.
+        if !appending {
+            if let Some(((cache, file), h)) = self
+                .cache_for(&handle.inode)
+                .filter(|(c, _)| c.writeback_ready())
+                .zip(self.writeback_handle(&handle.inode))
+            {
+                let setid = kill_suidgid
+                    && sys::fstat(&handle.file)
+                        .is_ok_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0);
+                if !setid {
+                    let r = cache.write_dirty(
+                        file,
+                        fd,
+                        (h.handle_type, &h.bytes),
+                        offset,
+                        data,
+                        req.pid(),
+                    );
+                    match r {
+                        Ok((n, outside)) => {
+                            if outside {
+                                self.invalidate_pages(&handle.inode);
+                            }
+                            if let Some(meta) = &self.meta {
+                                meta.apply(Change::Attr {
+                                    id: handle.inode.id,
+                                    st: None,
+                                });
+                            }
+                            reply.written(n as u32)
+                        }
+                        Err(e) => reply.error(errno(e)),
+                    }
+                    return;
+                }
+            }
+        }
         let (written, changed) = self.change(&handle.inode, fd, touch, || {
             let _no_fsetid = kill_suidgid.then(WithoutFsetid::now);
             if appending {
@@ -2056,7 +2186,9 @@ impl Filesystem for PassthroughFs {
         reply: ReplyEmpty,
     ) {
         // close(dup(fd)) gives the backing the close it would have seen (NFS flushes
-        // and reports write errors on close) without closing our descriptor.
+        // and reports write errors on close) without closing our descriptor. Read-only
+        // handles are opened with FOPEN_NOFLUSH and never get here.
+        sys::FLUSH_REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = self.file(fh).and_then(|h| {
             if h.offline || (!h.writable && self.offline_now().is_some()) {
                 return Ok(()); // nothing to report: read-only, and no backing close to make
@@ -2096,9 +2228,18 @@ impl Filesystem for PassthroughFs {
             if h.offline {
                 return Ok(()); // read-only, from the cache: nothing to sync
             }
-            crate::offline::call_inline(crate::sys::FaultOp::Fsync, || {
-                sys::sync(h.file.as_raw_fd(), datasync)
-            })
+            match self.cache_for(&h.inode) {
+                // writeback: durable in the cache file (and the backing's size with it)
+                Some((cache, file))
+                    if cache.cache_mode() == crate::device::format::CacheMode::Writeback
+                        || cache.has_dirty(file) =>
+                {
+                    cache.fsync_dirty(file, h.file.as_raw_fd(), datasync)
+                }
+                _ => crate::offline::call_inline(crate::sys::FaultOp::Fsync, || {
+                    sys::sync(h.file.as_raw_fd(), datasync)
+                }),
+            }
         });
         reply_empty(result, reply);
     }
@@ -2400,8 +2541,14 @@ impl Filesystem for PassthroughFs {
                             .map_err(|e| self.inodes.limit_error(e))
                     })?;
                     let inode = self.inode(attr.ino)?;
-                    let fopen = self.open_validate(&inode, file.as_raw_fd(), flags);
-                    Ok((attr, ttls, self.add_file_handle(file, inode, flags), fopen))
+                    let st = sys::fstat(&file).ok();
+                    let fopen = self.open_validate(&inode, st.as_ref(), flags);
+                    Ok((
+                        attr,
+                        ttls,
+                        self.add_file_handle(file, inode, flags, st.as_ref()),
+                        fopen,
+                    ))
                 })
             });
         match result {
@@ -2461,6 +2608,10 @@ impl Filesystem for PassthroughFs {
             if h.offline {
                 return Self::lseek_offline(&h, offset, whence);
             }
+            // SEEK_DATA/SEEK_HOLE ask the backing: dirty data must be there first
+            if whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE {
+                self.flush_dirty(&h.inode)?;
+            }
             sys::lseek(h.file.as_raw_fd(), offset, whence)
         });
         match result {
@@ -2491,6 +2642,8 @@ impl Filesystem for PassthroughFs {
                     // no backing descriptor to copy from: the kernel falls back to read + write
                     return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
                 }
+                // the copy reads the source's backing file: its dirty data must be there first
+                self.flush_dirty(&src.inode)?;
                 let mut off_in = offset_in as libc::off64_t;
                 let mut off_out = offset_out as libc::off64_t;
                 let len = len.min(u32::MAX as u64 & !0xfff) as usize;

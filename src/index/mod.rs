@@ -295,23 +295,7 @@ impl Index {
         let mut shard = self.shard(file).lock();
         let fe = shard.entry(file).or_default();
         let displaced = cut(&mut fe.extents, ext.offset, ext.end());
-        let mut ext = ext;
-        let left = fe.extents.range(..ext.offset).next_back();
-        if let Some((&k, left)) = left {
-            if left.contiguous_with(&ext) {
-                if let Some(left) = fe.extents.remove(&k) {
-                    ext = left.merge(ext);
-                }
-            }
-        }
-        if let Some(right) = fe.extents.get(&ext.end()) {
-            if ext.contiguous_with(right) {
-                if let Some(right) = fe.extents.remove(&ext.end()) {
-                    ext = ext.merge(right);
-                }
-            }
-        }
-        fe.extents.insert(ext.offset, ext);
+        insert_merged(&mut fe.extents, ext);
         displaced
     }
 
@@ -447,6 +431,100 @@ impl Index {
         true
     }
 
+    // ---- writeback (dirty extents) ----
+
+    /// Writeback: make `written` (a slice of `file`'s index read before its bytes were
+    /// written back) clean, but only if its range is still covered exactly by the same
+    /// pointer, as [`Index::replace_if_unchanged`] checks; a write since then wins and the
+    /// range stays dirty. True when cleaned.
+    pub fn clean_if_unchanged(&self, file: FileId, written: &Extent) -> bool {
+        let mut shard = self.shard(file).lock();
+        let Some(fe) = shard.get_mut(&file) else {
+            return false;
+        };
+        if !covered_by(&fe.extents, written) {
+            return false;
+        }
+        let mut clean = written.clone();
+        clean.dirty = false;
+        cut(&mut fe.extents, clean.offset, clean.end());
+        insert_merged(&mut fe.extents, clean);
+        true
+    }
+
+    /// Replay of a `KeyClean`: every extent in `[offset, offset + len)` becomes clean.
+    pub fn mark_clean_range(&self, file: FileId, offset: u64, len: u64) {
+        let Some((start, end)) = self.round_out(offset, len) else {
+            return;
+        };
+        let mut shard = self.shard(file).lock();
+        let Some(fe) = shard.get_mut(&file) else {
+            return;
+        };
+        for mut x in cut(&mut fe.extents, start, end) {
+            x.dirty = false;
+            insert_merged(&mut fe.extents, x);
+        }
+    }
+
+    /// Bytes of `file` not yet written back.
+    pub fn dirty_bytes(&self, file: FileId) -> u64 {
+        let shard = self.shard(file).lock();
+        shard.get(&file).map_or(0, |fe| {
+            fe.extents.values().filter(|x| x.dirty).map(|x| x.len).sum()
+        })
+    }
+
+    /// The dirty extents of `file`, in file order.
+    pub fn dirty_extents(&self, file: FileId) -> Vec<Extent> {
+        let shard = self.shard(file).lock();
+        shard
+            .get(&file)
+            .map(|fe| fe.extents.values().filter(|x| x.dirty).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every file holding dirty extents, with its dirty bytes (a walk of every shard).
+    pub fn dirty_files(&self) -> Vec<(FileId, u64)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (&file, fe) in shard.iter() {
+                let d: u64 = fe.extents.values().filter(|x| x.dirty).map(|x| x.len).sum();
+                if d > 0 {
+                    out.push((file, d));
+                }
+            }
+        }
+        out
+    }
+
+    /// Forget `file`'s clean extents, keeping its dirty ones and its validator. Returns the
+    /// removed extents, in file order. With no dirty extent this is [`Index::remove_file`]
+    /// (the validator goes too).
+    pub fn remove_clean(&self, file: FileId) -> Vec<Extent> {
+        let mut shard = self.shard(file).lock();
+        let Some(fe) = shard.get_mut(&file) else {
+            return Vec::new();
+        };
+        if !fe.extents.values().any(|x| x.dirty) {
+            return shard
+                .remove(&file)
+                .map(|fe| fe.extents.into_values().collect())
+                .unwrap_or_default();
+        }
+        let doomed: Vec<u64> = fe
+            .extents
+            .iter()
+            .filter(|(_, x)| !x.dirty)
+            .map(|(&k, _)| k)
+            .collect();
+        doomed
+            .into_iter()
+            .filter_map(|k| fe.extents.remove(&k))
+            .collect()
+    }
+
     /// The validator recorded for `file`.
     pub fn validator(&self, file: FileId) -> Option<Validator> {
         self.shard(file)
@@ -527,6 +605,55 @@ impl Index {
         }
         s
     }
+}
+
+/// True when `[old.offset, old.end())` is covered exactly by pieces of `old` (same bucket,
+/// gen and sectors, dirty as it was).
+fn covered_by(map: &BTreeMap<u64, Extent>, old: &Extent) -> bool {
+    let mut at = old.offset;
+    let Some(first) = map.range(..=old.offset).next_back().map(|(&k, _)| k) else {
+        return false;
+    };
+    for (_, x) in map.range(first..old.end()) {
+        if x.end() <= at {
+            continue;
+        }
+        let same_place = x.ptr.bucket == old.ptr.bucket
+            && x.ptr.gen == old.ptr.gen
+            && x.dirty == old.dirty
+            && x.offset <= at
+            && u64::from(x.ptr.offset) + (at - x.offset) / SECTOR
+                == u64::from(old.ptr.offset) + (at - old.offset) / SECTOR;
+        if !same_place {
+            return false;
+        }
+        at = x.end().min(old.end());
+        if at == old.end() {
+            break;
+        }
+    }
+    at == old.end()
+}
+
+/// Put `ext` into `map` where nothing overlaps it, merged with contiguous neighbours.
+fn insert_merged(map: &mut BTreeMap<u64, Extent>, ext: Extent) {
+    let mut ext = ext;
+    let left = map.range(..ext.offset).next_back();
+    if let Some((&k, left)) = left {
+        if left.contiguous_with(&ext) {
+            if let Some(left) = map.remove(&k) {
+                ext = left.merge(ext);
+            }
+        }
+    }
+    if let Some(right) = map.get(&ext.end()) {
+        if ext.contiguous_with(right) {
+            if let Some(right) = map.remove(&ext.end()) {
+                ext = ext.merge(right);
+            }
+        }
+    }
+    map.insert(ext.offset, ext);
 }
 
 /// Remove everything in `[start, end)` from `map`, putting back the parts of cut extents that

@@ -395,3 +395,64 @@ fn heap_estimate_is_plausible() {
     // 32 crcs (128 B + malloc header) plus a share of a B-tree node.
     assert!((200..400).contains(&per), "{per} bytes per extent");
 }
+
+fn dirty(mut x: Extent) -> Extent {
+    x.dirty = true;
+    x
+}
+
+/// Writeback: a range becomes clean only while the same pointer still covers it; a write
+/// since then (another bucket) keeps it dirty. Cleaned pieces merge with clean neighbours.
+#[test]
+fn clean_if_unchanged_cleans_only_the_same_pointer_and_merges() {
+    let ix = Index::new(BS as u32);
+    ix.insert(1, ext(0, 4, 7, 1, 0)); // clean blocks 0..4 of bucket 7
+    ix.insert(1, dirty(ext(4, 4, 7, 1, 4))); // dirty blocks 4..8, contiguous in bucket 7
+    assert_eq!(ix.dirty_bytes(1), 4 * BS);
+    assert_eq!(ix.dirty_files(), vec![(1, 4 * BS)]);
+    let written = ix.dirty_extents(1);
+    assert_eq!(blocks(&written), vec![(4, 4)]);
+    // a new write over block 6 (another bucket) before the writeback finished
+    ix.insert(1, dirty(ext(6, 1, 9, 1, 0)));
+    assert!(
+        !ix.clean_if_unchanged(1, &written[0]),
+        "cleaned over a newer write"
+    );
+    assert_eq!(ix.dirty_bytes(1), 4 * BS);
+    // what is left of the old pointer can be cleaned piece by piece
+    for piece in ix.dirty_extents(1) {
+        if piece.ptr.bucket == 7 {
+            assert!(ix.clean_if_unchanged(1, &piece));
+        }
+    }
+    assert_eq!(ix.dirty_bytes(1), BS, "only the newer write stays dirty");
+    // clean blocks 0..6 of bucket 7 merged into one extent again
+    assert_eq!(shape(&ix, 1)[0], (0, 6, 7, 0));
+    // replay's KeyClean: everything in the range
+    ix.mark_clean_range(1, 0, 8 * BS);
+    assert_eq!(ix.dirty_bytes(1), 0);
+    assert!(ix.dirty_files().is_empty());
+}
+
+/// Dropping a file's clean extents keeps its dirty ones (and the validator).
+#[test]
+fn remove_clean_keeps_dirty_extents() {
+    let ix = Index::new(BS as u32);
+    let v = Validator {
+        size: 10 * BS,
+        mtime_ns: 1,
+        ctime_ns: 2,
+    };
+    ix.set_validator(2, v);
+    ix.insert(2, ext(0, 2, 3, 0, 0));
+    ix.insert(2, dirty(ext(2, 2, 4, 0, 0)));
+    ix.insert(2, ext(5, 1, 3, 0, 5));
+    let gone = ix.remove_clean(2);
+    assert_eq!(blocks(&gone), vec![(0, 2), (5, 1)]);
+    assert_eq!(blocks(&ix.extents(2)), vec![(2, 2)]);
+    assert_eq!(ix.validator(2), Some(v));
+    // without dirty extents it forgets the file
+    ix.mark_clean_range(2, 0, u64::MAX);
+    ix.remove_clean(2);
+    assert!(ix.extents(2).is_empty() && ix.validator(2).is_none());
+}

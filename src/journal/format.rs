@@ -22,8 +22,12 @@
 //!                      file ids `slot << 56 | ino` belong to this filesystem
 //!  13 MetaCheckpoint   ckpt_seq u64, len_bytes u64, nparts u32 (1..=MAX_INDEX_BUCKETS),
 //!                      bucket u32 x nparts: a metadata cache checkpoint (`meta::format`)
-//!   7..=12, 14, 15     reserved for the metadata cache, writeback and admission (their bodies
-//!                      are fixed in docs/DESIGN.md §3); refused as unknown until implemented
+//!  14 FileHandle       file u64, handle_type i32, handle_len u16 (1..=128), handle bytes:
+//!                      how writeback reopens a file with dirty keys (`name_to_handle_at`)
+//!  15 KeyClean         file u64, offset u64 (bytes), len u64 (bytes): written back and the
+//!                      backing fsync'd; the dirty keys in the range become clean
+//!   7..=12             reserved for the metadata cache (bodies fixed in docs/DESIGN.md §3);
+//!                      refused as unknown until implemented
 //! ```
 //!
 //! Invariants: an entry is accepted only with the right magic, version, a payload length within
@@ -80,6 +84,16 @@ pub enum Record {
         mtime_ns: i64,
         ctime_ns: i64,
     },
+    /// How writeback reopens `file` (a `name_to_handle_at` handle on the backing root's
+    /// filesystem); queued before the file's first dirty key, repeated by index checkpoints.
+    FileHandle {
+        file: u64,
+        handle_type: i32,
+        handle: Vec<u8>,
+    },
+    /// Bytes `[offset, offset + len)` of `file` were written back and the backing synced:
+    /// the dirty keys there are clean now.
+    KeyClean { file: u64, offset: u64, len: u64 },
     /// A backing filesystem's slot in the file id space (see `cache::identity`).
     FsSlot {
         slot: u8,
@@ -89,6 +103,9 @@ pub enum Record {
         dev_keyed: bool,
     },
 }
+
+/// Largest file handle a `FileHandle` record carries (`MAX_HANDLE_SZ`).
+pub const MAX_FILE_HANDLE: usize = 128;
 
 /// Most buckets one index checkpoint may span.
 pub const MAX_INDEX_BUCKETS: u32 = 1 << 16;
@@ -172,6 +189,23 @@ impl Entry {
                     b.extend_from_slice(&size.to_le_bytes());
                     b.extend_from_slice(&mtime_ns.to_le_bytes());
                     b.extend_from_slice(&ctime_ns.to_le_bytes());
+                }
+                Record::FileHandle {
+                    file,
+                    handle_type,
+                    handle,
+                } => {
+                    b.push(14);
+                    b.extend_from_slice(&file.to_le_bytes());
+                    b.extend_from_slice(&handle_type.to_le_bytes());
+                    b.extend_from_slice(&(handle.len() as u16).to_le_bytes());
+                    b.extend_from_slice(handle);
+                }
+                Record::KeyClean { file, offset, len } => {
+                    b.push(15);
+                    b.extend_from_slice(&file.to_le_bytes());
+                    b.extend_from_slice(&offset.to_le_bytes());
+                    b.extend_from_slice(&len.to_le_bytes());
                 }
                 Record::FsSlot {
                     slot,
@@ -372,6 +406,34 @@ impl Entry {
                     o += 26;
                     r
                 }
+                14 => {
+                    need(o, 14)?;
+                    let file = le_u64(p, o);
+                    let handle_type = le_u32(p, o + 8) as i32;
+                    let n = u16::from_le_bytes([p[o + 12], p[o + 13]]) as usize;
+                    o += 14;
+                    if n == 0 || n > MAX_FILE_HANDLE {
+                        return bad(format!("file handle of {n} bytes"));
+                    }
+                    need(o, n)?;
+                    let handle = p[o..o + n].to_vec();
+                    o += n;
+                    Record::FileHandle {
+                        file,
+                        handle_type,
+                        handle,
+                    }
+                }
+                15 => {
+                    need(o, 24)?;
+                    let r = Record::KeyClean {
+                        file: le_u64(p, o),
+                        offset: le_u64(p, o + 8),
+                        len: le_u64(p, o + 16),
+                    };
+                    o += 24;
+                    r
+                }
                 t => return bad(format!("unknown record type {t}")),
             };
             records.push(r);
@@ -414,6 +476,16 @@ mod tests {
                     bucket_offset: 16,
                     dirty: true,
                     crcs: vec![0xdead_beef, 7],
+                },
+                Record::FileHandle {
+                    file: 11,
+                    handle_type: 1,
+                    handle: vec![1, 2, 3, 4, 5, 6, 7, 8],
+                },
+                Record::KeyClean {
+                    file: 11,
+                    offset: 4096,
+                    len: 8192,
                 },
                 Record::KeyDelete {
                     file: 11,

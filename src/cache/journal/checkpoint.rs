@@ -50,6 +50,9 @@ impl JournalWriter {
 
     /// Steps 2-5 of an index checkpoint; the caller holds the io lock.
     pub(super) fn write_checkpoint(&self) -> Result<()> {
+        // handles of files with dirty keys, taken before the walk and again after it, so a
+        // file dirtied or cleaned meanwhile is named either way
+        let mut handles = self.handles.lock().clone();
         let blob = self.index.encode_checkpoint();
         let buckets = self.write_blob(&blob)?;
         let release = |buckets: &[u32]| release_buckets(&self.alloc, buckets);
@@ -62,6 +65,16 @@ impl JournalWriter {
         records.extend(self.identity.records());
         // the metadata checkpoint too: the ring must never wrap over the only entry naming it
         records.extend(self.meta.lock().as_ref().map(MetaLocation::record));
+        handles.extend(self.handles.lock().iter().map(|(k, v)| (*k, v.clone())));
+        let mut handles: Vec<_> = handles.into_iter().collect();
+        handles.sort_by_key(|(file, _)| *file);
+        records.extend(handles.into_iter().map(|(file, (handle_type, handle))| {
+            Record::FileHandle {
+                file,
+                handle_type,
+                handle,
+            }
+        }));
         let appended = self
             .alloc
             .journal_append_with_gens(records)

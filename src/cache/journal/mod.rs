@@ -46,7 +46,7 @@ mod checkpoint;
 mod replay;
 
 pub use checkpoint::{CheckpointState, MetaLocation};
-pub use replay::{replay, ReplayReport, Replayed};
+pub use replay::{may_hold_dirty, replay, ReplayReport, Replayed};
 
 /// Queue length (records) that wakes the writer before its timer.
 const WAKE_AT: usize = 4096;
@@ -72,11 +72,16 @@ pub struct JournalWriter {
     pub(super) ring_bytes: AtomicU64,
     /// The current metadata checkpoint (read at mount or written since), if any.
     pub(super) meta: Mutex<Option<MetaLocation>>,
+    /// The `FileHandle` of every file that has (or may have) dirty keys: every index
+    /// checkpoint entry repeats them, so the ring never wraps past the only record naming
+    /// one (writeback, `cache/writeback.rs`).
+    pub(crate) handles: Mutex<std::collections::HashMap<crate::index::FileId, (i32, Vec<u8>)>>,
 }
 
 fn record_size(r: &Record) -> usize {
     match r {
         Record::KeyInsert { crcs, .. } => 40 + 4 * crcs.len(),
+        Record::FileHandle { handle, .. } => 16 + handle.len(),
         _ => 40,
     }
 }
@@ -100,6 +105,7 @@ impl JournalWriter {
             ckpt: Mutex::new(ckpt),
             ring_bytes: AtomicU64::new(0),
             meta: Mutex::new(None),
+            handles: Mutex::new(std::collections::HashMap::new()),
         }
     }
 

@@ -18,9 +18,15 @@ use crate::journal::format::Record;
 pub struct Replayed {
     pub index: Index,
     /// Bytes of dirty (not yet written back) data the replayed keys held, before stale or
-    /// untrusted keys were dropped: this build has no writeback, so the cache set refuses
-    /// such a file rather than serve, drop or overwrite another build's dirty data.
+    /// untrusted keys were dropped.
     pub dirty_bytes: u64,
+    /// Bytes of dirty keys replay could not trust (stale gen, unknown slot): the cache set
+    /// refuses to mount such a file unless told to drop them (`-o drop_dirty`), never a
+    /// silent drop.
+    pub untrusted_dirty: u64,
+    /// The newest `FileHandle` of every file the ring names (writeback reopens dirty files
+    /// by it).
+    pub handles: std::collections::HashMap<crate::index::FileId, (i32, Vec<u8>)>,
     pub identity: Identity,
     pub checkpoint: CheckpointState,
     /// What replay found and left out, for `fsck` (the mount only logs it).
@@ -61,6 +67,21 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     for s in &entries {
         for (slot, key) in s.entry.records.iter().filter_map(FsKey::from_record) {
             identity.restore(slot, key);
+        }
+    }
+    // Handles never change for a file id (one inode), so every FileHandle in the ring
+    // counts; each index checkpoint entry repeats those of the files with dirty keys.
+    let mut handles = std::collections::HashMap::new();
+    for s in &entries {
+        for r in &s.entry.records {
+            if let Record::FileHandle {
+                file,
+                handle_type,
+                handle,
+            } = r
+            {
+                handles.insert(*file, (*handle_type, handle.clone()));
+            }
         }
     }
     // newest checkpoint that loads
@@ -139,6 +160,17 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     counters
         .stale_pointers
         .fetch_add(stale.len() as u64, Ordering::Relaxed);
+    let untrusted_dirty: u64 = stale
+        .iter()
+        .filter(|(_, e)| e.dirty)
+        .map(|(_, e)| e.len)
+        .sum();
+    if untrusted_dirty > 0 {
+        tracing::error!(
+            bytes = untrusted_dirty,
+            "journal replay found dirty keys it cannot trust (stale gen or unknown slot)"
+        );
+    }
     tracing::info!(
         records = applied,
         stale = stale.len(),
@@ -154,6 +186,8 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     Ok(Replayed {
         index,
         dirty_bytes,
+        untrusted_dirty,
+        handles,
         identity,
         checkpoint: ckpt,
         report,
@@ -227,7 +261,9 @@ fn apply(index: &Index, r: &Record, sb: &crate::device::format::Superblock) -> b
                 ctime_ns: *ctime_ns,
             },
         ),
+        Record::KeyClean { file, offset, len } => index.mark_clean_range(*file, *offset, *len),
         Record::GensCheckpoint { .. }
+        | Record::FileHandle { .. }
         | Record::IndexCheckpoint { .. }
         | Record::MetaCheckpoint { .. }
         | Record::FsSlot { .. } => {}
@@ -270,4 +306,41 @@ fn newest_meta_checkpoint(
         }
     }
     None
+}
+
+/// Without opening the cache file for writing: may it hold dirty data? True when the
+/// newest index checkpoint entry names a file handle (a file with dirty keys) or a dirty
+/// key was journaled after it. Conservative (a key cleaned since still counts): a mount in
+/// mode none, which never opens the file, refuses on it unless told to go on.
+pub fn may_hold_dirty(path: &std::path::Path) -> Result<bool> {
+    let f = std::fs::File::open(path).map_err(|e| crate::error::Error::io("open cache file", e))?;
+    let dev = crate::device::FileDevice::new(f);
+    let sb = crate::alloc::read_superblock(&dev)?;
+    let entries = crate::journal::scan(&dev, &sb)?;
+    let newest_ckpt = entries.iter().rposition(|s| {
+        s.entry
+            .records
+            .iter()
+            .any(|r| matches!(r, Record::IndexCheckpoint { .. }))
+    });
+    let from = match newest_ckpt {
+        Some(pos) => {
+            let named = entries[pos]
+                .entry
+                .records
+                .iter()
+                .any(|r| matches!(r, Record::FileHandle { .. }));
+            if named {
+                return Ok(true);
+            }
+            pos + 1
+        }
+        None => 0,
+    };
+    Ok(entries[from..].iter().any(|s| {
+        s.entry
+            .records
+            .iter()
+            .any(|r| matches!(r, Record::KeyInsert { dirty: true, .. }))
+    }))
 }
