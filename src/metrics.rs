@@ -501,6 +501,12 @@ pub const METRICS: &[Metric] = &[
         Counter,
         "Metadata syscalls made on the backing for requests",
     ),
+    m(
+        "flush_requests",
+        "bcachefs_lite_flush_requests_total",
+        Counter,
+        "FLUSH requests served (a read-only open gets none)",
+    ),
 ];
 
 /// Numeric figures of `stats` deliberately not exported: ratios and windows Prometheus

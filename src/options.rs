@@ -38,6 +38,9 @@ pub struct MountOptions {
     pub probation_after: u64,
     /// `readahead=` (default 0: the kernel's own readahead is enough).
     pub readahead: u64,
+    /// `kernel_readahead=` (default 1 MiB, 0 = the kernel's default): the mount's
+    /// readahead window in the kernel (its bdi's `read_ahead_kb`), set after the mount.
+    pub kernel_readahead: u64,
     /// `discard` / `nodiscard`; None keeps what the cache file says.
     pub discard: Option<bool>,
     pub reformat: bool,
@@ -93,6 +96,7 @@ impl Default for MountOptions {
             sequential_cutoff: 0,
             probation_after: crate::cache::DEFAULT_PROBATION_AFTER,
             readahead: 0,
+            kernel_readahead: DEFAULT_KERNEL_READAHEAD,
             discard: None,
             reformat: false,
             metrics: None,
@@ -110,6 +114,16 @@ impl Default for MountOptions {
         }
     }
 }
+
+/// Default `kernel_readahead=`: one full FUSE request (`max_pages` 256). The kernel's own
+/// default for a FUSE mount is 128 KiB, so a sequential read arrived as 128 KiB requests
+/// with at most one or two in flight; a window of 1 MiB makes them 1 MiB (measured in
+/// docs/DESIGN.md, "Threads and kernel settings"). Larger windows also mean larger mmap
+/// read-around on a page fault, from a slow backing on a cold read.
+pub const DEFAULT_KERNEL_READAHEAD: u64 = 1 << 20;
+
+/// Largest `kernel_readahead=`.
+pub const MAX_KERNEL_READAHEAD: u64 = 64 << 20;
 
 /// A `-o` list that cannot be used, with the option it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +187,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "sequential_cutoff",
     "probation_after",
     "readahead",
+    "kernel_readahead",
     "discard",
     "nodiscard",
     "reformat",
@@ -248,6 +263,17 @@ impl MountOptions {
                     });
                 }
                 self.readahead = bytes;
+            }
+            "kernel_readahead" => {
+                let bytes = parse_bytes(name, value)?;
+                if bytes > MAX_KERNEL_READAHEAD {
+                    return Err(OptionError::BadValue {
+                        option: name.to_string(),
+                        value: value.unwrap_or("").to_string(),
+                        why: "at most 64M",
+                    });
+                }
+                self.kernel_readahead = bytes;
             }
             "replacement" => {
                 let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;
@@ -415,6 +441,19 @@ mod tests {
             let e = parse(big).unwrap_err().to_string();
             assert!(e.contains("at most 64M"), "{big}: {e}");
         }
+    }
+
+    #[test]
+    fn kernel_readahead_defaults_to_one_request_and_is_bounded() {
+        assert_eq!(parse("").unwrap().kernel_readahead, 1 << 20);
+        assert_eq!(parse("kernel_readahead=0").unwrap().kernel_readahead, 0);
+        assert_eq!(
+            parse("kernel_readahead=8M").unwrap().kernel_readahead,
+            8 << 20
+        );
+        let e = parse("kernel_readahead=65M").unwrap_err().to_string();
+        assert!(e.contains("at most 64M"), "{e}");
+        assert!(parse("kernel_readahead").is_err());
     }
 
     #[test]

@@ -324,6 +324,22 @@ pub struct ReadResult {
     pub outside_change: bool,
 }
 
+/// What [`CacheSet::read_into`] did: the bytes are `buf[data]`.
+pub struct ReadInto {
+    pub data: std::ops::Range<usize>,
+    pub fill: Option<Fill>,
+    /// The read path found the backing changed underneath: drop the kernel's pages.
+    pub outside_change: bool,
+}
+
+/// Makes `buf` at least `len` long; it never shrinks, and what it holds is not zeroed again
+/// (only a part that grows is zeroed, once): the read path overwrites every byte it serves.
+fn grow_to(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+}
+
 pub struct CacheSet {
     alloc: Arc<Allocator>,
     index: Arc<Index>,
@@ -1067,6 +1083,7 @@ impl CacheSet {
 
     /// Reads `size` bytes at `offset`: cached pieces from the cache file, gaps from
     /// `backing_fd`. Returns the data and, for a miss, what to fill after replying.
+    /// Allocates the data; the request path uses [`CacheSet::read_into`].
     pub fn read(
         &self,
         file: &FileState,
@@ -1075,14 +1092,39 @@ impl CacheSet {
         size: u32,
         pid: u32,
     ) -> io::Result<ReadResult> {
+        let mut buf = Vec::new();
+        let r = self.read_into(file, backing_fd, offset, size, pid, &mut buf)?;
+        buf.truncate(r.data.end);
+        buf.drain(..r.data.start);
+        Ok(ReadResult {
+            data: buf,
+            fill: r.fill,
+            outside_change: r.outside_change,
+        })
+    }
+
+    /// [`CacheSet::read`] into `buf`, a buffer the caller keeps from request to request
+    /// (one per FUSE worker thread): it grows to the largest request but is never zeroed
+    /// again, and the returned range of it holds the bytes. Every byte of the block-rounded
+    /// span is written before it is used, by a cache read that passed its checks or by the
+    /// backing read of a gap (a short backing read zeroes the rest), so nothing of an earlier
+    /// request is served.
+    pub fn read_into(
+        &self,
+        file: &FileState,
+        backing_fd: RawFd,
+        offset: u64,
+        size: u32,
+        pid: u32,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<ReadInto> {
         let outside_change = self.revalidate_on_read(file, backing_fd);
         if !self.caches_reads() {
             // mode none (or a failed cache file): the backing only, no hit, no fill
-            let mut data = vec![0u8; size as usize];
-            let n = crate::sys::pread_full(backing_fd, &mut data, offset)?;
-            data.truncate(n);
-            return Ok(ReadResult {
-                data,
+            grow_to(buf, size as usize);
+            let n = crate::sys::pread_full(backing_fd, &mut buf[..size as usize], offset)?;
+            return Ok(ReadInto {
+                data: 0..n,
                 fill: None,
                 outside_change,
             });
@@ -1105,15 +1147,15 @@ impl CacheSet {
             );
         }
         if offset >= end {
-            return Ok(ReadResult {
-                data: Vec::new(),
+            return Ok(ReadInto {
+                data: 0..0,
                 fill: None,
                 outside_change,
             });
         }
         let a = round_down(offset, self.block);
         let b = round_up(end, self.block);
-        let mut buf = vec![0u8; (b - a) as usize];
+        grow_to(buf, (b - a) as usize);
         let mut have = Vec::new(); // cached (start, end) ranges, sorted
         if self.is_active() {
             for ext in self.index.lookup(file.id, a, b - a) {
@@ -1159,7 +1201,10 @@ impl CacheSet {
         let readahead = self.readahead.load(Ordering::Relaxed);
         for (i, (s, e)) in gaps.into_iter().enumerate() {
             let piece = &mut buf[(s - a) as usize..(e - a) as usize];
-            crate::sys::pread_full(backing_fd, piece, s)?;
+            let n = crate::sys::pread_full(backing_fd, piece, s)?;
+            // past the backing's end (it shrank since the validator): zeros, as a fresh
+            // buffer had, never an earlier request's bytes
+            piece[n..].fill(0);
             add(&c.bytes_missed, e - s);
             if bypass || !self.is_active() {
                 continue;
@@ -1183,9 +1228,6 @@ impl CacheSet {
             chunks.push((s, data));
         }
         add(&c.bytes_hit, have.iter().map(|(s, e)| e - s).sum::<u64>());
-        let start = (offset - a) as usize;
-        buf.truncate((end - a) as usize);
-        buf.drain(..start);
         let fill = (!chunks.is_empty()).then(|| Fill {
             seen_seq,
             pid,
@@ -1193,8 +1235,8 @@ impl CacheSet {
             chunks,
             _pending: PendingFill::new(&self.counters),
         });
-        Ok(ReadResult {
-            data: buf,
+        Ok(ReadInto {
+            data: (offset - a) as usize..(end - a) as usize,
             fill,
             outside_change,
         })

@@ -11,7 +11,9 @@
 //!
 //! Model: per PID, the file and offset where its last read ended and how many bytes
 //! it has read contiguously up to there. A read that starts where the last one
-//! ended (or within the kernel's readahead window of it) continues the run.
+//! ended (or within the kernel's readahead window of it) continues the run; a late request
+//! of the stream (ending before the run's end, at most 8 MiB behind it) neither restarts nor
+//! extends it, and counts only bytes a forward jump skipped.
 //!
 //! Locks: one mutex over a small map; held for a lookup and an update. Never blocks.
 //! Both thresholds may be changed at run time (relaxed atomics).
@@ -32,12 +34,20 @@ const MAX_TRACKED: usize = 1024;
 /// The kernel may issue readahead slightly out of order; a read starting this close
 /// after the last one's end still counts as sequential.
 const SLACK: u64 = 1 << 20;
+/// A read that ends before the run's end and starts at most this far behind it is a late
+/// request of the same stream (the kernel's readahead requests, 1 MiB each with
+/// `kernel_readahead=`, are served by several threads, so one may arrive after the next):
+/// it neither extends nor restarts the run. Covers kernel readahead windows up to 8 MiB.
+const BEHIND_SLACK: u64 = 8 << 20;
 
 #[derive(Clone, Copy)]
 struct Run {
     file: u64,
     next: u64,
     bytes: u64,
+    /// Bytes a read that started past `next` (within [`SLACK`]) skipped: a late request of
+    /// the stream that fills them counts them.
+    holes: u64,
     seen: Instant,
 }
 
@@ -109,23 +119,30 @@ impl SequentialCutoff {
             file,
             next: offset,
             bytes: 0,
+            holes: 0,
             seen: now,
         });
         let continues = run.file == file
             && offset <= run.next.saturating_add(SLACK)
             && offset + len > run.next
             && now.duration_since(run.seen) < IDLE;
+        let late = run.file == file
+            && offset + len <= run.next
+            && offset >= run.next.saturating_sub(BEHIND_SLACK);
         if continues {
+            run.holes += offset.saturating_sub(run.next);
             run.bytes += offset + len - run.next.max(offset);
             run.next = run.next.max(offset + len);
-        } else if !(run.file == file
-            && offset + len <= run.next
-            && offset >= run.next.saturating_sub(SLACK))
-        {
+        } else if late {
+            let filled = len.min(run.holes);
+            run.bytes += filled;
+            run.holes -= filled;
+        } else {
             *run = Run {
                 file,
                 next: offset + len,
                 bytes: len,
+                holes: 0,
                 seen: now,
             };
         }
@@ -156,6 +173,22 @@ mod tests {
             off += 128 << 10;
         }
         assert_eq!(bypassed_at, Some(4 << 20));
+    }
+
+    #[test]
+    fn one_mib_requests_arriving_out_of_order_stay_one_stream() {
+        // pairs swapped, as two threads serve the kernel's 1 MiB readahead requests
+        let s = SequentialCutoff::new(4 << 20, 0);
+        let mut bypassed = 0;
+        for pair in 0..12u64 {
+            for i in [2 * pair + 1, 2 * pair] {
+                if s.should_bypass(7, 1, i << 20, 1 << 20) {
+                    bypassed += 1;
+                }
+            }
+        }
+        // 24 MiB read, the first 4 MiB (and the one request that crossed it) admitted
+        assert!(bypassed >= 19, "only {bypassed} of 24 requests bypassed");
     }
 
     #[test]

@@ -347,3 +347,43 @@ fn a_fill_is_pending_from_its_miss_until_written_or_dropped() {
     drop(again);
     assert_eq!(pending(), 0);
 }
+
+/// The request path reuses one buffer per thread without zeroing it (`read_into`): every
+/// byte it serves must be one it wrote in this request. A backing that shrank underneath
+/// (before the read path's next check) reads short; the rest is zeros, never the bytes an
+/// earlier request left in the buffer. Hits and misses in one buffer serve the right bytes.
+#[test]
+fn a_reused_read_buffer_never_serves_an_earlier_requests_bytes() {
+    let fx = fixture_with(std::time::Duration::from_secs(3600));
+    let file = fx.open(1);
+    let want = pattern(64 << 10, 0);
+    let mut buf = vec![0xAAu8; 1 << 20];
+    // a miss (filled), then a hit of the same range and a miss beside it, in the same buffer
+    for (offset, len) in [(0u64, 16384u32), (0, 16384), (4096, 32768), (100, 5000)] {
+        let r = fx
+            .cache
+            .read_into(&file, fx.fd(), offset, len, 1, &mut buf)
+            .unwrap();
+        assert_eq!(
+            &buf[r.data.clone()],
+            &want[offset as usize..offset as usize + len as usize]
+        );
+        if let Some(fill) = r.fill {
+            fx.cache.fill(&file, fill);
+        }
+    }
+    buf.fill(0xAA);
+    // the backing shrinks to 40000 bytes behind the validator's back (no check for an hour)
+    fx.backing.set_len(40000).unwrap();
+    let r = fx
+        .cache
+        .read_into(&file, fx.fd(), 32768, 32768, 1, &mut buf)
+        .unwrap();
+    let got = &buf[r.data.clone()];
+    assert_eq!(got.len(), 32768, "the validator's size still says 64 KiB");
+    assert_eq!(&got[..40000 - 32768], &want[32768..40000]);
+    assert!(
+        got[40000 - 32768..].iter().all(|&b| b == 0),
+        "bytes past the backing's end are not zeros: an earlier request's buffer leaked"
+    );
+}

@@ -226,6 +226,10 @@ impl FdCache {
                 "backing_metadata_calls".into(),
                 sys::BACKING_META_CALLS.load(Ordering::Relaxed).into(),
             ),
+            (
+                "flush_requests".into(),
+                sys::FLUSH_REQUESTS.load(Ordering::Relaxed).into(),
+            ),
         ]
     }
 

@@ -972,19 +972,34 @@ impl PassthroughFs {
     }
 
     fn fopen_flags(flags: i32) -> FopenFlags {
-        if flags & libc::O_DIRECT != 0 {
+        let mut fopen = if flags & libc::O_DIRECT != 0 {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
+        };
+        // A read-only handle has nothing to report at close (no write error can be
+        // pending on it, and no lock is ours to release: POSIX locks stay in the
+        // kernel): the kernel skips its FLUSH request, one round trip of the four a
+        // small file's open-read-close costs (issue 12). Writable handles still get
+        // `flush` (close(dup(fd)) on the backing, where NFS reports write errors).
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            fopen |= FopenFlags::FOPEN_NOFLUSH;
         }
+        fopen
     }
 
-    fn add_file_handle(&self, file: OwnedFd, inode: Arc<Inode>, flags: i32) -> u64 {
+    /// `st`: the opened descriptor's fstat (one per open serves both this handle's change
+    /// mark and `open_validate`); None if it failed.
+    fn add_file_handle(
+        &self,
+        file: OwnedFd,
+        inode: Arc<Inode>,
+        flags: i32,
+        st: Option<&libc::stat>,
+    ) -> u64 {
         let fh = self.new_handle();
         let cached = self.cache_for(&inode).is_some();
-        let seen = sys::fstat(&file)
-            .map(|st| change_mark(&st))
-            .unwrap_or_default();
+        let seen = st.map(change_mark).unwrap_or_default();
         self.files.insert(
             fh,
             Arc::new(FileHandleState {
@@ -1001,15 +1016,15 @@ impl PassthroughFs {
 
     /// Open (or create) of a regular file: checks the validator, and answers whether
     /// the kernel may keep the pages it has (FOPEN_KEEP_CACHE).
-    fn open_validate(&self, inode: &Inode, fd: RawFd, flags: i32) -> FopenFlags {
+    fn open_validate(&self, inode: &Inode, st: Option<&libc::stat>, flags: i32) -> FopenFlags {
         let mut fopen = Self::fopen_flags(flags);
         let Some((cache, file)) = self.cache_for(inode) else {
             return fopen;
         };
-        let Ok(st) = sys::fstat_path(fd) else {
+        let Some(st) = st else {
             return fopen;
         };
-        if cache.open_check(file, &st) && flags & libc::O_DIRECT == 0 {
+        if cache.open_check(file, st) && flags & libc::O_DIRECT == 0 {
             fopen |= FopenFlags::FOPEN_KEEP_CACHE;
         }
         fopen
@@ -1544,8 +1559,12 @@ impl Filesystem for PassthroughFs {
             // with a SETATTR of size 0, which goes through the change protocol.
             let file = as_caller(req, || sys::open(&path, Self::backing_open_flags(flags.0)))
                 .map_err(|e| self.inodes.limit_error(e))?;
-            let fopen = self.open_validate(&inode, file.as_raw_fd(), flags.0);
-            Ok((self.add_file_handle(file, inode, flags.0), fopen))
+            let st = sys::fstat(&file).ok();
+            let fopen = self.open_validate(&inode, st.as_ref(), flags.0);
+            Ok((
+                self.add_file_handle(file, inode, flags.0, st.as_ref()),
+                fopen,
+            ))
         });
         match result {
             Ok((fh, fopen)) => reply.opened(FileHandle(fh), fopen),
@@ -1569,24 +1588,37 @@ impl Filesystem for PassthroughFs {
             Err(e) => return reply.error(errno(e)),
         };
         if let Some((cache, file)) = self.cache_for(&handle.inode).filter(|_| handle.cached) {
-            match cache.read(
-                file,
-                handle.file.as_raw_fd(),
-                offset,
-                size.min(MAX_IO),
-                req.pid(),
-            ) {
-                Ok(result) => {
-                    reply.data(&result.data);
-                    if result.outside_change {
-                        self.invalidate_pages(&handle.inode);
+            // the thread's buffer, reused from request to request (not zeroed again:
+            // `read_into` writes every byte it serves)
+            let read = READ_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let r = cache.read_into(
+                    file,
+                    handle.file.as_raw_fd(),
+                    offset,
+                    size.min(MAX_IO),
+                    req.pid(),
+                    &mut buf,
+                );
+                match r {
+                    Ok(r) => {
+                        reply.data(&buf[r.data.clone()]);
+                        Some(r)
                     }
-                    // the fill happens after the reply: the reader does not wait for it
-                    if let Some(fill) = result.fill {
-                        cache.fill(file, fill);
+                    Err(e) => {
+                        reply.error(errno(e));
+                        None
                     }
                 }
-                Err(e) => reply.error(errno(e)),
+            });
+            if let Some(result) = read {
+                if result.outside_change {
+                    self.invalidate_pages(&handle.inode);
+                }
+                // the fill happens after the reply: the reader does not wait for it
+                if let Some(fill) = result.fill {
+                    cache.fill(file, fill);
+                }
             }
             return;
         }
@@ -1712,7 +1744,9 @@ impl Filesystem for PassthroughFs {
         reply: ReplyEmpty,
     ) {
         // close(dup(fd)) gives the backing the close it would have seen (NFS flushes
-        // and reports write errors on close) without closing our descriptor.
+        // and reports write errors on close) without closing our descriptor. Read-only
+        // handles are opened with FOPEN_NOFLUSH and never get here.
+        sys::FLUSH_REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = self.file(fh).and_then(|h| {
             let dup = sys::dup(h.file.as_raw_fd())?;
             sys::close(dup)
@@ -2040,8 +2074,14 @@ impl Filesystem for PassthroughFs {
                         .map_err(|e| self.inodes.limit_error(e))
                 })?;
                 let inode = self.inode(attr.ino)?;
-                let fopen = self.open_validate(&inode, file.as_raw_fd(), flags);
-                Ok((attr, ttls, self.add_file_handle(file, inode, flags), fopen))
+                let st = sys::fstat(&file).ok();
+                let fopen = self.open_validate(&inode, st.as_ref(), flags);
+                Ok((
+                    attr,
+                    ttls,
+                    self.add_file_handle(file, inode, flags, st.as_ref()),
+                    fopen,
+                ))
             })
         });
         match result {

@@ -37,6 +37,10 @@ pub fn proc_path(fd: RawFd) -> CString {
 /// here (it has its own figure).
 pub static BACKING_META_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// FLUSH requests served (`stats`: `flush_requests`); a read-only open gets none
+/// (FOPEN_NOFLUSH).
+pub static FLUSH_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 thread_local! {
     static UNCOUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
