@@ -122,13 +122,15 @@ fuzz:
 	done
 
 # Long runs of the crash torture (tests/torture.rs), the whole-file corruption test
-# (tests/corruption.rs) and the decoder pass (tests/decoders.rs); make test runs them short.
+# (tests/corruption.rs), the decoder pass (tests/decoders.rs) and writeback's SIGKILL test
+# (tests/writeback.rs, BCL_WB_CRASH_ROUNDS, 20 in make test); make test runs them short.
 BCL_TORTURE_ROUNDS ?= 100
 
 torture: deps
 	BCL_TORTURE_ROUNDS=$(BCL_TORTURE_ROUNDS) BCL_CORRUPT_ROUNDS=$(BCL_TORTURE_ROUNDS) \
 	BCL_DECODER_CASES=$$(( $(BCL_TORTURE_ROUNDS) * 100 )) \
-	    $(CARGO) test --test torture --test corruption --test decoders -- --nocapture
+	BCL_WB_CRASH_ROUNDS=$$(( $(BCL_TORTURE_ROUNDS) * 2 )) \
+	    $(CARGO) test --test torture --test corruption --test decoders --test writeback -- --nocapture
 
 # The soak (tests/soak.rs) for longer; make test runs it for 15 s.
 SOAK_SECONDS ?= 120

@@ -216,6 +216,12 @@ pub const METRICS: &[Metric] = &[
         "Writebacks of a file that failed (retried with backoff; the data stays dirty)",
     ),
     m(
+        "writeback_conflicts",
+        "bcachefs_lite_writeback_conflicts_total",
+        Counter,
+        "Files with dirty data changed outside the mount (the other version kept as NAME.conflict-TIME)",
+    ),
+    m(
         "writeback_bytes",
         "bcachefs_lite_writeback_bytes_total",
         Counter,

@@ -294,6 +294,7 @@ fn sigkill_at_random_moments_of_a_mixed_workload_never_serves_a_wrong_byte() {
         );
         let m = Mount::over(d, backing.clone(), &opts, &[]);
         if mode == "writeback" {
+            let _ = common::stats(&m.mnt); // waits for the control socket
             let out = Command::new(BIN).arg("flush").arg(&m.mnt).output().unwrap();
             assert!(
                 out.status.success(),

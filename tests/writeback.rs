@@ -57,6 +57,7 @@ fn same_attrs(m: &Mount, rel: &str) {
 }
 
 fn flush_cli(mnt: &Path) {
+    let _ = common::stats(mnt); // waits for the control socket, opened just after the mount
     let out = Command::new(BIN).arg("flush").arg(mnt).output().unwrap();
     assert!(
         out.status.success(),

@@ -73,11 +73,15 @@
 //!
 //! # Locks
 //!
-//! Order: `changes` (read side, per change; write side, moving GC swapping an extent) →
-//! a file's `FileState::seq` mutex → the index's shard lock → the journal queue's
-//! mutex. The identity table's mutex is taken alone (it queues its slot record under
-//! it). The allocator's state lock is taken by its own calls only, never while holding
-//! a file's lock across I/O. No lock is held across I/O except the journal writer's own.
+//! Order: a file's write lock (`FileState::wlock`) → its writeback lock
+//! (`FileState::wb_lock`; both: module [`writeback`]) → `changes` (read side, per change;
+//! write side, moving GC swapping an extent and a GC pass) → a file's `FileState::seq`
+//! mutex → the index's shard lock → the journal queue's mutex. The identity table's mutex
+//! is taken alone (it queues its slot record under it). The allocator's state lock is taken
+//! by its own calls only, never while holding a file's lock across I/O. Held across I/O:
+//! the journal writer's own lock; a file's writeback lock across its writeback, its write
+//! lock across a writeback write; its seq lock across the backing's metadata calls of a
+//! writeback write and, rarely, a conflict copy.
 //!
 //! # What may block
 //!
@@ -1500,7 +1504,8 @@ impl CacheSet {
 
     // ---- `bcachefs-lite drop` ----
 
-    /// Drops every cached extent of `file` and its validator (`bcachefs-lite drop`), as a
+    /// Drops every clean cached extent of `file` and its validator (`bcachefs-lite drop`; dirty
+    /// data is kept, see `drop_all_locked`), as a
     /// change does: under the file's lock, with its change sequence bumped so a fill in
     /// flight is not inserted, journaled. Returns the bytes dropped. Metadata caching (issue
     /// 11) adds its own drop next to the call of this in `control.rs` (`drop_tree`).
@@ -1508,10 +1513,12 @@ impl CacheSet {
         let _changes = self.changes.read();
         let mut seq = file.seq.lock();
         seq.bump();
+        // dirty data (writeback) is kept: only the clean extents count
         let bytes = self
             .index
             .extents(file.id)
             .iter()
+            .filter(|e| !e.dirty)
             .map(|e| e.len)
             .sum::<u64>();
         self.drop_all_locked(file);
