@@ -195,34 +195,7 @@ fn battery(m: Mount, remount: impl Fn(tempfile::TempDir, PathBuf) -> Mount) {
     fs::write(m.m("mm"), &mm).unwrap();
     let _ = fs::read(m.m("mm")).unwrap();
     let mut mw = mm.clone();
-    {
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(m.m("mm"))
-            .unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh shared mapping of an open file of exactly this length; written
-        // inside its bounds only, synced and unmapped before `f` closes.
-        unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                mm.len(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            );
-            assert_ne!(p, libc::MAP_FAILED);
-            let s = std::slice::from_raw_parts_mut(p.cast::<u8>(), mm.len());
-            for i in (100..mm.len()).step_by(9000) {
-                s[i] ^= 0x5a;
-                mw[i] ^= 0x5a;
-            }
-            assert_eq!(libc::msync(p, mm.len(), libc::MS_SYNC), 0);
-            libc::munmap(p, mm.len());
-        }
-    }
+    common::mmap_flip_and_msync(&m.m("mm"), &mut mw);
     assert!(
         fs::read(m.b("mm")).unwrap() == mw,
         "msync reached the backing"

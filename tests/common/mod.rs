@@ -411,3 +411,35 @@ pub fn seed_knob(name: &str) -> u64 {
         .as_nanos() as u64;
     knob(name, now)
 }
+
+/// Through a shared mapping of `path` (exactly `want.len()` bytes long), flips one byte every
+/// 9000 from offset 100, msyncs and unmaps; `want` gets the same flips (the expected bytes).
+pub fn mmap_flip_and_msync(path: &Path, want: &mut [u8]) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let len = want.len();
+    // SAFETY: a fresh shared mapping of an open file of exactly this length; written
+    // inside its bounds only, synced and unmapped before `f` closes.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let s = std::slice::from_raw_parts_mut(p.cast::<u8>(), len);
+        for i in (100..len).step_by(9000) {
+            s[i] ^= 0x5a;
+            want[i] ^= 0x5a;
+        }
+        assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0);
+        libc::munmap(p, len);
+    }
+}
