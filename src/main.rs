@@ -344,12 +344,10 @@ fn flush(mnt: &std::path::Path, timeout: Option<f64>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let bar = indicatif::ProgressBar::new(first);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "flushing {wide_bar} {bytes}/{total_bytes} written back, {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = progress_bar(
+        false,
+        first,
+        "flushing {wide_bar} {bytes}/{total_bytes} written back, {msg}",
     );
     let mut total = first;
     let mut errors0 = None;
@@ -401,19 +399,25 @@ fn flush(mnt: &std::path::Path, timeout: Option<f64>) -> ExitCode {
     }
 }
 
-fn warm(paths: &[PathBuf], jobs: usize, pin: bool, json: bool) -> ExitCode {
-    let bar = if json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "warming {msg:>13} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-            )
+/// A byte progress bar of `len` with `template` (hidden with `--json`: scripts read stdout).
+fn progress_bar(json: bool, len: u64, template: &str) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    };
+    );
+    bar
+}
+
+fn warm(paths: &[PathBuf], jobs: usize, pin: bool, json: bool) -> ExitCode {
+    let bar = progress_bar(
+        json,
+        0,
+        "warming {msg:>13} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    );
     let result = bcachefs_lite::warm::warm(paths, jobs.clamp(1, 64), pin, &bar);
     bar.finish_and_clear();
     match result {
@@ -447,18 +451,11 @@ fn warm(paths: &[PathBuf], jobs: usize, pin: bool, json: bool) -> ExitCode {
 
 fn fsck(path: &std::path::Path, repair: bool, json: bool) -> ExitCode {
     use bcachefs_lite::fsck;
-    let bar = if json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "checking blocks {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    };
+    let bar = progress_bar(
+        json,
+        0,
+        "checking blocks {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    );
     let progress = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);

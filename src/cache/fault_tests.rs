@@ -22,17 +22,7 @@ const FILES: u64 = 4;
 const FILE_LEN: usize = 192 << 10;
 const BLOCK: u64 = 4096;
 
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use super::tests::pattern;
 
 /// splitmix64, seeded: every random test prints its seed.
 struct Rng(u64);

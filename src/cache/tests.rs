@@ -10,9 +10,17 @@ use crate::alloc::OpenOptions;
 use crate::device::format::Geometry;
 use crate::device::{FaultKind, FaultyDevice, FileDevice};
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+/// Deterministic pseudo-random bytes (xorshift: no period a misplaced block could hide in),
+/// for these tests and `fault_tests`.
+pub(super) fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
         .collect()
 }
 
