@@ -235,13 +235,33 @@ fn dirty_keys_are_replayed_or_refused_loudly_never_dropped() {
             handle: vec![9; 8],
         },
         key(2, true),
+        // the size and mtime the mount reported for it (the newest record wins)
+        Record::DirtyAttr {
+            file: 2,
+            size: 100,
+            mtime_ns: 1,
+        },
+        Record::DirtyAttr {
+            file: 2,
+            size: 3000,
+            mtime_ns: 1_700_000_000_123_456_789,
+        },
     ]);
+    // twice: the second open finds the DirtyAttr only in the first one's index checkpoint
+    // entries (each open and close writes one), which must repeat it
     for _ in 0..2 {
         let cache = CacheSet::open(&cfg, "/tree").expect("dirty data with a handle refused");
         let ext = cache.index().extents(2);
         assert!(
             ext.len() == 1 && ext[0].dirty && ext[0].len == u64::from(block),
             "the dirty key was not kept: {ext:?}"
+        );
+        let attr = cache
+            .dirty_attr(2)
+            .expect("the dirty size was not replayed");
+        assert_eq!(
+            (attr.size, attr.mtime_ns),
+            (3000, 1_700_000_000_123_456_789)
         );
         cache.close();
     }
@@ -255,6 +275,10 @@ fn dirty_keys_are_replayed_or_refused_loudly_never_dropped() {
     assert!(
         cache.index().extents(2).iter().all(|e| !e.dirty),
         "KeyClean not replayed"
+    );
+    assert!(
+        cache.dirty_attr(2).is_none(),
+        "a clean file kept a dirty size: the backing's is the truth"
     );
     cache.close();
     drop(cache);

@@ -47,7 +47,21 @@ fn size_and_mtime(p: &Path) -> (u64, i64, i64) {
     (m.len(), m.mtime(), m.mtime_nsec())
 }
 
-/// The mount and the backing agree on size and mtime (metadata is writethrough).
+/// While dirty, the mount reports the size (`len`) the writes made, the backing has not got
+/// it yet (the size and mtime wait in the cache with the data).
+fn attrs_in_cache(m: &Mount, rel: &str, len: usize) {
+    assert_eq!(
+        fs::metadata(m.m(rel)).unwrap().len(),
+        len as u64,
+        "{rel}: size through the mount"
+    );
+    assert!(
+        size_and_mtime(&m.m(rel)) != size_and_mtime(&m.b(rel)),
+        "{rel}: the backing already has the size and mtime: written through"
+    );
+}
+
+/// The mount and the backing agree on size and mtime (after writeback).
 fn same_attrs(m: &Mount, rel: &str) {
     assert_eq!(
         size_and_mtime(&m.m(rel)),
@@ -89,7 +103,7 @@ fn writeback_battery() {
         fs::read(m.b("a")).unwrap() != data,
         "the backing already has the bytes: not writeback"
     );
-    same_attrs(&m, "a");
+    attrs_in_cache(&m, "a", data.len());
     assert!(stat(&m.mnt, "dirty_data") >= data.len() as u64);
     assert_eq!(stat(&m.mnt, "dirty_files"), 1);
     assert!(stat(&m.mnt, "buckets_dirty") > 0);
@@ -106,7 +120,7 @@ fn writeback_battery() {
     want[70001..80001].copy_from_slice(&patch);
     drop_caches();
     assert!(fs::read(m.m("a")).unwrap() == want, "overwrite");
-    same_attrs(&m, "a");
+    attrs_in_cache(&m, "a", want.len());
     // a write past the end grows the file at once; the hole reads as zeros
     let tail = pattern(3000, 3);
     fs::OpenOptions::new()
@@ -117,7 +131,7 @@ fn writeback_battery() {
         .unwrap();
     want.resize(1_200_000, 0);
     want.extend_from_slice(&tail);
-    assert_eq!(fs::metadata(m.b("a")).unwrap().len(), want.len() as u64);
+    attrs_in_cache(&m, "a", want.len());
     drop_caches();
     assert!(fs::read(m.m("a")).unwrap() == want, "write past the end");
 
@@ -125,7 +139,7 @@ fn writeback_battery() {
     std::thread::sleep(Duration::from_millis(20));
     fs::write(m.m("mt"), pattern(50_000, 4)).unwrap();
     let before = size_and_mtime(&m.m("mt"));
-    same_attrs(&m, "mt");
+    attrs_in_cache(&m, "mt", 50_000);
 
     // truncate down and up with dirty data: no resurrected bytes
     fs::write(m.m("tr"), pattern(300_000, 5)).unwrap();
@@ -222,9 +236,15 @@ fn writeback_battery() {
         ("ap", want_ap.clone()),
         ("mm", mw.clone()),
     ];
-    for (rel, _) in &files {
-        same_attrs(&m, rel);
-    }
+    // what the mount reports while dirty (the sizes of the data it serves)
+    let reported: Vec<(u64, i64, i64)> = files
+        .iter()
+        .map(|(rel, want)| {
+            let a = size_and_mtime(&m.m(rel));
+            assert_eq!(a.0, want.len() as u64, "{rel}: size while dirty");
+            a
+        })
+        .collect();
     assert!(stat(&m.mnt, "dirty_data") > 0);
 
     // bcachefs-lite flush: everything reaches the backing, the mtimes stay
@@ -232,12 +252,17 @@ fn writeback_battery() {
     assert_eq!(stat(&m.mnt, "dirty_data"), 0);
     assert_eq!(stat(&m.mnt, "dirty_files"), 0);
     assert!(stat(&m.mnt, "writeback_bytes") > 0);
-    for (rel, want) in &files {
+    for ((rel, want), seen) in files.iter().zip(&reported) {
         assert!(
             fs::read(m.b(rel)).unwrap() == *want,
             "{rel}: backing after flush"
         );
         same_attrs(&m, rel);
+        assert_eq!(
+            size_and_mtime(&m.b(rel)),
+            *seen,
+            "{rel}: the backing's size and mtime after writeback are what the mount reported"
+        );
     }
     assert_eq!(
         size_and_mtime(&m.b("mt")),
@@ -282,7 +307,8 @@ fn noflush_on_unmount_keeps_dirty_data_for_the_next_mount() {
     );
     assert_eq!(
         fs::metadata(backing.join("f")).unwrap().len(),
-        data.len() as u64
+        0,
+        "the size waits in the cache with the data"
     );
     // mode none would serve the backing's older bytes: refused
     let mnt = dir.path().join("mnt");
@@ -326,6 +352,11 @@ fn noflush_on_unmount_keeps_dirty_data_for_the_next_mount() {
         backing,
         &format!("cache={},cache_size=64M", cache.display()),
         &[],
+    );
+    assert_eq!(
+        fs::metadata(m.m("f")).unwrap().len(),
+        data.len() as u64,
+        "the dirty size replayed"
     );
     assert!(
         fs::read(m.m("f")).unwrap() == data,
@@ -395,9 +426,12 @@ fn byte_of(v: u64, pos: u64) -> u8 {
 }
 
 const FILE_LEN: u64 = 512 << 10;
+/// How far past FILE_LEN the writers may write (the file grows: its size is dirty too).
+const GROW: u64 = 192 << 10;
 
 /// One writer process (this test binary again, `BCL_WB_WRITER=FILE,LOG,SEED`): random writes
-/// (unaligned, 1 byte to 40 KiB) to FILE, an fsync every few; before each write it logs
+/// (unaligned, 1 byte to 40 KiB, some past the end) to FILE, an fsync every few; before each
+/// write it logs
 /// `w V OFF LEN`, after each fsync that returned `s` — the writes up to there are
 /// acknowledged. Ends at the first error (the daemon was killed).
 #[test]
@@ -419,7 +453,7 @@ fn writer_process() {
     for n in 0.. {
         let v = seed * 1_000_000 + n;
         let len = 1 + rng.below(40 << 10);
-        let off = rng.below(FILE_LEN - len);
+        let off = rng.below(FILE_LEN + GROW - len);
         let buf: Vec<u8> = (0..len).map(|i| byte_of(v, off + i)).collect();
         writeln!(log, "w {v} {off} {len}").unwrap();
         if f.write_all_at(&buf, off).is_err() {
@@ -435,7 +469,8 @@ fn writer_process() {
 }
 
 /// Checks `got` against a writer's log: every byte is what the acknowledged writes left,
-/// or what one of the writes after the last acknowledged fsync put there.
+/// or what one of the writes after the last acknowledged fsync put there; the size is at
+/// least what the acknowledged writes made it, at most what a later one did.
 fn check_against_log(got: &[u8], initial: &[u8], log: &str, what: &str) {
     let mut acked = initial.to_vec();
     let mut pending: Vec<(u64, u64, u64)> = Vec::new();
@@ -449,6 +484,9 @@ fn check_against_log(got: &[u8], initial: &[u8], log: &str, what: &str) {
             )),
             "s" => {
                 for (v, off, len) in pending.drain(..) {
+                    if acked.len() < (off + len) as usize {
+                        acked.resize((off + len) as usize, 0);
+                    }
                     for i in off..off + len {
                         acked[i as usize] = byte_of(v, i);
                     }
@@ -457,7 +495,20 @@ fn check_against_log(got: &[u8], initial: &[u8], log: &str, what: &str) {
             _ => panic!("bad log line {line}"),
         }
     }
-    assert_eq!(got.len(), acked.len(), "{what}: size");
+    let most = pending
+        .iter()
+        .map(|&(_, off, len)| (off + len) as usize)
+        .max()
+        .unwrap_or(0)
+        .max(acked.len());
+    assert!(
+        got.len() >= acked.len() && got.len() <= most,
+        "{what}: size {} (acknowledged {}, at most {most})",
+        got.len(),
+        acked.len()
+    );
+    // past the acknowledged size: zeros (a hole) or a later write's bytes
+    acked.resize(got.len(), 0);
     for (i, (&g, &a)) in got.iter().zip(acked.iter()).enumerate() {
         if g == a {
             continue;
@@ -639,10 +690,16 @@ fn dirty_buckets_survive_a_cache_churned_by_reads() {
 fn an_outside_change_to_a_file_with_dirty_data_keeps_both_versions() {
     require_fuse!();
     let (dir, backing, cache) = common::backing_and_cache("bcl-wb");
-    let m = Mount::over(dir, backing, &options(&cache, ",attr_timeout=0"), &[]);
+    // shared mode notices an outside change within metadata_ttl: none here
+    let m = Mount::over(
+        dir,
+        backing,
+        &options(&cache, ",attr_timeout=0,metadata_ttl=0"),
+        &[],
+    );
     let ours = pattern(300_000, 70);
     fs::write(m.m("c"), &ours).unwrap();
-    // outside, in the backing itself: same size, other bytes
+    // outside, in the backing itself: other bytes
     std::thread::sleep(Duration::from_millis(20));
     let theirs = pattern(300_000, 71);
     fs::OpenOptions::new()

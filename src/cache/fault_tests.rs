@@ -497,15 +497,23 @@ fn writeback_until_cut(
     let files = w.open_all(&cache);
     let mut acked: Vec<Vec<u8>> = pristine.to_vec();
     let mut pending: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+    // each file's size with the pending writes: every fifth write appends (the size is
+    // dirty too, in the cache only)
+    let mut size: Vec<u64> = pristine.iter().map(|p| p.len() as u64).collect();
     let mut rng = Rng(13);
     for n in 0..36u64 {
         if dev.is_cut() {
             break;
         }
         let i = rng.below(FILES);
-        let blocks = FILE_LEN as u64 / BLOCK;
-        let off = rng.below(blocks) * BLOCK;
-        let len = ((1 + rng.below(6)) * BLOCK).min(FILE_LEN as u64 - off);
+        let append = n % 5 == 4;
+        let (off, len) = if append {
+            (size[i as usize], (1 + rng.below(2)) * BLOCK)
+        } else {
+            let blocks = FILE_LEN as u64 / BLOCK;
+            let off = rng.below(blocks) * BLOCK;
+            (off, ((1 + rng.below(6)) * BLOCK).min(FILE_LEN as u64 - off))
+        };
         let data = pattern(len as usize, 5000 + n);
         let handle = (1, vec![i as u8 + 1; 8]);
         if cache
@@ -513,7 +521,8 @@ fn writeback_until_cut(
                 &files[i as usize],
                 w.fd(i),
                 (handle.0, &handle.1),
-                off,
+                if append { 0 } else { off },
+                append,
                 &data,
                 9,
             )
@@ -521,6 +530,7 @@ fn writeback_until_cut(
         {
             break;
         }
+        size[i as usize] = size[i as usize].max(off + len);
         pending.push((i, off, data));
         if n % 3 == 2 {
             // an fsync "returning" once the power is gone returned to nobody
@@ -532,7 +542,12 @@ fn writeback_until_cut(
                 break;
             }
             for (i, off, data) in pending.drain(..) {
-                acked[i as usize][off as usize..off as usize + data.len()].copy_from_slice(&data);
+                let a = &mut acked[i as usize];
+                let end = off as usize + data.len();
+                if a.len() < end {
+                    a.resize(end, 0);
+                }
+                a[off as usize..end].copy_from_slice(&data);
             }
         }
     }
@@ -578,16 +593,37 @@ fn writeback_a_power_cut_at_every_sync_point_keeps_every_fsynced_write() {
         check_invariants(&cache);
         let files = w.open_all(&cache);
         for i in 0..FILES {
+            // the size the mount reports: at least the acknowledged one, at most what a
+            // later append made it
+            let file = &files[i as usize];
+            let backing = crate::sys::fstat_fd(w.fd(i)).unwrap().st_size as u64;
+            let reported = cache
+                .dirty_attr(file.id)
+                .map_or(backing, |a| a.size.max(backing));
+            let most = pending
+                .iter()
+                .filter(|(pi, _, _)| *pi == i)
+                .map(|(_, off, data)| off + data.len() as u64)
+                .max()
+                .unwrap_or(0)
+                .max(acked[i as usize].len() as u64);
+            assert!(
+                reported >= acked[i as usize].len() as u64 && reported <= most,
+                "cut at sync {k} (tear {tear}): f{i} reports size {reported}, acknowledged {}, at most {most}",
+                acked[i as usize].len()
+            );
             let got = cache
-                .read(&files[i as usize], w.fd(i), 0, FILE_LEN as u32, 7)
+                .read(file, w.fd(i), 0, reported as u32, 7)
                 .unwrap_or_else(|e| panic!("cut at sync {k}: f{i} unreadable: {e}"))
                 .data;
-            assert_eq!(got.len(), FILE_LEN);
+            assert_eq!(got.len() as u64, reported);
+            let mut acked_i = acked[i as usize].clone();
+            acked_i.resize(got.len(), 0);
             // every block: what the acknowledged writes left, or one unacknowledged write's
             // whole block (never half of one)
-            for b in 0..FILE_LEN / BLOCK as usize {
+            for b in 0..got.len() / BLOCK as usize {
                 let r = b * BLOCK as usize..(b + 1) * BLOCK as usize;
-                if got[r.clone()] == acked[i as usize][r.clone()] {
+                if got[r.clone()] == acked_i[r.clone()] {
                     continue;
                 }
                 let later = pending.iter().any(|(pi, off, data)| {
@@ -600,7 +636,7 @@ fn writeback_a_power_cut_at_every_sync_point_keeps_every_fsynced_write() {
                 assert!(
                     later,
                     "cut at sync {k} (tear {tear}): f{i} block {b} is neither the fsync'd data nor a later write (pristine: {}, pending {:?})",
-                    got[r.clone()] == pristine[i as usize][r.clone()],
+                    pristine[i as usize].get(r.clone()) == Some(&got[r.clone()]),
                     pending.iter().map(|(i, o, d)| (*i, *o / BLOCK, d.len() as u64 / BLOCK)).collect::<Vec<_>>()
                 );
             }

@@ -525,6 +525,12 @@ impl CacheSet {
                     handles.insert(*id, h.clone());
                 }
             }
+            let mut attrs = journal.attrs.lock();
+            for (id, a) in &replayed.attrs {
+                if index.dirty_bytes(*id) > 0 {
+                    attrs.insert(*id, *a);
+                }
+            }
         }
         // First GC: marks every bucket from the index; allocation starts after it.
         let changes = Arc::new(parking_lot::RwLock::new(()));
@@ -1131,10 +1137,14 @@ impl CacheSet {
         }
         // the sequence before anything is read: a change from here on voids the fill
         let seen_seq = file.seq.lock().seq;
-        let file_size = match self.index.validator(file.id) {
+        let backing_size = match self.index.validator(file.id) {
             Some(v) => v.size,
             None => crate::sys::fstat_fd(backing_fd)?.st_size as u64,
         };
+        // writeback: dirty data may reach past the backing's end (past it, a gap is zeros)
+        let file_size = self
+            .dirty_attr(file.id)
+            .map_or(backing_size, |a| a.size.max(backing_size));
         let end = offset.saturating_add(u64::from(size)).min(file_size);
         if let Some(t) = &self.trace {
             use std::io::Write;
@@ -1648,7 +1658,10 @@ impl CacheSet {
         if !self.caches_reads() {
             return None;
         }
-        let file_size = self.index.validator(file.id)?.size;
+        let backing_size = self.index.validator(file.id)?.size;
+        let file_size = self
+            .dirty_attr(file.id)
+            .map_or(backing_size, |a| a.size.max(backing_size));
         let end = offset.saturating_add(u64::from(size)).min(file_size);
         if offset >= end {
             return Some(Vec::new());

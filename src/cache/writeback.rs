@@ -3,26 +3,29 @@
 //!
 //! # Model
 //!
-//! Metadata writethrough, data writeback. A writeback write ([`CacheSet::write_dirty`])
-//! puts whole blocks into the cache (edge blocks read-modify-written under the file's write
-//! lock) and grows the backing synchronously (`ftruncate`) or sets its mtime (`futimens`), so
-//! the backing's size and mtime stay the truth for getattr, stat, readdir and the validator;
-//! only the bytes wait in the cache. Dirty keys are inserted with [`Index::insert`] (it trims
-//! what they overlap) and journaled as `KeyInsert{dirty}`, after the file's `FileHandle`
-//! record the first time, and their buckets are `Mark::Dirty` (never invalidated,
-//! invariant 4). `fsync` is the cache file's: [`CacheSet::fsync_dirty`] flushes the journal
-//! (data fdatasync first, invariant 3), plus the backing's fsync only when a write grew the
-//! file since the last one (so the size is durable too).
+//! Data and its size and mtime in the cache, namespace writethrough. A writeback write
+//! ([`CacheSet::write_dirty`]) puts whole blocks into the cache (edge blocks
+//! read-modify-written under the file's write lock) and touches the backing only with one
+//! fstat: the size and mtime the mount reports from then on ([`DirtyAttr`], journaled after
+//! the write's keys, in `JournalWriter::attrs`) are laid over the backing's stat by the FUSE
+//! layer ([`CacheSet::overlay_dirty_attr`]); the validator stays the backing's. Dirty keys are
+//! inserted with [`Index::insert`] (it trims what they overlap) and journaled as
+//! `KeyInsert{dirty}`, after the file's `FileHandle` record the first time, and their buckets
+//! are `Mark::Dirty` (never invalidated, invariant 4). `fsync` is the cache file's:
+//! [`CacheSet::fsync_dirty`] flushes the journal (data fdatasync first, invariant 3), and
+//! syncs the backing only after a change written through to it.
 //!
 //! The writeback thread ([`CacheSet::writeback_pass`]) takes the files with dirty keys in
-//! file id order; for each, under its write lock: read the dirty extents (pinned,
+//! file id order; for each, under its writeback lock: read the dirty extents (pinned,
 //! crc-checked) in offset order, merge neighbours into runs of up to 8 MiB, `pwrite` them
-//! to a descriptor reopened by handle (`open_by_handle_at`), put the mtime back to what it
-//! was (the bytes were the mount's, written before), `fsync`, then mark clean only the
+//! to a descriptor reopened by handle (`open_by_handle_at`) up to the `DirtyAttr` size,
+//! `ftruncate` to that size and set its mtime, `fsync`, then mark clean only the
 //! ranges still covered by the same pointers ([`Index::clean_if_unchanged`]: a write since
 //! then wins) and journal `KeyClean`, flushed before the write lock is released (so a later
 //! writethrough change can never be followed, after a crash, by the replay of an older
-//! dirty key). `ESTALE` (the file is gone) drops its dirty keys; any other error keeps them
+//! dirty key); the metadata cache is told the new stat (`on_written`) before the
+//! `DirtyAttr` moves to `just_written` (stats older than the writeback still get it).
+//! `ESTALE` (the file is gone) drops its dirty keys; any other error keeps them
 //! and is retried with backoff, counted in `writeback_errors`.
 //!
 //! Rate: bcache's PD controller on `writeback_percent` ([`pd_rate`]): at or below the
@@ -49,10 +52,12 @@
 //! cache's `changes` read side, the file's seq lock, the index shard, the journal queue.
 //! Writeback holds only the writeback lock across the file's backing I/O, so writers go on
 //! meanwhile (a range they rewrite stays dirty: it is cleaned only while the same pointer
-//! covers it); a change (truncate...) holds both and writes the file back first. The seq lock
-//! is held across the backing's metadata calls of a write (`ftruncate`/`futimens` + fstat)
-//! and writeback's mtime restore, so the validator recorded always matches them.
-//! `Writeback::state` is taken alone.
+//! covers it); a change (truncate...) holds both and writes the file back first. A write's
+//! keys and `DirtyAttr` change under the file's seq lock, and writeback's cleaning and the
+//! `DirtyAttr`'s removal happen under it too, so a file never looks clean with dirty keys.
+//! `JournalWriter::attrs`, `Writeback::just_written` and `Writeback::state` are leaves
+//! (taken alone or last); the `on_written` hook (the metadata cache's locks) runs with only
+//! the file's writeback lock (and a change's write lock) held.
 //!
 //! # What may block
 //!
@@ -68,12 +73,28 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::journal::DirtyAttr;
 use super::stats::{add, bump};
 use super::{round_down, round_up, validator_of, CacheSet, FileState};
 use crate::alloc::{BucketPtr, KeyPos};
 use crate::device::format::SECTOR;
 use crate::error::{expect_ok, Error};
 use crate::index::{Extent, FileId};
+
+/// `st`'s ctime in nanoseconds since the epoch.
+fn ctime_of(st: &libc::stat) -> i64 {
+    st.st_ctime
+        .saturating_mul(1_000_000_000)
+        .saturating_add(st.st_ctime_nsec)
+}
+
+/// Now, as nanoseconds since the epoch (a dirty write's mtime).
+fn now_ns() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
 use crate::journal::format::Record;
 
 /// Reopens a backing file by its handle (`handle_type`, bytes) with open flags (`O_WRONLY`
@@ -169,7 +190,27 @@ pub struct Writeback {
     pub flush_on_close: AtomicBool,
     /// Files with dirty data replay found, not yet checked against the backing since.
     pub(super) recovered: Mutex<std::collections::HashSet<FileId>>,
+    /// Attributes of files written back a moment ago: (what the mount reported, the backing's
+    /// ctime after the writeback, when). A stat taken before the writeback (the metadata
+    /// cache's, a racing getattr's) is older than that ctime and still gets them; one taken
+    /// after is the truth. Pruned after `WRITTEN_KEEP` once the hook refreshed the metadata
+    /// cache (`Some(when)`), else kept until a newer stat is seen.
+    just_written: Mutex<HashMap<FileId, JustWritten>>,
+    /// Told the backing's stat of every file written back (the FUSE layer refreshes its
+    /// metadata cache: writeback moved the backing's size and mtime).
+    on_written: Mutex<Option<WrittenHook>>,
 }
+
+/// A written-back file's attributes, the backing's ctime after the writeback, and when the
+/// metadata cache was told (None: it could not be).
+type JustWritten = (DirtyAttr, i64, Option<Instant>);
+
+/// See [`Writeback::on_written`]; returns whether the metadata cache could be told.
+pub type WrittenHook = Arc<dyn Fn(&libc::stat) -> bool + Send + Sync>;
+
+/// How long a written-back file's attributes are laid over older stats (far longer than a
+/// getattr between its stat and the overlay).
+const WRITTEN_KEEP: Duration = Duration::from_secs(10);
 
 impl Default for Writeback {
     fn default() -> Writeback {
@@ -190,6 +231,8 @@ impl Default for Writeback {
             conflicts: AtomicU64::new(0),
             flush_on_close: AtomicBool::new(true),
             recovered: Mutex::new(std::collections::HashSet::new()),
+            just_written: Mutex::new(HashMap::new()),
+            on_written: Mutex::new(None),
         }
     }
 }
@@ -310,6 +353,7 @@ impl CacheSet {
         &self,
         file: &FileState,
         handle: (i32, &[u8]),
+        backing_size: u64,
         at: u64,
         out: &mut [u8],
     ) -> io::Result<()> {
@@ -324,6 +368,9 @@ impl CacheSet {
             }
         }
         out.fill(0);
+        if at >= backing_size {
+            return Ok(()); // past the backing's end: zeros, nothing to read
+        }
         // the writer's descriptor may be write-only: read through one of our own
         let reopen = self.wb.reopen.lock().clone();
         let reopen = reopen.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
@@ -333,14 +380,18 @@ impl CacheSet {
     }
 
     /// Writeback mode's write (module header): `data` at `offset` of `file` (open as `fd`,
-    /// reopened later by `handle`) goes into the cache as dirty keys. Returns the bytes
-    /// written and whether an outside change was seen first (drop the kernel's pages).
+    /// reopened later by `handle`) goes into the cache as dirty keys; `append`: at the end of
+    /// the file as the mount sees it instead (O_APPEND), whatever `offset` says. The backing is
+    /// not touched but for one fstat (an outside change is noticed first). Returns the bytes
+    /// written and whether an outside change was seen (drop the kernel's pages).
+    #[allow(clippy::too_many_arguments)]
     pub fn write_dirty(
         &self,
         file: &FileState,
         fd: RawFd,
         handle: (i32, &[u8]),
         offset: u64,
+        append: bool,
         data: &[u8],
         pid: u32,
     ) -> io::Result<(usize, bool)> {
@@ -352,6 +403,11 @@ impl CacheSet {
         // 1. an outside change is seen before ours (it keeps dirty data: the mount wins)
         let before = crate::sys::fstat_fd(fd)?;
         let outside = !self.check_validator(file, &before);
+        let backing_size = before.st_size.max(0) as u64;
+        let size = self
+            .dirty_attr(file.id)
+            .map_or(backing_size, |a| a.size.max(backing_size));
+        let offset = if append { size } else { offset };
         // 2. whole blocks, the edges read-modify-written
         let bs = self.block;
         let end = offset
@@ -360,12 +416,18 @@ impl CacheSet {
         let (a, b) = (round_down(offset, bs), round_up(end, bs));
         let mut buf = vec![0u8; (b - a) as usize];
         if offset % bs != 0 {
-            self.read_block(file, handle, a, &mut buf[..bs as usize])?;
+            self.read_block(file, handle, backing_size, a, &mut buf[..bs as usize])?;
         }
         if end % bs != 0 && (b - bs > a || offset % bs == 0) {
             let at = b - bs;
             let l = buf.len();
-            self.read_block(file, handle, at, &mut buf[l - bs as usize..])?;
+            self.read_block(file, handle, backing_size, at, &mut buf[l - bs as usize..])?;
+        }
+        // past the size, the edge blocks are zeros (a cached tail block may hold bytes of a
+        // size the file had before a truncate the backing did since)
+        if size < b {
+            let from = size.max(a);
+            buf[(from - a) as usize..].fill(0);
         }
         buf[(offset - a) as usize..(end - a) as usize].copy_from_slice(data);
         // 3. into the cache, under the writer's PID as write point
@@ -406,33 +468,18 @@ impl CacheSet {
             pieces.push((at, ptr, len));
             done += len;
         }
-        // 4. the backing's size and mtime stay the truth; set under the file's seq lock with
-        // the validator that follows, so no check sees one without the other
+        // 4. the keys, dirty, and the size and mtime the mount reports from now on, under the
+        // file's seq lock (a read sees both or neither); the backing gets them from writeback
         {
             let _changes = self.changes.read();
             let mut seq = file.seq.lock();
-            let grew = end > before.st_size as u64;
-            let meta = if grew {
-                crate::sys::ftruncate_fd(fd, end)
-            } else {
-                crate::sys::set_mtime_fd(fd, None)
-            };
-            if let Err(e) = meta {
-                drop(seq);
-                release(&pieces);
-                return Err(e);
-            }
-            if grew {
-                file.backing_unsynced.store(true, Ordering::Release);
-            }
-            let after = crate::sys::fstat_fd(fd);
-            // 5. the keys, dirty, and the validator
             seq.bump();
+            let mut records = Vec::with_capacity(pieces.len() + 2);
             {
                 let mut handles = self.journal.handles.lock();
                 if let std::collections::hash_map::Entry::Vacant(e) = handles.entry(file.id) {
                     e.insert((handle.0, handle.1.to_vec()));
-                    self.journal.queue(Record::FileHandle {
+                    records.push(Record::FileHandle {
                         file: file.id,
                         handle_type: handle.0,
                         handle: handle.1.to_vec(),
@@ -458,7 +505,7 @@ impl CacheSet {
                         "a dirty write's bucket could not be marked dirty"
                     );
                 }
-                self.journal.queue(Record::KeyInsert {
+                records.push(Record::KeyInsert {
                     file: file.id,
                     offset: at,
                     len: (len as u64 / SECTOR) as u32,
@@ -469,10 +516,13 @@ impl CacheSet {
                     crcs,
                 });
             }
-            match after {
-                Ok(st) => self.set_validator_locked(file.id, validator_of(&st)),
-                Err(e) => tracing::warn!(file = file.id, "fstat after a dirty write: {e}"),
-            }
+            let attr = DirtyAttr {
+                size: size.max(end),
+                mtime_ns: now_ns(),
+            };
+            self.journal.attrs.lock().insert(file.id, attr);
+            records.push(attr.record(file.id));
+            self.journal.queue_all(records);
         }
         release(&pieces);
         add(&self.wb.dirty, buf.len() as u64);
@@ -480,6 +530,51 @@ impl CacheSet {
         let mut st = self.wb.state.lock();
         st.touched.insert(file.id, Instant::now());
         Ok((data.len(), outside))
+    }
+
+    /// The size and mtime the mount reports for `file` while it has dirty data (module
+    /// header), None when the backing's are the truth.
+    pub fn dirty_attr(&self, file: FileId) -> Option<DirtyAttr> {
+        self.journal.attrs.lock().get(&file).copied()
+    }
+
+    /// `st` (the backing's stat of `file`) as the mount reports it: with the size and mtime of
+    /// dirty data not yet written back (and a ctime no older than that mtime); after a
+    /// writeback, with the attributes it wrote while `st` predates it.
+    pub fn overlay_dirty_attr(&self, file: FileId, st: &mut libc::stat) {
+        let a = match self.dirty_attr(file) {
+            Some(a) => a,
+            None => {
+                let mut written = self.wb.just_written.lock();
+                let Some(&(a, ctime_ns, _)) = written.get(&file) else {
+                    return;
+                };
+                if ctime_of(st) >= ctime_ns {
+                    written.remove(&file); // `st` is the backing's since the writeback
+                    return;
+                }
+                a
+            }
+        };
+        if a.size > st.st_size.max(0) as u64 {
+            st.st_size = a.size as i64;
+            st.st_blocks = st.st_blocks.max(a.size.div_ceil(512) as i64);
+        }
+        let (sec, nsec) = (
+            a.mtime_ns.div_euclid(1_000_000_000),
+            a.mtime_ns.rem_euclid(1_000_000_000),
+        );
+        st.st_mtime = sec;
+        st.st_mtime_nsec = nsec;
+        if a.mtime_ns > ctime_of(st) {
+            st.st_ctime = sec;
+            st.st_ctime_nsec = nsec;
+        }
+    }
+
+    /// Sets the hook told of every file written back ([`Writeback::on_written`]).
+    pub fn set_written_hook(&self, hook: WrittenHook) {
+        *self.wb.on_written.lock() = Some(hook);
     }
 
     /// `alloc_sectors` for a dirty write: waits as long as it takes (writeback frees
@@ -514,9 +609,10 @@ impl CacheSet {
         }
     }
 
-    /// `fsync`/`fdatasync` in writeback: the cache file's journal flush (data first), and the
-    /// backing's own fsync of `fd` when a write grew the file since the last one or wrote
-    /// through (so its size is durable too). Returns when both are durable.
+    /// `fsync`/`fdatasync` in writeback: the cache file's journal flush (data first: the keys
+    /// and the `DirtyAttr` of every write before it), and the backing's own fsync of `fd`
+    /// only when a change was written through to it since the last one (a truncate, a
+    /// write that had to clear set-id bits). Returns when both are durable.
     pub fn fsync_dirty(&self, file: &FileState, fd: RawFd, datasync: bool) -> io::Result<()> {
         if file.backing_unsynced.swap(false, Ordering::AcqRel) {
             let r = if datasync {
@@ -602,6 +698,10 @@ impl CacheSet {
     /// One pass of the writeback thread (module header, "Rate"); `force` ignores the delay
     /// and the backoff. Returns the bytes written back.
     pub fn writeback_pass(&self, force: bool) -> u64 {
+        self.wb
+            .just_written
+            .lock()
+            .retain(|_, (_, _, told)| told.is_none_or(|at| at.elapsed() < WRITTEN_KEEP));
         let files = self.index.dirty_files();
         let total: u64 = files.iter().map(|(_, d)| d).sum();
         self.wb.dirty.store(total, Ordering::Relaxed);
@@ -739,6 +839,7 @@ impl CacheSet {
         let extents = self.index.dirty_extents(id);
         if extents.is_empty() {
             self.journal.handles.lock().remove(&id);
+            self.journal.attrs.lock().remove(&id);
             return Ok(0);
         }
         let handle = self.journal.handles.lock().get(&id).cloned();
@@ -799,7 +900,10 @@ impl CacheSet {
             st0
         };
         let v0 = validator_of(&st0);
-        let size = st0.st_size as u64;
+        // the size and mtime the mount reports (a cache file from before DirtyAttr records
+        // has none: then the backing's size, grown by each write, and the validator's mtime)
+        let attr = self.dirty_attr(id);
+        let size = attr.map_or(st0.st_size.max(0) as u64, |a| a.size);
         // runs of neighbours, in offset order
         let mut i = 0;
         let mut bytes = 0u64;
@@ -827,7 +931,7 @@ impl CacheSet {
                     return Err(eio());
                 }
             }
-            // bytes past the backing's size are block padding (the size is writethrough)
+            // bytes past the size are block padding
             let len = run_end.min(size.max(start)) - start;
             if len > 0 {
                 crate::sys::pwrite_full(fd, &buf[..len as usize], start)?;
@@ -835,28 +939,52 @@ impl CacheSet {
             }
             i = j + 1;
         }
+        // the size (a write may have grown the file past its last dirty block: a hole at the
+        // end) and the mtime the mount reported for these bytes (a write since has recorded
+        // its own and stays dirty), before the fsync that makes them durable with the data
+        if crate::sys::fstat_fd(fd)?.st_size != size as i64 {
+            crate::sys::ftruncate_fd(fd, size)?;
+        }
+        let mtime = attr.map_or_else(
+            || self.index.validator(id).map_or(v0.mtime_ns, |v| v.mtime_ns),
+            |a| a.mtime_ns,
+        );
+        if let Err(e) = crate::sys::set_mtime_fd(fd, Some(mtime)) {
+            tracing::debug!(file = id, "writeback could not set the mtime: {e}");
+        }
         crate::sys::fsync_fd(fd)?;
+        let after = crate::sys::fstat_fd(fd);
         {
             let _changes = self.changes.read();
             let _seq = file.seq.lock();
-            // the bytes are the mount's, written before: the mtime is the one the mount
-            // recorded for them (a write since has recorded its own)
-            let mtime = self.index.validator(id).map_or(v0.mtime_ns, |v| v.mtime_ns);
-            if let Err(e) = crate::sys::set_mtime_fd(fd, Some(mtime)) {
-                tracing::debug!(file = id, "writeback could not restore the mtime: {e}");
-            }
-            let after = crate::sys::fstat_fd(fd);
+            let mut records = Vec::new();
             for e in extents {
                 if self.index.clean_if_unchanged(id, e) {
-                    self.journal.queue(Record::KeyClean {
+                    records.push(Record::KeyClean {
                         file: id,
                         offset: e.offset,
                         len: e.len,
                     });
                 }
             }
-            if let Ok(st) = after {
-                self.set_validator_locked(id, validator_of(&st));
+            if let Ok(st) = &after {
+                self.set_validator_locked(id, validator_of(st));
+            }
+            self.journal.queue_all(records);
+        }
+        if let Ok(st) = &after {
+            // the metadata cache first, then the overlay goes (a getattr in between sees
+            // the cache's old stat and the `just_written` overlay, or the new stat)
+            let hook = self.wb.on_written.lock().clone();
+            let told = hook.is_some_and(|hook| hook(st));
+            let _seq = file.seq.lock();
+            if self.index.dirty_bytes(id) == 0 {
+                // the backing holds the size and mtime now (fsync'd before the KeyClean);
+                // stats taken before the writeback still get them
+                if let Some(a) = self.journal.attrs.lock().remove(&id) {
+                    let w = (a, ctime_of(st), told.then(Instant::now));
+                    self.wb.just_written.lock().insert(id, w);
+                }
             }
         }
         Ok(bytes)
@@ -951,6 +1079,7 @@ impl CacheSet {
             len: u64::MAX,
         });
         self.journal.handles.lock().remove(&file.id);
+        self.journal.attrs.lock().remove(&file.id);
     }
 
     /// True when the inode `file`'s dirty data belongs to is deleted (its handle is stale),

@@ -571,6 +571,20 @@ impl InodeTable {
         }
     }
 
+    /// The node id the backing inode `(dev, ino)` has, or gets when it is looked up again
+    /// (and so the one the metadata cache keeps it under); None for a synthetic id not in
+    /// the table (it would get another).
+    pub fn known_id(&self, dev: u64, ino: u64) -> Option<u64> {
+        if let Some(id) = self.maps.read().by_key.get(&(dev, ino)) {
+            return Some(*id);
+        }
+        if dev == self.root_dev && ino == self.root_ino {
+            Some(ROOT_ID)
+        } else {
+            (dev == self.root_dev && ino != ROOT_ID && ino < SYNTHETIC_BASE).then_some(ino)
+        }
+    }
+
     /// The node id a directory entry `(dev, ino)` is (or would be) reported as, for
     /// `d_ino` in readdir. Does not create an entry.
     pub fn id_for_dirent(&self, dev: u64, ino: u64) -> u64 {

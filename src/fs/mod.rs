@@ -397,6 +397,19 @@ impl PassthroughFs {
         let m = meta.clone();
         self.inodes
             .set_stale_hook(Box::new(move |id| m.forget_inode(id)));
+        if let Some(cache) = &self.cache {
+            // writeback moves the backing's size and mtime: the cached stat follows
+            let (m, inodes) = (meta.clone(), self.inodes.clone());
+            cache.set_written_hook(Arc::new(move |st: &libc::stat| {
+                match inodes.known_id(st.st_dev, st.st_ino) {
+                    Some(id) => {
+                        m.apply(Change::Attr { id, st: Some(st) });
+                        true
+                    }
+                    None => false,
+                }
+            }));
+        }
         if let Err(e) = self.persist_meta(&meta) {
             tracing::warn!("metadata cache not persisted: {e}");
         }
@@ -494,6 +507,19 @@ impl PassthroughFs {
             .as_ref()
             .filter(|c| c.is_active())
             .map(|c| (c, file))
+    }
+
+    /// `st`, the backing's stat of `inode`, as the mount reports it: in writeback, with the
+    /// size and mtime of its dirty data laid over it (the backing gets them at writeback).
+    fn attr(&self, inode: &Inode, st: &libc::stat) -> FileAttr {
+        match (&self.cache, &inode.file) {
+            (Some(cache), Some(file)) => {
+                let mut st = *st;
+                cache.overlay_dirty_attr(file.id, &mut st);
+                sys::attr_from_stat(&st, inode.id)
+            }
+            _ => sys::attr_from_stat(st, inode.id),
+        }
     }
 
     /// Asks the invalidation thread to drop the kernel's pages of `inode`.
@@ -643,7 +669,7 @@ impl PassthroughFs {
             return Ok(None);
         };
         let ttls = self.reply_ttls(left, meta.dir_remaining(parent.id));
-        Ok(Some((sys::attr_from_stat(&st, inode.id), ttls)))
+        Ok(Some((self.attr(&inode, &st), ttls)))
     }
 
     /// Whether the caller may search (`want` = x) or read (r) inode `dir` (a directory, or
@@ -768,10 +794,7 @@ impl PassthroughFs {
                 }),
             }
         }
-        Ok((
-            sys::attr_from_stat(&st, inode.id),
-            self.fresh_ttls(Some(parent.id)),
-        ))
+        Ok((self.attr(&inode, &st), self.fresh_ttls(Some(parent.id))))
     }
 
     /// Fresh attributes of a regular file reached us, to be sent in this request's reply
@@ -1107,7 +1130,7 @@ impl PassthroughFs {
                 st: Some(&st),
             });
         }
-        Ok(sys::attr_from_stat(&st, inode.id))
+        Ok(self.attr(inode, &st))
     }
 
     fn apply_setattr(
@@ -1487,7 +1510,7 @@ impl PassthroughFs {
             return Err(o.refuse(id, "this inode"));
         };
         o.served(inode.id);
-        Ok((sys::attr_from_stat(&st, inode.id), self.offline_ttls()))
+        Ok((self.attr(&inode, &st), self.offline_ttls()))
     }
 
     /// getattr through the backing (or the metadata cache while trusted).
@@ -1503,10 +1526,7 @@ impl PassthroughFs {
         let handle = fh.and_then(|fh| self.file(fh).ok()).filter(|h| !h.offline);
         if handle.is_none() {
             if let Some((st, left)) = self.meta.as_ref().and_then(|m| m.attr(inode.id)) {
-                return Ok((
-                    sys::attr_from_stat(&st, inode.id),
-                    self.reply_ttls(left, left),
-                ));
+                return Ok((self.attr(inode, &st), self.reply_ttls(left, left)));
             }
         }
         let st = match handle {
@@ -1517,7 +1537,7 @@ impl PassthroughFs {
         if let Some(meta) = &self.meta {
             meta.put_attr(inode.id, &st, None);
         }
-        Ok((sys::attr_from_stat(&st, inode.id), self.fresh_ttls(None)))
+        Ok((self.attr(inode, &st), self.fresh_ttls(None)))
     }
 
     /// opendir through the backing (or the metadata cache's fresh listing).
@@ -1599,7 +1619,7 @@ impl PassthroughFs {
         match self.meta.as_ref().and_then(|m| m.attr_cached(inode.id)) {
             Some(st) => {
                 o.served(inode.id);
-                Ok((sys::attr_from_stat(&st, inode.id), self.offline_ttls()))
+                Ok((self.attr(inode, &st), self.offline_ttls()))
             }
             None => Err(o.refuse(inode.id, "the attributes of this inode")),
         }
@@ -2111,43 +2131,38 @@ impl Filesystem for PassthroughFs {
         // The writer lacks CAP_FSETID: write without it too, so the backing clears the
         // file's set-id bits as it would for that writer (HANDLE_KILLPRIV_V2).
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        // Writeback: the data goes to the cache, dirty. Not for appends (written through,
-        // after a flush of the file) nor a write that must clear set-id bits.
-        if !appending {
-            if let Some(((cache, file), h)) = self
-                .cache_for(&handle.inode)
-                .filter(|(c, _)| c.writeback_ready())
-                .zip(self.writeback_handle(&handle.inode))
-            {
-                let setid = kill_suidgid
-                    && sys::fstat(&handle.file)
-                        .is_ok_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0);
-                if !setid {
-                    let r = cache.write_dirty(
-                        file,
-                        fd,
-                        (h.handle_type, &h.bytes),
-                        offset,
-                        data,
-                        req.pid(),
-                    );
-                    match r {
-                        Ok((n, outside)) => {
-                            if outside {
-                                self.invalidate_pages(&handle.inode);
-                            }
-                            if let Some(meta) = &self.meta {
-                                meta.apply(Change::Attr {
-                                    id: handle.inode.id,
-                                    st: None,
-                                });
-                            }
-                            reply.written(n as u32)
+        // Writeback: the data goes to the cache, dirty (an append at the end the mount
+        // reports), the backing untouched; not a write that must clear set-id bits.
+        if let Some(((cache, file), h)) = self
+            .cache_for(&handle.inode)
+            .filter(|(c, _)| c.writeback_ready())
+            .zip(self.writeback_handle(&handle.inode))
+        {
+            let setid = kill_suidgid
+                && sys::fstat(&handle.file)
+                    .is_ok_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0);
+            if !setid {
+                let r = cache.write_dirty(
+                    file,
+                    fd,
+                    (h.handle_type, &h.bytes),
+                    offset,
+                    appending,
+                    data,
+                    req.pid(),
+                );
+                // the backing's attributes did not move: the metadata cache keeps them, and
+                // getattr lays the dirty size and mtime over them
+                match r {
+                    Ok((n, outside)) => {
+                        if outside {
+                            self.invalidate_pages(&handle.inode);
                         }
-                        Err(e) => reply.error(errno(e)),
+                        reply.written(n as u32)
                     }
-                    return;
+                    Err(e) => reply.error(errno(e)),
                 }
+                return;
             }
         }
         let (written, changed) = self.change(&handle.inode, fd, touch, || {

@@ -26,6 +26,8 @@
 //!                      how writeback reopens a file with dirty keys (`name_to_handle_at`)
 //!  15 KeyClean         file u64, offset u64 (bytes), len u64 (bytes): written back and the
 //!                      backing fsync'd; the dirty keys in the range become clean
+//!  16 DirtyAttr        file u64, size u64 (bytes), mtime_ns i64: the size and mtime the mount
+//!                      reports for a file with dirty keys (writeback sets them on the backing)
 //!   7..=12             reserved for the metadata cache (bodies fixed in docs/DESIGN.md §3);
 //!                      refused as unknown until implemented
 //! ```
@@ -94,6 +96,10 @@ pub enum Record {
     /// Bytes `[offset, offset + len)` of `file` were written back and the backing synced:
     /// the dirty keys there are clean now.
     KeyClean { file: u64, offset: u64, len: u64 },
+    /// The size and mtime of `file` as the mount sees it, dirty data included (writeback
+    /// mode keeps them in the cache until the data is written back); queued after the keys
+    /// of every dirty write, repeated by index checkpoints.
+    DirtyAttr { file: u64, size: u64, mtime_ns: i64 },
     /// A backing filesystem's slot in the file id space (see `cache::identity`).
     FsSlot {
         slot: u8,
@@ -206,6 +212,16 @@ impl Entry {
                     b.extend_from_slice(&file.to_le_bytes());
                     b.extend_from_slice(&offset.to_le_bytes());
                     b.extend_from_slice(&len.to_le_bytes());
+                }
+                Record::DirtyAttr {
+                    file,
+                    size,
+                    mtime_ns,
+                } => {
+                    b.push(16);
+                    b.extend_from_slice(&file.to_le_bytes());
+                    b.extend_from_slice(&size.to_le_bytes());
+                    b.extend_from_slice(&mtime_ns.to_le_bytes());
                 }
                 Record::FsSlot {
                     slot,
@@ -434,6 +450,16 @@ impl Entry {
                     o += 24;
                     r
                 }
+                16 => {
+                    need(o, 24)?;
+                    let r = Record::DirtyAttr {
+                        file: le_u64(p, o),
+                        size: le_u64(p, o + 8),
+                        mtime_ns: le_u64(p, o + 16) as i64,
+                    };
+                    o += 24;
+                    r
+                }
                 t => return bad(format!("unknown record type {t}")),
             };
             records.push(r);
@@ -491,6 +517,11 @@ mod tests {
                     file: 11,
                     offset: 0,
                     len: u64::MAX,
+                },
+                Record::DirtyAttr {
+                    file: 11,
+                    size: 12_345,
+                    mtime_ns: -7,
                 },
                 Record::SetValidator {
                     file: 11,

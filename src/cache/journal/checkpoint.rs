@@ -53,6 +53,7 @@ impl JournalWriter {
         // handles of files with dirty keys, taken before the walk and again after it, so a
         // file dirtied or cleaned meanwhile is named either way
         let mut handles = self.handles.lock().clone();
+        let mut attrs = self.attrs.lock().clone();
         let blob = self.index.encode_checkpoint();
         let buckets = self.write_blob(&blob)?;
         let release = |buckets: &[u32]| release_buckets(&self.alloc, buckets);
@@ -75,6 +76,12 @@ impl JournalWriter {
                 handle,
             }
         }));
+        // the dirty files' attributes, the newest of each (a write after the walk queued its
+        // own record, which lands after this entry)
+        attrs.extend(self.attrs.lock().iter().map(|(k, v)| (*k, *v)));
+        let mut attrs: Vec<_> = attrs.into_iter().collect();
+        attrs.sort_by_key(|(file, _)| *file);
+        records.extend(attrs.into_iter().map(|(file, a)| a.record(file)));
         let appended = self
             .alloc
             .journal_append_with_gens(records)

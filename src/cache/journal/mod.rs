@@ -76,6 +76,29 @@ pub struct JournalWriter {
     /// checkpoint entry repeats them, so the ring never wraps past the only record naming
     /// one (writeback, `cache/writeback.rs`).
     pub(crate) handles: Mutex<std::collections::HashMap<crate::index::FileId, (i32, Vec<u8>)>>,
+    /// The size and mtime the mount reports for every file with dirty keys (writeback keeps
+    /// them here, not on the backing, until the data is written back): every index
+    /// checkpoint entry repeats them as `DirtyAttr` records, like the handles.
+    pub(crate) attrs: Mutex<std::collections::HashMap<crate::index::FileId, DirtyAttr>>,
+}
+
+/// A file's size and mtime as the mount sees them while it has dirty data (`DirtyAttr`
+/// record): the size only grows while the data is dirty (every other change writes the file
+/// back first), so it is never below the backing's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirtyAttr {
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl DirtyAttr {
+    pub fn record(&self, file: crate::index::FileId) -> Record {
+        Record::DirtyAttr {
+            file,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+        }
+    }
 }
 
 fn record_size(r: &Record) -> usize {
@@ -106,6 +129,17 @@ impl JournalWriter {
             ring_bytes: AtomicU64::new(0),
             meta: Mutex::new(None),
             handles: Mutex::new(std::collections::HashMap::new()),
+            attrs: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Queues `records` together (one write's keys and its `DirtyAttr`): the journal thread
+    /// takes them in one batch.
+    pub fn queue_all(&self, records: impl IntoIterator<Item = Record>) {
+        let mut q = self.queue.lock();
+        q.records.extend(records);
+        if q.records.len() >= WAKE_AT {
+            self.wake.notify_one();
         }
     }
 

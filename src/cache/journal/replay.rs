@@ -27,6 +27,8 @@ pub struct Replayed {
     /// The newest `FileHandle` of every file the ring names (writeback reopens dirty files
     /// by it).
     pub handles: std::collections::HashMap<crate::index::FileId, (i32, Vec<u8>)>,
+    /// The newest `DirtyAttr` of every file that still has dirty keys after replay.
+    pub attrs: std::collections::HashMap<crate::index::FileId, super::DirtyAttr>,
     pub identity: Identity,
     pub checkpoint: CheckpointState,
     /// What replay found and left out, for `fsck` (the mount only logs it).
@@ -114,6 +116,7 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
             }
         }
     }
+    let start_found = start.is_some();
     let (first, index, ckpt) = match start {
         Some((pos, index, ckpt)) => (pos + 1, index, ckpt),
         None => (
@@ -125,6 +128,30 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     let mut expect = entries.get(first.wrapping_sub(1)).map(|s| s.entry.seq + 1);
     let mut applied = 0usize;
     let mut refused = 0usize;
+    // dirty files' attributes: the checkpoint's entry repeats the current ones, later
+    // entries carry each dirty write's, newest last
+    let mut attrs = std::collections::HashMap::new();
+    let note_attr = |attrs: &mut std::collections::HashMap<_, _>, r: &Record| {
+        if let Record::DirtyAttr {
+            file,
+            size,
+            mtime_ns,
+        } = r
+        {
+            attrs.insert(
+                *file,
+                super::DirtyAttr {
+                    size: *size,
+                    mtime_ns: *mtime_ns,
+                },
+            );
+        }
+    };
+    if start_found {
+        for r in &entries[first - 1].entry.records {
+            note_attr(&mut attrs, r);
+        }
+    }
     for (pos, s) in entries.iter().enumerate().skip(first) {
         if let Some(e) = expect.filter(|&e| s.entry.seq != e) {
             tracing::info!(
@@ -136,6 +163,7 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
         }
         expect = Some(s.entry.seq + 1);
         for r in &s.entry.records {
+            note_attr(&mut attrs, r);
             if apply(&index, r, &sb) {
                 applied += 1;
             } else {
@@ -179,6 +207,11 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     );
     report.refused_records = refused;
     report.stale = stale;
+    // a file whose keys are all clean has its attributes on the backing (writeback sets them
+    // before its KeyClean)
+    let dirty: std::collections::HashSet<_> =
+        index.dirty_files().into_iter().map(|(id, _)| id).collect();
+    attrs.retain(|id, _| dirty.contains(id));
     let (meta, meta_location) = match newest_meta_checkpoint(alloc, &entries, &mut report) {
         Some((blob, trusted, location)) => (Some((blob, trusted)), Some(location)),
         None => (None, None),
@@ -188,6 +221,7 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
         dirty_bytes,
         untrusted_dirty,
         handles,
+        attrs,
         identity,
         checkpoint: ckpt,
         report,
@@ -264,6 +298,7 @@ fn apply(index: &Index, r: &Record, sb: &crate::device::format::Superblock) -> b
         Record::KeyClean { file, offset, len } => index.mark_clean_range(*file, *offset, *len),
         Record::GensCheckpoint { .. }
         | Record::FileHandle { .. }
+        | Record::DirtyAttr { .. }
         | Record::IndexCheckpoint { .. }
         | Record::MetaCheckpoint { .. }
         | Record::FsSlot { .. } => {}
