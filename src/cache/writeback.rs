@@ -901,7 +901,11 @@ impl CacheSet {
         };
         let v0 = validator_of(&st0);
         // the size and mtime the mount reports (a cache file from before DirtyAttr records
-        // has none: then the backing's size, grown by each write, and the validator's mtime)
+        // has none: then the backing's size, grown by each write, and the validator's mtime).
+        // Read after the caller took `extents`: a size at least their data's end (a write
+        // since may have grown it more; its keys stay dirty and the next pass writes them).
+        // Read before, a write in between could leave an extent past the size, cleaned
+        // without its tail written.
         let attr = self.dirty_attr(id);
         let size = attr.map_or(st0.st_size.max(0) as u64, |a| a.size);
         // runs of neighbours, in offset order

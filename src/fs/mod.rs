@@ -2117,8 +2117,9 @@ impl Filesystem for PassthroughFs {
         // An O_APPEND write(2) (not page-cache writeback, which carries FUSE_WRITE_CACHE):
         // the kernel computed `offset` from the size it has cached, which misses a growth
         // made outside the mount since (it refreshes the size before an append only with
-        // its own writeback cache). Append where the backing's file ends, atomically, as
-        // O_APPEND on a local file would; the offset the kernel gave is only a lower bound.
+        // its own writeback cache). Append where the file ends (the backing's end; in
+        // writeback, the end of the dirty data), atomically, as O_APPEND on a local file
+        // would; the offset the kernel gave is only a lower bound.
         let appending = handle.append && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
         let touch = if appending {
             Touch::Append { offset }
