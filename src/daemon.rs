@@ -514,7 +514,7 @@ fn start_offline(req: &MountRequest) -> io::Result<Arc<crate::offline::Offline>>
         crate::offline::Offline::new(o.offline, root, o.backing_timeout, o.offline_probe_interval);
     tracing::info!(
         policy = o.offline.name(),
-        backing_timeout = ?o.backing_timeout,
+        backing_timeout = ?offline.backing_timeout(),
         probe_interval = ?o.offline_probe_interval,
         network_fs = offline.network(),
         "offline mode"

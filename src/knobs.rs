@@ -391,7 +391,8 @@ pub const KNOBS: &[Knob] = &[
     Knob {
         name: "backing_timeout",
         help: "seconds a backing call may take before the mount goes offline (0: calls \
-               made inline, hangs not detected)",
+               made inline, hangs not detected; the default on a local backing, 10 on a \
+               network or FUSE one)",
         persistent: false,
         parse: seconds,
         get: |_| {

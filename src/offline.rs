@@ -12,7 +12,8 @@
 //!   helper thread ([`Pool`]) while the FUSE worker waits at most `backing_timeout`; a
 //!   call that does not return in time is abandoned (its helper is left to finish, and
 //!   counted until it does), the mount goes offline and the caller gets `EHOSTDOWN`.
-//!   `backing_timeout=0` makes the calls inline (no helper, no hang detection).
+//!   `backing_timeout=0` makes the calls inline (no helper, no hang detection); so does
+//!   the default on a local filesystem (10 s on a network or FUSE one: [`Offline::new`]).
 //! - An error that says the backing is unreachable ([`unreachable_errno`]: ENOTCONN,
 //!   ESTALE, EHOSTDOWN, ENETUNREACH, ... and EIO when the backing is a network filesystem
 //!   by `statfs` type, or the test seam says so) is *confirmed* with a stat of the backing
@@ -56,7 +57,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::sys::FaultOp;
 
-/// Default `backing_timeout=`.
+/// Default `backing_timeout=` on a network or FUSE backing.
 pub const DEFAULT_BACKING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `offline_probe_interval=`.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -257,8 +258,22 @@ pub fn is_offline() -> bool {
 
 impl Offline {
     /// The offline state of a backing whose root is `root` (an `O_PATH` descriptor).
-    pub fn new(policy: Policy, root: OwnedFd, timeout: Duration, probe: Duration) -> Offline {
+    /// `timeout` None: [`DEFAULT_BACKING_TIMEOUT`] on a network or FUSE backing, where a
+    /// server can hang a call for minutes; on a local filesystem calls run inline (a hand-off
+    /// to a helper costs each open, lookup and stat two context switches, 40-50 % of a warm
+    /// `grep -r` of a source tree, for hangs a local disk does not have).
+    pub fn new(
+        policy: Policy,
+        root: OwnedFd,
+        timeout: Option<Duration>,
+        probe: Duration,
+    ) -> Offline {
         let network = is_network_fs(&root);
+        let timeout = timeout.unwrap_or(if network {
+            DEFAULT_BACKING_TIMEOUT
+        } else {
+            Duration::ZERO
+        });
         Offline {
             policy,
             network,
@@ -849,7 +864,7 @@ mod tests {
         let o = Offline::new(
             Policy::Auto,
             root(),
-            Duration::from_millis(200),
+            Some(Duration::from_millis(200)),
             Duration::from_secs(60),
         );
         let t = Instant::now();
@@ -884,7 +899,7 @@ mod tests {
         let o = Offline::new(
             Policy::Auto,
             root(),
-            Duration::from_secs(5),
+            Some(Duration::from_secs(5)),
             Duration::from_secs(60),
         );
         // the root of this machine answers: one file's ESTALE is passed through
@@ -900,10 +915,13 @@ mod tests {
 
     #[test]
     fn never_calls_inline_and_cannot_be_forced() {
+        // no timeout given: inline on this local disk, bounded on a network one
+        let local = Offline::new(Policy::Auto, root(), None, Duration::from_secs(60));
+        assert!(!local.network() && !local.bounds_calls());
         let o = Offline::new(
             Policy::Never,
             root(),
-            Duration::from_millis(1),
+            Some(Duration::from_millis(1)),
             Duration::from_secs(60),
         );
         let r: io::Result<u8> = o.call(FaultOp::Read, || {

@@ -78,8 +78,9 @@ pub struct MountOptions {
     // offline mode (issue 16)
     /// `offline=auto|never`: go offline when the backing is unreachable (default auto).
     pub offline: crate::offline::Policy,
-    /// `backing_timeout=` (seconds; 0: backing calls inline, no hang detection).
-    pub backing_timeout: Duration,
+    /// `backing_timeout=` (seconds; 0: backing calls inline, no hang detection). None: the
+    /// default, 10 s on a network or FUSE backing, calls inline on a local filesystem.
+    pub backing_timeout: Option<Duration>,
     /// `offline_probe_interval=` (seconds between stats of the backing root while offline).
     pub offline_probe_interval: Duration,
 }
@@ -119,7 +120,7 @@ impl Default for MountOptions {
             writeback_delay: crate::cache::writeback::DEFAULT_WRITEBACK_DELAY,
             writeback_percent: crate::cache::writeback::DEFAULT_WRITEBACK_PERCENT,
             offline: crate::offline::Policy::Auto,
-            backing_timeout: crate::offline::DEFAULT_BACKING_TIMEOUT,
+            backing_timeout: None,
             offline_probe_interval: crate::offline::DEFAULT_PROBE_INTERVAL,
         }
     }
@@ -352,7 +353,7 @@ impl MountOptions {
                     why: "must be auto or never",
                 })?;
             }
-            "backing_timeout" => self.backing_timeout = parse_seconds(name, value)?,
+            "backing_timeout" => self.backing_timeout = Some(parse_seconds(name, value)?),
             "offline_probe_interval" => {
                 let d = parse_seconds(name, value)?;
                 if d < Duration::from_millis(10) {
@@ -600,11 +601,11 @@ mod tests {
     fn offline_options() {
         let d = MountOptions::default();
         assert_eq!(d.offline, crate::offline::Policy::Auto);
-        assert_eq!(d.backing_timeout, Duration::from_secs(10));
+        assert_eq!(d.backing_timeout, None);
         assert_eq!(d.offline_probe_interval, Duration::from_secs(5));
         let o = parse("offline=never,backing_timeout=0.5,offline_probe_interval=2").unwrap();
         assert_eq!(o.offline, crate::offline::Policy::Never);
-        assert_eq!(o.backing_timeout, Duration::from_millis(500));
+        assert_eq!(o.backing_timeout, Some(Duration::from_millis(500)));
         assert_eq!(o.offline_probe_interval, Duration::from_secs(2));
         assert!(matches!(
             parse("offline=sometimes"),
