@@ -32,7 +32,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use fuser::{
@@ -2848,6 +2848,9 @@ impl PassthroughFs {
     }
 }
 
+/// The longest a sweep waits after one check (a backing that took seconds to answer).
+const SWEEP_YIELD_MAX: Duration = Duration::from_millis(100);
+
 impl MetaSweeper {
     /// One pass; returns how many directories changed underneath.
     pub fn sweep_once(&self) -> usize {
@@ -2856,6 +2859,12 @@ impl MetaSweeper {
             return 0; // the backing cannot answer; the return expires everything anyway
         }
         for (id, v) in self.meta.dir_validators() {
+            // a background pass yields the backing to the requests: after each check it
+            // waits twice as long as the check took, so it takes at most a third of a slow
+            // backing (after a remount, hundreds of stats of evicted directory inodes would
+            // otherwise queue every request's backing call behind them) and next to nothing
+            // of a fast one
+            let started = Instant::now();
             let st = match self
                 .inodes
                 .get(id)
@@ -2871,6 +2880,7 @@ impl MetaSweeper {
                 .counters
                 .sweep_checks
                 .fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep((started.elapsed() * 2).min(SWEEP_YIELD_MAX));
             let moved = match &st {
                 Ok(st) => !MetaCache::validator_matches(v, st),
                 Err(e) => matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)),
