@@ -838,8 +838,7 @@ impl CacheSet {
         let id = file.id;
         let extents = self.index.dirty_extents(id);
         if extents.is_empty() {
-            self.journal.handles.lock().remove(&id);
-            self.journal.attrs.lock().remove(&id);
+            self.forget_handle_if_clean(file);
             return Ok(0);
         }
         let handle = self.journal.handles.lock().get(&id).cloned();
@@ -870,11 +869,25 @@ impl CacheSet {
         self.journal
             .flush()
             .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
-        if !self.has_dirty(file) {
-            self.journal.handles.lock().remove(&id);
-        }
+        self.forget_handle_if_clean(file);
         add(&self.wb.written, bytes);
         Ok(bytes)
+    }
+
+    /// Drops `file`'s `FileHandle` (and `DirtyAttr`) once it has no dirty key, under its seq
+    /// lock: a writer inserts its keys and checks for the handle under that lock, so a write
+    /// that found the handle present (and queued no `FileHandle` record) can never be left
+    /// with dirty keys and no handle to write them back by (found by the differential
+    /// tester: its next change then failed with EIO, "dirty data and no file handle").
+    fn forget_handle_if_clean(&self, file: &FileState) {
+        if self.has_dirty(file) {
+            return;
+        }
+        let _seq = file.seq.lock();
+        if !self.has_dirty(file) {
+            self.journal.handles.lock().remove(&file.id);
+            self.journal.attrs.lock().remove(&file.id);
+        }
     }
 
     /// The backing I/O of [`CacheSet::writeback_file_locked`], then the `KeyClean`s and the
