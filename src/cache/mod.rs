@@ -519,16 +519,15 @@ impl CacheSet {
         ));
         journal.keep_meta_checkpoint(replayed.meta_location);
         {
-            let mut handles = journal.handles.lock();
+            // the dirty files that kept their data (those without a handle were refused or
+            // dropped above) keep their handle and the size and mtime they reported
+            let (mut handles, mut attrs) = (journal.handles.lock(), journal.attrs.lock());
             for (id, _) in &dirty {
                 if let Some(h) = replayed.handles.get(id) {
                     handles.insert(*id, h.clone());
-                }
-            }
-            let mut attrs = journal.attrs.lock();
-            for (id, a) in &replayed.attrs {
-                if index.dirty_bytes(*id) > 0 {
-                    attrs.insert(*id, *a);
+                    if let Some(a) = replayed.attrs.get(id) {
+                        attrs.insert(*id, *a);
+                    }
                 }
             }
         }
@@ -1141,10 +1140,7 @@ impl CacheSet {
             Some(v) => v.size,
             None => crate::sys::fstat_fd(backing_fd)?.st_size as u64,
         };
-        // writeback: dirty data may reach past the backing's end (past it, a gap is zeros)
-        let file_size = self
-            .dirty_attr(file.id)
-            .map_or(backing_size, |a| a.size.max(backing_size));
+        let file_size = self.size_seen(file.id, backing_size);
         let end = offset.saturating_add(u64::from(size)).min(file_size);
         if let Some(t) = &self.trace {
             use std::io::Write;
@@ -1658,10 +1654,7 @@ impl CacheSet {
         if !self.caches_reads() {
             return None;
         }
-        let backing_size = self.index.validator(file.id)?.size;
-        let file_size = self
-            .dirty_attr(file.id)
-            .map_or(backing_size, |a| a.size.max(backing_size));
+        let file_size = self.size_seen(file.id, self.index.validator(file.id)?.size);
         let end = offset.saturating_add(u64::from(size)).min(file_size);
         if offset >= end {
             return Some(Vec::new());

@@ -80,6 +80,7 @@ use crate::alloc::{BucketPtr, KeyPos};
 use crate::device::format::SECTOR;
 use crate::error::{expect_ok, Error};
 use crate::index::{Extent, FileId};
+use crate::journal::format::Record;
 
 /// `st`'s ctime in nanoseconds since the epoch.
 fn ctime_of(st: &libc::stat) -> i64 {
@@ -95,7 +96,6 @@ fn now_ns() -> i64 {
         .unwrap_or_default();
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
-use crate::journal::format::Record;
 
 /// Reopens a backing file by its handle (`handle_type`, bytes) with open flags (`O_WRONLY`
 /// to write back, `O_RDONLY` to read an edge block the writer's descriptor may not read);
@@ -404,9 +404,7 @@ impl CacheSet {
         let before = crate::sys::fstat_fd(fd)?;
         let outside = !self.check_validator(file, &before);
         let backing_size = before.st_size.max(0) as u64;
-        let size = self
-            .dirty_attr(file.id)
-            .map_or(backing_size, |a| a.size.max(backing_size));
+        let size = self.size_seen(file.id, backing_size);
         let offset = if append { size } else { offset };
         // 2. whole blocks, the edges read-modify-written
         let bs = self.block;
@@ -536,6 +534,13 @@ impl CacheSet {
     /// header), None when the backing's are the truth.
     pub fn dirty_attr(&self, file: FileId) -> Option<DirtyAttr> {
         self.journal.attrs.lock().get(&file).copied()
+    }
+
+    /// The size of `file` as the mount sees it, given the backing's: dirty data may reach
+    /// past the backing's end (a gap there reads as zeros).
+    pub fn size_seen(&self, file: FileId, backing_size: u64) -> u64 {
+        self.dirty_attr(file)
+            .map_or(backing_size, |a| a.size.max(backing_size))
     }
 
     /// `st` (the backing's stat of `file`) as the mount reports it: with the size and mtime of

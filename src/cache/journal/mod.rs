@@ -92,6 +92,18 @@ pub struct DirtyAttr {
 }
 
 impl DirtyAttr {
+    /// The file and attributes a `DirtyAttr` record names; None for any other record.
+    pub fn from_record(r: &Record) -> Option<(crate::index::FileId, DirtyAttr)> {
+        match *r {
+            Record::DirtyAttr {
+                file,
+                size,
+                mtime_ns,
+            } => Some((file, DirtyAttr { size, mtime_ns })),
+            _ => None,
+        }
+    }
+
     pub fn record(&self, file: crate::index::FileId) -> Record {
         Record::DirtyAttr {
             file,

@@ -27,7 +27,9 @@ pub struct Replayed {
     /// The newest `FileHandle` of every file the ring names (writeback reopens dirty files
     /// by it).
     pub handles: std::collections::HashMap<crate::index::FileId, (i32, Vec<u8>)>,
-    /// The newest `DirtyAttr` of every file that still has dirty keys after replay.
+    /// The newest `DirtyAttr` of every file the replayed entries name; the mount keeps those
+    /// of files still dirty once untrusted keys are dropped (a file whose keys are all clean
+    /// has its attributes on the backing: writeback sets them before its `KeyClean`).
     pub attrs: std::collections::HashMap<crate::index::FileId, super::DirtyAttr>,
     pub identity: Identity,
     pub checkpoint: CheckpointState,
@@ -131,26 +133,14 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     // dirty files' attributes: the checkpoint's entry repeats the current ones, later
     // entries carry each dirty write's, newest last
     let mut attrs = std::collections::HashMap::new();
-    let note_attr = |attrs: &mut std::collections::HashMap<_, _>, r: &Record| {
-        if let Record::DirtyAttr {
-            file,
-            size,
-            mtime_ns,
-        } = r
-        {
-            attrs.insert(
-                *file,
-                super::DirtyAttr {
-                    size: *size,
-                    mtime_ns: *mtime_ns,
-                },
-            );
-        }
-    };
     if start_found {
-        for r in &entries[first - 1].entry.records {
-            note_attr(&mut attrs, r);
-        }
+        attrs.extend(
+            entries[first - 1]
+                .entry
+                .records
+                .iter()
+                .filter_map(super::DirtyAttr::from_record),
+        );
     }
     for (pos, s) in entries.iter().enumerate().skip(first) {
         if let Some(e) = expect.filter(|&e| s.entry.seq != e) {
@@ -163,7 +153,7 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
         }
         expect = Some(s.entry.seq + 1);
         for r in &s.entry.records {
-            note_attr(&mut attrs, r);
+            attrs.extend(super::DirtyAttr::from_record(r));
             if apply(&index, r, &sb) {
                 applied += 1;
             } else {
@@ -207,11 +197,6 @@ pub fn replay(alloc: &Allocator, counters: &Counters) -> Result<Replayed> {
     );
     report.refused_records = refused;
     report.stale = stale;
-    // a file whose keys are all clean has its attributes on the backing (writeback sets them
-    // before its KeyClean)
-    let dirty: std::collections::HashSet<_> =
-        index.dirty_files().into_iter().map(|(id, _)| id).collect();
-    attrs.retain(|id, _| dirty.contains(id));
     let (meta, meta_location) = match newest_meta_checkpoint(alloc, &entries, &mut report) {
         Some((blob, trusted, location)) => (Some((blob, trusted)), Some(location)),
         None => (None, None),
