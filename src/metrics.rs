@@ -507,6 +507,18 @@ pub const METRICS: &[Metric] = &[
         Counter,
         "FLUSH requests served (a read-only open gets none)",
     ),
+    m(
+        "open_requests",
+        "bcachefs_lite_open_requests_total",
+        Counter,
+        "OPEN requests that reached the daemon (exclusive mode: at most one, then no_open)",
+    ),
+    m(
+        "implicit_handles",
+        "bcachefs_lite_implicit_handles",
+        Gauge,
+        "Backing descriptors the daemon holds for files opened without an OPEN (no_open)",
+    ),
     // offline mode (issue 16)
     m(
         "offline",

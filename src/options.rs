@@ -83,6 +83,9 @@ pub struct MountOptions {
     pub backing_timeout: Option<Duration>,
     /// `offline_probe_interval=` (seconds between stats of the backing root while offline).
     pub offline_probe_interval: Duration,
+    /// `open_requests`: keep the kernel's OPEN and RELEASE requests in exclusive mode
+    /// (by default it opens files without asking the daemon there: see `no_open`).
+    pub open_requests: bool,
 }
 
 impl Default for MountOptions {
@@ -122,6 +125,7 @@ impl Default for MountOptions {
             offline: crate::offline::Policy::Auto,
             backing_timeout: None,
             offline_probe_interval: crate::offline::DEFAULT_PROBE_INTERVAL,
+            open_requests: false,
         }
     }
 }
@@ -216,6 +220,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "offline",
     "backing_timeout",
     "offline_probe_interval",
+    "open_requests",
     "rw",
     "defaults",
     "auto",
@@ -307,6 +312,7 @@ impl MountOptions {
             }
             "noflush_on_unmount" => self.noflush_on_unmount = flag(value)?,
             "drop_dirty" => self.drop_dirty = flag(value)?,
+            "open_requests" => self.open_requests = flag(value)?,
             "writeback_delay" => self.writeback_delay = parse_seconds(name, value)?,
             "writeback_percent" => {
                 let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;

@@ -41,7 +41,7 @@
 //! - `BCL_FSX_SEED` base seed (default fixed; each configuration derives its own from it),
 //! - `BCL_FSX_CONFIG` run only this configuration (nocache, lru, fifo, random, tiny, seq0,
 //!   writearound, none, meta_shared, meta_exclusive: the metadata cache in each coherence mode; exclusive
-//!   makes no outside changes),
+//!   makes no outside changes; writeback, writeback_held, writeback_exclusive),
 //! - `BCL_FSX_EXTERNAL=0` no outside changes, `BCL_FSX_MMAP=0` no mmap,
 //! - `BCL_FSX_SKIP=op,op` leave out operations by name (see [`OPS`], the outside change
 //!   kinds `ext_same`, `ext_grow`, `ext_shrink`, `ext_rename`, `ext_touch`, and the
@@ -174,6 +174,13 @@ const CONFIGS: &[Config] = &[
     Config {
         name: "writeback_held",
         options: "cache=CACHE,cache_size=64M,cache_mode=writeback,writeback_delay=3600",
+        external: false,
+    },
+    // writeback in exclusive mode: files opened without OPEN requests (no_open), their
+    // dirty writes arriving through the daemon's own handles
+    Config {
+        name: "writeback_exclusive",
+        options: "cache=CACHE,cache_size=8M,cache_mode=writeback,writeback_delay=0.05,sequential_cutoff=0,coherence=exclusive",
         external: false,
     },
     // a cache file named but not opened: plain passthrough
@@ -1978,4 +1985,10 @@ fn fsx_cache_mode_writeback() {
 fn fsx_cache_mode_writeback_held_dirty() {
     require_fuse!();
     run_config("writeback_held");
+}
+
+#[test]
+fn fsx_cache_mode_writeback_exclusive() {
+    require_fuse!();
+    run_config("writeback_exclusive");
 }

@@ -268,6 +268,38 @@ fn exclusive_mode_notices_an_outside_change_and_recovers() {
     assert!(stat_u64(&m.mnt, "metadata_sweep_checks") > 0);
 }
 
+/// A file rewritten in place outside (same name: its directory's times do not move, so the
+/// sweep cannot see it) in exclusive mode, where no open asks the daemon any more
+/// (`no_open`): the open-file watcher's check of the daemon's own handles notices it within
+/// 30 passes (one per attribute timeout, 0.1 s here) and drops the cached bytes and pages.
+#[test]
+fn exclusive_mode_notices_a_file_rewritten_in_place_outside() {
+    require_fuse!();
+    let m = mount(
+        "bcl-meta-excl-inplace",
+        "coherence=exclusive,attr_timeout=0.1",
+    );
+    std::fs::write(m.b("f"), common::pattern(20_000, 1)).unwrap();
+    assert_eq!(std::fs::read(m.m("f")).unwrap(), common::pattern(20_000, 1));
+    assert!(stat_u64(&m.mnt, "implicit_handles") >= 1);
+    std::thread::sleep(Duration::from_millis(50)); // a different mtime
+                                                   // in place: the same inode, the same size
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.b("f"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &common::pattern(20_000, 2)).unwrap();
+    drop(f);
+    let start = Instant::now();
+    while std::fs::read(m.m("f")).unwrap() != common::pattern(20_000, 2) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a rewrite in place outside was not noticed in 10 s (30 passes of 0.1 s)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn memory_stays_under_the_budget_with_a_bigger_tree() {
     require_fuse!();
@@ -679,5 +711,128 @@ fn an_xattr_changed_outside_shows_within_the_ttl() {
             "the outside xattr change never showed"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Exclusive mode opens files without OPEN requests (`no_open`): the first open is
+/// answered ENOSYS, and the kernel opens every later file itself and sends its reads and
+/// writes with handle 0. The daemon serves those through descriptors of its own, at most
+/// a sixteenth of its descriptor limit (16 here), except a file with no name left, kept
+/// until the kernel forgets it. What each open asked for (O_APPEND, O_TRUNC) must still
+/// hold. Shared mode, and `open_requests`, ask the daemon on every open.
+#[test]
+fn exclusive_mode_opens_files_without_asking_and_serves_them_right() {
+    require_fuse!();
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let (dir, backing, cache) = backing_and_cache("bcl-meta-noopen");
+    for i in 0..100 {
+        std::fs::write(
+            backing.join(format!("f{i}")),
+            common::pattern(3000 + i, i as u64),
+        )
+        .unwrap();
+    }
+    let daemon = common::Daemon {
+        nofile: Some((256, 256)),
+        ..Default::default()
+    };
+    let opts = format!(
+        "cache={},cache_size=64M,coherence=exclusive",
+        cache.display()
+    );
+    let m = Mount::spawn(dir, backing, &opts, &[], &daemon);
+    let opens = || stat_u64(&m.mnt, "open_requests");
+    let held = || stat_u64(&m.mnt, "implicit_handles");
+
+    // a file opened (not created: CREATE gets a handle of its own) and written through
+    // handle 0, then unlinked through the mount
+    std::fs::write(m.m("nameless"), b"").unwrap();
+    let mut nameless = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.m("nameless"))
+        .unwrap();
+    nameless.write_all(b"before").unwrap();
+    let mut kept = std::fs::File::open(m.m("f7")).unwrap();
+    let mut first = [0u8; 10];
+    kept.read_exact(&mut first).unwrap();
+    std::fs::remove_file(m.m("nameless")).unwrap();
+
+    for round in 0..2 {
+        for i in 0..100 {
+            let got = std::fs::read(m.m(&format!("f{i}"))).unwrap();
+            assert_eq!(
+                got,
+                common::pattern(3000 + i, i as u64),
+                "f{i}, round {round}"
+            );
+            assert!(held() <= 16 + 1, "{} implicit handles, cap 16", held());
+        }
+    }
+    assert!(opens() <= 1, "{} OPEN requests reached the daemon", opens());
+
+    // the unlinked file's handle was kept through 200 evictions: it still writes and reads
+    nameless.write_all(b" after").unwrap();
+    nameless.sync_all().unwrap();
+    let mut back = vec![0u8; 12];
+    nameless.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(&back, b"before after");
+    assert_eq!(nameless.metadata().unwrap().nlink(), 0);
+    drop(nameless);
+    // a descriptor opened before the evictions still reads on where it was
+    let mut rest = Vec::new();
+    kept.read_to_end(&mut rest).unwrap();
+    first
+        .iter()
+        .chain(&rest)
+        .zip(common::pattern(3007, 7))
+        .for_each(|(a, b)| assert_eq!(*a, b));
+    assert_eq!(first.len() + rest.len(), 3007);
+    drop(kept);
+
+    // O_APPEND from two descriptors: each write lands at the end
+    let append = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(m.m("f1"))
+            .unwrap()
+    };
+    let (mut a, mut b) = (append(), append());
+    for _ in 0..10 {
+        a.write_all(b"a").unwrap();
+        b.write_all(b"b").unwrap();
+    }
+    drop((a, b));
+    let f1 = std::fs::read(m.b("f1")).unwrap();
+    assert_eq!(f1.len(), 3001 + 20);
+    assert_eq!(&f1[3001..], b"abababababababababab".as_slice());
+    // O_TRUNC of an existing file, and O_SYNC writes through handle 0
+    let mut t = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_SYNC)
+        .open(m.m("f2"))
+        .unwrap();
+    t.write_all(b"short").unwrap();
+    t.seek(std::io::SeekFrom::Start(0)).unwrap();
+    drop(t);
+    assert_eq!(std::fs::read(m.b("f2")).unwrap(), b"short");
+    assert_eq!(std::fs::read(m.m("f2")).unwrap(), b"short");
+    assert!(opens() <= 1, "{} OPEN requests reached the daemon", opens());
+    m.unmount();
+
+    // shared mode, and exclusive with open_requests: every open is asked
+    for options in ["coherence=shared", "coherence=exclusive,open_requests"] {
+        let m = mount("bcl-meta-open", options);
+        for i in 0..10 {
+            std::fs::write(m.b(&format!("g{i}")), b"x").unwrap();
+        }
+        for i in 0..10 {
+            assert_eq!(std::fs::read(m.m(&format!("g{i}"))).unwrap(), b"x");
+        }
+        let n = stat_u64(&m.mnt, "open_requests");
+        assert!(n >= 10, "{options}: {n} OPEN requests for 10 opens");
+        assert_eq!(stat_u64(&m.mnt, "implicit_handles"), 0, "{options}");
     }
 }

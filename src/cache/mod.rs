@@ -852,6 +852,17 @@ impl CacheSet {
         unchanged && !stale
     }
 
+    /// [`CacheSet::open_check`] for a file the kernel opened without asking (`no_open`: it
+    /// keeps its pages whatever the daemon would answer): true when those pages must be
+    /// dropped, because the file changed since its validator was recorded or an outside
+    /// change was seen since its pages were last dropped. A file without a validator yet
+    /// (its first read through the mount) has nothing to drop.
+    pub fn implicit_open_check(&self, file: &FileState, st: &libc::stat) -> bool {
+        let known = self.index.validator(file.id).is_some();
+        let stale = file.pages_stale.load(Ordering::Acquire);
+        !self.open_check(file, st) && (known || stale)
+    }
+
     /// Compares the backing's current attributes with the file's validator. Unchanged:
     /// true. Changed or unknown: drops the file's extents, records the new validator, and
     /// returns false.

@@ -230,6 +230,14 @@ impl FdCache {
                 "flush_requests".into(),
                 sys::FLUSH_REQUESTS.load(Ordering::Relaxed).into(),
             ),
+            (
+                "open_requests".into(),
+                sys::OPEN_REQUESTS.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "implicit_handles".into(),
+                sys::IMPLICIT_HANDLES.load(Ordering::Relaxed).into(),
+            ),
         ]
     }
 

@@ -22,6 +22,7 @@
 //! on another request.
 
 pub mod creds;
+pub mod implicit;
 pub mod inode;
 pub mod sys;
 
@@ -74,6 +75,9 @@ struct FileHandleState {
     /// cache alone; after the return the backing file is opened on first need (`reopened`).
     offline: bool,
     reopened: Mutex<Option<Arc<OwnedFd>>>,
+    /// The daemon's own handle of a file the kernel opened without OPEN (`no_open`): it
+    /// outlives the kernel's files, and is watched less often ([`IMPLICIT_CHECK_PASSES`]).
+    implicit: bool,
 }
 
 /// Size, mtime and ctime of `st`, to notice a change made outside the mount.
@@ -265,6 +269,9 @@ pub struct PassthroughFs {
     /// files there are written back (writeback reopens them by handle on it); files of
     /// other filesystems inside the backing stay writethrough.
     wb_mount: Option<i32>,
+    /// Exclusive mode's `no_open`: files the kernel opened without an OPEN request are
+    /// served through these handles (see [`implicit`]). None: every open asks the daemon.
+    implicit: Option<Mutex<implicit::ImplicitHandles>>,
 }
 
 /// The attribute and entry TTLs the kernel is told, read on every reply, so a change made
@@ -338,6 +345,10 @@ impl PassthroughFs {
             next_handle: AtomicU64::new(1),
             ttls: Arc::new(Ttls::new(options.attr_timeout, options.entry_timeout)),
             wb_mount: None,
+            implicit: Self::no_open(options).then(|| {
+                let cap = implicit::ImplicitHandles::cap_for_limit(sys::nofile_limit().0);
+                Mutex::new(implicit::ImplicitHandles::new(cap))
+            }),
         })
     }
 
@@ -594,6 +605,136 @@ impl PassthroughFs {
             .get(&fh.0)
             .map(|h| h.clone())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    /// Whether files are opened without OPEN requests (`no_open`, see [`implicit`]): in
+    /// exclusive mode (nothing outside changes a file whose pages the kernel keeps),
+    /// unless `open_requests` is set, and only where the open's permission check is not
+    /// ours to make: the kernel checks (`default_permissions`), or only the mounting
+    /// user's processes reach the mount (no `allow_other`) and that user is root, whom
+    /// an open of a regular file is not refused for permissions.
+    fn no_open(options: &MountOptions) -> bool {
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        options.coherence == Coherence::Exclusive
+            && !options.open_requests
+            && (options.default_permissions || (!options.allow_other && root))
+    }
+
+    /// The handle a request names; handle 0 under `no_open` is the daemon's own handle
+    /// of inode `ino` for `access`, opened on first need.
+    fn file_of(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        access: implicit::Access,
+    ) -> io::Result<Arc<FileHandleState>> {
+        match &self.implicit {
+            Some(table) if fh.0 == 0 => self.implicit_file(table, ino, access),
+            _ => self.file(fh),
+        }
+    }
+
+    fn implicit_file(
+        &self,
+        table: &Mutex<implicit::ImplicitHandles>,
+        ino: INodeNo,
+        access: implicit::Access,
+    ) -> io::Result<Arc<FileHandleState>> {
+        let known = table.lock().get(ino.0, access);
+        if let Some(h) = known.and_then(|fh| self.file(FileHandle(fh)).ok()) {
+            return Ok(h);
+        }
+        let inode = self.inode(ino)?;
+        if let Some(o) = self.offline_now() {
+            // not kept: the return must open the backing file, not this placeholder
+            return match access {
+                implicit::Access::Write => Err(o.refuse_write()),
+                implicit::Access::Read => self.offline_handle(o, &inode).map(Arc::new),
+            };
+        }
+        let ifd = self.inodes.fd(&inode)?;
+        let path = sys::proc_path(ifd.as_raw_fd());
+        let open = |flags| sys::open(&path, flags | libc::O_CLOEXEC);
+        // As the daemon: the kernel checked the caller (see `no_open`). A file the
+        // daemon may write but not read (mode 0200 on a root-squashed NFS) is opened
+        // write-only; its reads then fail as they would on a write-only descriptor.
+        let (file, flags) = match access {
+            implicit::Access::Read => (open(libc::O_RDONLY), libc::O_RDONLY),
+            implicit::Access::Write => match open(libc::O_RDWR) {
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                    (open(libc::O_WRONLY), libc::O_WRONLY)
+                }
+                r => (r, libc::O_RDWR),
+            },
+        };
+        let file = file.map_err(|e| self.inodes.limit_error(e))?;
+        let st = sys::fstat(&file).ok();
+        // the validator check an open makes; the kernel keeps its pages regardless, so a
+        // file found changed has them dropped here (an open would have withheld
+        // FOPEN_KEEP_CACHE)
+        if let (Some((cache, file)), Some(st)) = (self.cache_for(&inode), st.as_ref()) {
+            if cache.implicit_open_check(file, st) {
+                self.invalidate_pages(&inode);
+            }
+        }
+        let fh = self.add_file_handle(file, inode, flags, st.as_ref(), true);
+        let inserted = table.lock().insert(ino.0, access, fh);
+        let evicted = match inserted {
+            Ok(evicted) => evicted,
+            Err(first) => {
+                // another request opened it meanwhile: use that one, close ours
+                let mine = self.files.remove(&fh);
+                if let Ok(h) = self.file(FileHandle(first)) {
+                    return Ok(h);
+                }
+                return mine
+                    .map(|(_, h)| h)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF));
+            }
+        };
+        sys::IMPLICIT_HANDLES.fetch_add(1, Ordering::Relaxed);
+        for old in evicted {
+            self.evict_implicit(table, old);
+        }
+        self.file(FileHandle(fh))
+    }
+
+    /// Closes an implicit handle the table let go, unless its file has no name left (it
+    /// could not be opened again: an unlinked file still open in the kernel), which is
+    /// kept until the kernel forgets the inode.
+    fn evict_implicit(&self, table: &Mutex<implicit::ImplicitHandles>, fh: u64) {
+        let Ok(h) = self.file(FileHandle(fh)) else {
+            return;
+        };
+        let nameless = sys::fstat(&h.file).is_ok_and(|st| st.st_nlink == 0);
+        let access = if h.writable {
+            implicit::Access::Write
+        } else {
+            implicit::Access::Read
+        };
+        if nameless && table.lock().keep(h.inode.id, access, fh) {
+            return;
+        }
+        self.files.remove(&fh);
+        sys::IMPLICIT_HANDLES.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The kernel forgot inode `id`: its implicit handles go (a later lookup of the same
+    /// file makes a new inode entry, which must not be served through the old one).
+    fn forget_implicit(&self, id: u64) {
+        let Some(table) = &self.implicit else {
+            return;
+        };
+        if self.inodes.get(id).is_some() {
+            return; // still known (looked up again meanwhile, or its count not yet 0)
+        }
+        let gone = table.lock().forget(id);
+        for fh in gone {
+            if self.files.remove(&fh).is_some() {
+                sys::IMPLICIT_HANDLES.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn dir(&self, fh: FileHandle) -> io::Result<Arc<DirHandleState>> {
@@ -1062,6 +1203,7 @@ impl PassthroughFs {
         inode: Arc<Inode>,
         flags: i32,
         st: Option<&libc::stat>,
+        implicit: bool,
     ) -> u64 {
         let fh = self.new_handle();
         let cached = self.cache_for(&inode).is_some();
@@ -1078,6 +1220,7 @@ impl PassthroughFs {
                 writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
                 offline: false,
                 reopened: Mutex::new(None),
+                implicit,
             }),
         );
         fh
@@ -1644,6 +1787,19 @@ impl PassthroughFs {
         if !self.may_st(&st, Some(req), libc::S_IROTH) {
             return Err(o.refuse(inode.id, "this file's read permission"));
         }
+        let handle = self.offline_handle(o, inode)?;
+        let fh = self.new_handle();
+        self.files.insert(fh, Arc::new(handle));
+        Ok((fh, Self::fopen_flags(flags)))
+    }
+
+    /// A read-only handle of a regular file while offline, if it is wholly cached and
+    /// its cached validator is its last known attributes: its descriptor is a
+    /// placeholder; its reads come from the cache.
+    fn offline_handle(&self, o: &Offline, inode: &Arc<Inode>) -> io::Result<FileHandleState> {
+        let Some(st) = self.meta.as_ref().and_then(|m| m.attr_cached(inode.id)) else {
+            return Err(o.refuse(inode.id, "the attributes of this file"));
+        };
         let servable = st.st_mode & libc::S_IFMT == libc::S_IFREG
             && self
                 .cache_for(inode)
@@ -1652,23 +1808,19 @@ impl PassthroughFs {
             return Err(o.refuse(inode.id, "all of this file's data"));
         }
         let placeholder: OwnedFd = std::fs::File::open("/dev/null")?.into();
-        let fh = self.new_handle();
-        self.files.insert(
-            fh,
-            Arc::new(FileHandleState {
-                file: placeholder,
-                _pin: self.inodes.pin(inode),
-                inode: inode.clone(),
-                cached: true,
-                append: false,
-                seen: Mutex::new(change_mark(&st)),
-                writable: false,
-                offline: true,
-                reopened: Mutex::new(None),
-            }),
-        );
         o.served(inode.id);
-        Ok((fh, Self::fopen_flags(flags)))
+        Ok(FileHandleState {
+            file: placeholder,
+            _pin: self.inodes.pin(inode),
+            inode: inode.clone(),
+            cached: true,
+            append: false,
+            seen: Mutex::new(change_mark(&st)),
+            writable: false,
+            offline: true,
+            reopened: Mutex::new(None),
+            implicit: false,
+        })
     }
 
     /// SEEK_DATA / SEEK_HOLE on a handle opened offline: all of a wholly cached file is
@@ -1841,6 +1993,7 @@ impl Filesystem for PassthroughFs {
     // signature lives in a private module and cannot be named).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.inodes.forget(ino.0, nlookup);
+        self.forget_implicit(ino.0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -2040,6 +2193,12 @@ impl Filesystem for PassthroughFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        sys::OPEN_REQUESTS.fetch_add(1, Ordering::Relaxed);
+        if self.implicit.is_some() {
+            // no_open: the kernel takes ENOSYS as success, opens this file and every
+            // later one itself, and sends their requests with handle 0 (see `implicit`)
+            return reply.error(Errno::ENOSYS);
+        }
         let result = self.inode(ino).and_then(|inode| {
             let online = || {
                 let ifd = self.inodes.fd(&inode)?;
@@ -2051,7 +2210,7 @@ impl Filesystem for PassthroughFs {
                 let st = sys::fstat(&file).ok();
                 let fopen = self.open_validate(&inode, st.as_ref(), flags.0);
                 Ok((
-                    self.add_file_handle(file, inode.clone(), flags.0, st.as_ref()),
+                    self.add_file_handle(file, inode.clone(), flags.0, st.as_ref(), false),
                     fopen,
                 ))
             };
@@ -2066,7 +2225,7 @@ impl Filesystem for PassthroughFs {
     fn read(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -2074,7 +2233,7 @@ impl Filesystem for PassthroughFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let handle = match self.file(fh) {
+        let handle = match self.file_of(ino, fh, implicit::Access::Read) {
             Ok(h) => h,
             Err(e) => return reply.error(errno(e)),
         };
@@ -2100,16 +2259,19 @@ impl Filesystem for PassthroughFs {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let handle = match self.refuse_if_offline().and_then(|()| self.file(fh)) {
+        let handle = match self
+            .refuse_if_offline()
+            .and_then(|()| self.file_of(ino, fh, implicit::Access::Write))
+        {
             Ok(h) => h,
             Err(e) => return reply.error(errno(e)),
         };
@@ -2120,7 +2282,18 @@ impl Filesystem for PassthroughFs {
         // its own writeback cache). Append where the file ends (the backing's end; in
         // writeback, the end of the dirty data), atomically, as O_APPEND on a local file
         // would; the offset the kernel gave is only a lower bound.
-        let appending = handle.append && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        // A handle 0 (no_open) was not opened by this file's open: the request's flags
+        // say what that open asked for.
+        let (append, sync_asked) = if fh.0 == 0 {
+            (flags.0 & libc::O_APPEND != 0, flags.0 & libc::O_DSYNC != 0)
+        } else {
+            // a handle's backing descriptor has the open's O_SYNC/O_DSYNC itself
+            (handle.append, false)
+        };
+        // O_SYNC writes of dirty data are durable in the cache file before the reply
+        let dirty_sync = flags.0 & libc::O_DSYNC != 0;
+        let datasync = flags.0 & libc::O_SYNC != libc::O_SYNC;
+        let appending = append && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
         let touch = if appending {
             Touch::Append { offset }
         } else {
@@ -2154,6 +2327,12 @@ impl Filesystem for PassthroughFs {
                 );
                 // the backing's attributes did not move: the metadata cache keeps them, and
                 // getattr lays the dirty size and mtime over them
+                let r = r.and_then(|(n, outside)| {
+                    if dirty_sync {
+                        cache.fsync_dirty(file, fd, datasync)?;
+                    }
+                    Ok((n, outside))
+                });
                 match r {
                     Ok((n, outside)) => {
                         if outside {
@@ -2168,11 +2347,15 @@ impl Filesystem for PassthroughFs {
         }
         let (written, changed) = self.change(&handle.inode, fd, touch, || {
             let _no_fsetid = kill_suidgid.then(WithoutFsetid::now);
-            if appending {
+            let n = if appending {
                 crate::sys::append_full(fd, data)
             } else {
                 sys::pwrite_full(fd, data, offset)
+            }?;
+            if sync_asked {
+                sys::sync(fd, datasync)?;
             }
+            Ok(n)
         });
         // writethrough: the backing has it; the cache gets the whole blocks, unless
         // another change overlapped this one (then nobody knows which bytes won) or it was
@@ -2205,6 +2388,12 @@ impl Filesystem for PassthroughFs {
         // and reports write errors on close) without closing our descriptor. Read-only
         // handles are opened with FOPEN_NOFLUSH and never get here.
         sys::FLUSH_REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if fh.0 == 0 && self.implicit.is_some() {
+            // A close of a file opened without OPEN (no_open): our descriptor stays open,
+            // so there is no backing close to make. ENOSYS tells the kernel to send no
+            // more FLUSH (one round trip per close); fsync still reports write errors.
+            return reply.error(Errno::ENOSYS);
+        }
         let result = self.file(fh).and_then(|h| {
             if h.offline || (!h.writable && self.offline_now().is_some()) {
                 return Ok(()); // nothing to report: read-only, and no backing close to make
@@ -2235,12 +2424,12 @@ impl Filesystem for PassthroughFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.file(fh).and_then(|h| {
+        let result = self.file_of(ino, fh, implicit::Access::Read).and_then(|h| {
             if h.offline {
                 return Ok(()); // read-only, from the cache: nothing to sync
             }
@@ -2562,7 +2751,7 @@ impl Filesystem for PassthroughFs {
                     Ok((
                         attr,
                         ttls,
-                        self.add_file_handle(file, inode, flags, st.as_ref()),
+                        self.add_file_handle(file, inode, flags, st.as_ref(), false),
                         fopen,
                     ))
                 })
@@ -2578,7 +2767,7 @@ impl Filesystem for PassthroughFs {
     fn fallocate(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -2587,7 +2776,7 @@ impl Filesystem for PassthroughFs {
     ) {
         let result = self
             .refuse_if_offline()
-            .and_then(|()| self.file(fh))
+            .and_then(|()| self.file_of(ino, fh, implicit::Access::Write))
             .and_then(|h| {
                 let fd = h.file.as_raw_fd();
                 // Modes that move data (collapse, insert) change everything after `offset`; the
@@ -2614,13 +2803,13 @@ impl Filesystem for PassthroughFs {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let result = self.file(fh).and_then(|h| {
+        let result = self.file_of(ino, fh, implicit::Access::Read).and_then(|h| {
             if h.offline {
                 return Self::lseek_offline(&h, offset, whence);
             }
@@ -2639,10 +2828,10 @@ impl Filesystem for PassthroughFs {
     fn copy_file_range(
         &self,
         req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
@@ -2651,9 +2840,9 @@ impl Filesystem for PassthroughFs {
     ) {
         let result = self
             .refuse_if_offline()
-            .and_then(|()| self.file(fh_in))
+            .and_then(|()| self.file_of(ino_in, fh_in, implicit::Access::Read))
             .and_then(|src| {
-                let dst = self.file(fh_out)?;
+                let dst = self.file_of(ino_out, fh_out, implicit::Access::Write)?;
                 if src.offline || dst.offline {
                     // no backing descriptor to copy from: the kernel falls back to read + write
                     return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
@@ -2698,7 +2887,17 @@ pub struct OpenFileWatcher {
     invalidate: std::sync::mpsc::Sender<Inval>,
     /// The pass interval is the attribute TTL in force (at least 100 ms).
     ttls: Arc<Ttls>,
+    /// Passes made; implicit handles (`no_open`) are checked every
+    /// [`IMPLICIT_CHECK_PASSES`]th only.
+    passes: AtomicU64,
 }
+
+/// The daemon's own handles (`no_open`, exclusive mode) are watched every this many passes
+/// (30 s at the default attribute TTL): there are up to a sixteenth of the descriptor limit
+/// of them, mostly of files no process has open any more, and exclusive mode rules outside
+/// changes out; this check is what still notices a file rewritten in place outside (its
+/// directory's times, which the sweep checks, do not move), now that no open asks.
+pub const IMPLICIT_CHECK_PASSES: u64 = 30;
 
 impl PassthroughFs {
     /// The watcher of open files; call after [`PassthroughFs::invalidation_channel`].
@@ -2709,6 +2908,7 @@ impl PassthroughFs {
             cache: self.cache.clone(),
             invalidate,
             ttls: self.ttls.clone(),
+            passes: AtomicU64::new(0),
         })
     }
 }
@@ -2720,12 +2920,17 @@ impl OpenFileWatcher {
             self.files.iter().map(|e| e.value().clone()).collect();
         let mut done = std::collections::HashSet::new();
         let mut changed = 0;
+        let implicit_too = self.passes.fetch_add(1, Ordering::Relaxed) % IMPLICIT_CHECK_PASSES == 0;
         if crate::offline::is_offline() {
             return 0; // nothing to ask the backing; the return revalidates
         }
         for h in handles {
             // a handle opened offline has no backing descriptor to watch
-            if h.offline || !h.inode.is_regular() || !done.insert(h.inode.id) {
+            if h.offline
+                || (h.implicit && !implicit_too)
+                || !h.inode.is_regular()
+                || !done.insert(h.inode.id)
+            {
                 continue;
             }
             let Ok(st) = sys::fstat(&h.file) else {
