@@ -511,7 +511,7 @@ pub const METRICS: &[Metric] = &[
         "open_requests",
         "bcachefs_lite_open_requests_total",
         Counter,
-        "OPEN requests that reached the daemon (exclusive mode: at most one, then no_open)",
+        "OPEN and OPENDIR requests that reached the daemon (exclusive mode: at most one of each)",
     ),
     m(
         "implicit_handles",

@@ -770,7 +770,12 @@ fn exclusive_mode_opens_files_without_asking_and_serves_them_right() {
             assert!(held() <= 16 + 1, "{} implicit handles, cap 16", held());
         }
     }
-    assert!(opens() <= 1, "{} OPEN requests reached the daemon", opens());
+    // one OPEN and one OPENDIR, each answered ENOSYS
+    assert!(
+        opens() <= 2,
+        "{} OPEN/OPENDIR requests reached the daemon",
+        opens()
+    );
 
     // the unlinked file's handle was kept through 200 evictions: it still writes and reads
     nameless.write_all(b" after").unwrap();
@@ -819,7 +824,11 @@ fn exclusive_mode_opens_files_without_asking_and_serves_them_right() {
     drop(t);
     assert_eq!(std::fs::read(m.b("f2")).unwrap(), b"short");
     assert_eq!(std::fs::read(m.m("f2")).unwrap(), b"short");
-    assert!(opens() <= 1, "{} OPEN requests reached the daemon", opens());
+    assert!(
+        opens() <= 2,
+        "{} OPEN/OPENDIR requests reached the daemon",
+        opens()
+    );
     m.unmount();
 
     // shared mode, and exclusive with open_requests: every open is asked
@@ -835,4 +844,175 @@ fn exclusive_mode_opens_files_without_asking_and_serves_them_right() {
         assert!(n >= 10, "{options}: {n} OPEN requests for 10 opens");
         assert_eq!(stat_u64(&m.mnt, "implicit_handles"), 0, "{options}");
     }
+}
+
+/// Exclusive mode reads directories without OPENDIR (`no_opendir`): READDIR comes with
+/// handle 0 and an offset the kernel keeps for as long as it keeps the inode, so each
+/// directory keeps the offset space of its first read (the backing's cookies while its
+/// listing is unknown, indexes into the metadata cache's listing once known) even when its
+/// handle is let go. 40 directories listed a getdents batch at a time, interleaved, with
+/// room for 16 handles: every listing must come out whole, each name once, in both spaces.
+#[test]
+fn exclusive_mode_lists_directories_without_opendir_in_a_stable_offset_space() {
+    require_fuse!();
+    let (dir, backing, cache) = backing_and_cache("bcl-meta-noopendir");
+    let long = "n".repeat(100);
+    let mut want = BTreeMap::new();
+    for d in 0..40 {
+        let dir = backing.join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        let names: Vec<String> = (0..(400 + d * 7)).map(|i| format!("{long}{i}")).collect();
+        for n in &names {
+            std::fs::write(dir.join(n), b"").unwrap();
+        }
+        want.insert(
+            d,
+            names.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        );
+    }
+    let daemon = common::Daemon {
+        nofile: Some((256, 256)),
+        ..Default::default()
+    };
+    let opts = format!(
+        "cache={},cache_size=64M,coherence=exclusive",
+        cache.display()
+    );
+    let m = Mount::spawn(dir, backing, &opts, &[], &daemon);
+    // getdents of 8 KiB at a time (about 60 names: a READDIR is one page), round robin
+    let list_interleaved = |m: &Mount| {
+        let mut fds: Vec<(usize, libc::c_int)> = (0..40)
+            .map(|d| {
+                let p = common::cpath(&m.m(&format!("d{d}")));
+                // SAFETY: a NUL-terminated path that outlives the call.
+                let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+                assert!(fd >= 0, "open d{d}: {}", std::io::Error::last_os_error());
+                (d, fd)
+            })
+            .collect();
+        let mut got: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        let mut buf = vec![0u8; 8192];
+        while !fds.is_empty() {
+            fds.retain(|&(d, fd)| {
+                // SAFETY: `buf` is writable for its length; `fd` is an open directory.
+                let n =
+                    unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+                assert!(n >= 0, "getdents d{d}: {}", std::io::Error::last_os_error());
+                let mut at = 0usize;
+                while at < n as usize {
+                    let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                    let name = &buf[at + 19..at + reclen];
+                    let name = &name[..name.iter().position(|&b| b == 0).unwrap()];
+                    let name = String::from_utf8(name.to_vec()).unwrap();
+                    if name != "." && name != ".." {
+                        got.entry(d).or_default().push(name);
+                    }
+                    at += reclen;
+                }
+                if n == 0 {
+                    // SAFETY: closing the descriptor opened above, once.
+                    unsafe { libc::close(fd) };
+                }
+                n > 0
+            });
+        }
+        got
+    };
+    let check = |got: BTreeMap<usize, Vec<String>>, pass: &str| {
+        for (d, names) in &want {
+            let listed = &got[d];
+            let set: std::collections::BTreeSet<_> = listed.iter().cloned().collect();
+            assert_eq!(set.len(), listed.len(), "{pass}: d{d} listed a name twice");
+            assert_eq!(&set, names, "{pass}: d{d} listed other names");
+        }
+    };
+    // A space outlives its handle. A reader of d0 stops after one batch (cookie space:
+    // its listing unknown). Its kernel readdir cache dropped, another reader lists d0 from
+    // the start: the daemon reads it whole and the metadata cache learns its listing. 20
+    // other listings later the first reader's handle was let go; when it goes on (its
+    // kernel cache dropped again, so the daemon gets its cookie), the renewed handle must
+    // read on from that cookie, not take it for an index into the now-known listing.
+    let drop_pages = || std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    let getdents_all = |fd: libc::c_int, once: bool| {
+        let mut names = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            // SAFETY: `buf` is writable for its length; `fd` is an open directory.
+            let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+            assert!(n >= 0, "getdents: {}", std::io::Error::last_os_error());
+            let mut at = 0usize;
+            while at < n as usize {
+                let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                let name = &buf[at + 19..at + reclen];
+                let name = &name[..name.iter().position(|&b| b == 0).unwrap()];
+                let name = String::from_utf8(name.to_vec()).unwrap();
+                if name != "." && name != ".." {
+                    names.push(name);
+                }
+                at += reclen;
+            }
+            if n == 0 || once {
+                return names;
+            }
+        }
+    };
+    let open_dir = |rel: &str| {
+        let p = common::cpath(&m.m(rel));
+        // SAFETY: a NUL-terminated path that outlives the call.
+        let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+        assert!(fd >= 0, "open {rel}: {}", std::io::Error::last_os_error());
+        fd
+    };
+    let first = open_dir("d0");
+    let mut names = getdents_all(first, true);
+    assert!(!names.is_empty() && names.len() < want[&0].len());
+    drop_pages();
+    let other = open_dir("d0");
+    assert_eq!(getdents_all(other, false).len(), want[&0].len());
+    for d in 1..=20 {
+        let fd = open_dir(&format!("d{d}"));
+        getdents_all(fd, false);
+        // SAFETY: closing the descriptor opened above, once.
+        unsafe { libc::close(fd) };
+    }
+    drop_pages();
+    names.extend(getdents_all(first, false));
+    // SAFETY: closing the descriptors opened above, once each.
+    unsafe {
+        libc::close(first);
+        libc::close(other);
+    }
+    let set: std::collections::BTreeSet<_> = names.iter().cloned().collect();
+    assert_eq!(
+        set.len(),
+        names.len(),
+        "the reader that went on listed a name twice"
+    );
+    assert_eq!(
+        set.len(),
+        want[&0].len(),
+        "the reader that went on listed {} of {} names",
+        set.len(),
+        want[&0].len()
+    );
+    assert_eq!(set, want[&0], "the reader that went on listed other names");
+    drop_kernel_caches();
+
+    // the first pass: d0-d20 in index space (their listings known now), the rest in the
+    // backing's cookies
+    check(list_interleaved(&m), "first");
+    // handles let go in the middle of a listing do not store it for the metadata cache: a
+    // walk that reads each whole does, once the kernel forgot the directories (and its
+    // readdir caches, which would answer it)
+    drop_kernel_caches();
+    sh_ok("find . >/dev/null", &m.mnt);
+    // forgotten again: index space for every directory now
+    drop_kernel_caches();
+    let calls = stat_u64(&m.mnt, "backing_metadata_calls");
+    check(list_interleaved(&m), "index space");
+    assert!(
+        stat_u64(&m.mnt, "backing_metadata_calls") - calls < 40,
+        "the second pass read the backing's directories again"
+    );
+    assert!(stat_u64(&m.mnt, "open_requests") <= 1);
 }

@@ -21,7 +21,13 @@
 //! - A descriptor in use is not closed by eviction: requests hold an `Arc` to its
 //!   handle, and the table only drops its own reference.
 //!
-//! Locks: one `Mutex` around the table, taken alone, never across a syscall.
+//! Directories likewise (`no_opendir`, [`ImplicitDirs`]): the first OPENDIR is answered
+//! `ENOSYS`, the kernel keeps each directory's readdir cache across opens, and READDIR
+//! comes with handle 0 and an offset the daemon must understand for as long as the kernel
+//! keeps the inode: each directory keeps the offset space ([`DirSpace`]) of its first read
+//! until FORGET, while the handles serving them are bounded like the files'.
+//!
+//! Locks: one `Mutex` around each table, taken alone, never across a syscall.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -199,5 +205,135 @@ mod tests {
             t.forget(i);
         }
         assert!(t.order.len() <= 2 * t.len() + 17, "queue {}", t.order.len());
+    }
+}
+
+/// The offset space a directory read without OPENDIR (`no_opendir`) was given at its
+/// first READDIR: the kernel keeps offsets (in its readdir cache, in an open directory's
+/// position) for as long as it keeps the inode, so the space stays until FORGET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirSpace {
+    /// Indexes into a metadata-cache listing (a snapshot of it per handle).
+    Listing,
+    /// The backing's own cookies (`telldir`), valid across opens of the directory.
+    Cookies,
+}
+
+/// Per directory inode: its [`DirSpace`] (kept until FORGET: a few bytes each), and for at
+/// most `cap` of them, the most recently used, a handle `H` serving it (a listing snapshot,
+/// or an open backing stream: the bound is the descriptor budget's). A directory whose
+/// handle was let go gets a new one in the same space at its next read.
+#[derive(Debug)]
+pub struct ImplicitDirs<H> {
+    space: HashMap<u64, DirSpace>,
+    handles: HashMap<u64, H>,
+    /// Directories with a handle, oldest use first; may name ones let go since.
+    order: VecDeque<u64>,
+    cap: usize,
+}
+
+impl<H: Clone> ImplicitDirs<H> {
+    pub fn new(cap: usize) -> ImplicitDirs<H> {
+        ImplicitDirs {
+            space: HashMap::new(),
+            handles: HashMap::new(),
+            order: VecDeque::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// Directory `id`'s space, if decided, and its handle, if one is kept.
+    pub fn get(&self, id: u64) -> (Option<DirSpace>, Option<H>) {
+        (self.space.get(&id).copied(), self.handles.get(&id).cloned())
+    }
+
+    /// Keeps `h` as directory `id`'s handle, in `space`: the first decides it; a handle
+    /// in another space than the one decided is not kept (the space in force is returned,
+    /// so the caller can make one in it). Returns the space and the handles let go to stay
+    /// within the capacity (the caller drops them outside the lock: a stream closes with
+    /// its last reference).
+    pub fn put(&mut self, id: u64, space: DirSpace, h: H) -> (DirSpace, Vec<H>) {
+        let decided = *self.space.entry(id).or_insert(space);
+        if decided != space {
+            return (decided, Vec::new());
+        }
+        if self.handles.insert(id, h).is_none() {
+            self.order.push_back(id);
+        }
+        let mut gone = Vec::new();
+        while self.handles.len() > self.cap {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if old == id {
+                self.order.push_back(old);
+                continue;
+            }
+            if let Some(h) = self.handles.remove(&old) {
+                gone.push(h);
+            }
+        }
+        if self.order.len() > 2 * self.handles.len() + 16 {
+            let live = &self.handles;
+            self.order.retain(|k| live.contains_key(k));
+        }
+        (decided, gone)
+    }
+
+    /// The kernel forgot directory `id`: its space and handle go.
+    pub fn forget(&mut self, id: u64) -> Option<H> {
+        self.space.remove(&id);
+        self.handles.remove(&id)
+    }
+
+    /// Directories whose space is decided.
+    pub fn known(&self) -> usize {
+        self.space.len()
+    }
+
+    /// Handles kept.
+    pub fn kept(&self) -> usize {
+        self.handles.len()
+    }
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_keeps_its_first_space_until_forgotten() {
+        let mut t: ImplicitDirs<u32> = ImplicitDirs::new(4);
+        assert_eq!(t.put(7, DirSpace::Cookies, 1).0, DirSpace::Cookies);
+        // a handle in another space is not kept; the space in force is returned
+        assert_eq!(t.put(7, DirSpace::Listing, 2).0, DirSpace::Cookies);
+        assert_eq!(t.get(7), (Some(DirSpace::Cookies), Some(1)));
+        assert_eq!(t.put(7, DirSpace::Cookies, 2).0, DirSpace::Cookies);
+        assert_eq!(t.forget(7), Some(2));
+        assert_eq!(t.get(7), (None, None));
+        assert_eq!(t.put(7, DirSpace::Listing, 3).0, DirSpace::Listing);
+    }
+
+    #[test]
+    fn handles_stay_within_the_capacity_and_spaces_outlive_them() {
+        let mut t: ImplicitDirs<u64> = ImplicitDirs::new(3);
+        let mut gone = Vec::new();
+        for id in 0..10u64 {
+            let space = if id % 2 == 0 {
+                DirSpace::Listing
+            } else {
+                DirSpace::Cookies
+            };
+            gone.extend(t.put(id, space, 100 + id).1);
+            assert!(t.kept() <= 3);
+        }
+        assert_eq!(gone, (100..107).collect::<Vec<_>>());
+        assert_eq!(t.known(), 10);
+        // a directory whose handle was let go keeps its space
+        assert_eq!(t.get(1), (Some(DirSpace::Cookies), None));
+        assert_eq!(t.get(2), (Some(DirSpace::Listing), None));
+        // renewing a kept handle does not count it twice
+        assert!(t.put(9, DirSpace::Cookies, 200).1.is_empty());
+        assert_eq!(t.kept(), 3);
     }
 }

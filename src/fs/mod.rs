@@ -2,7 +2,9 @@
 //!
 //! Model: [`inode::InodeTable`] maps FUSE node ids to backing inodes, reached through
 //! `O_PATH` descriptors (`self.inodes.fd(&inode)`, a bounded cache reopened by file
-//! handle; see its header); open files and directories are handles in sharded maps; every
+//! handle; see its header); open files and directories are handles in sharded maps (in
+//! exclusive mode the kernel opens them without asking and sends handle 0, served through
+//! the daemon's own handles: [`implicit`]); every
 //! operation is the corresponding `*at` syscall on those descriptors, so the
 //! backing decides data, attributes and errors. Requests that create files or
 //! depend on permissions run with the caller's credentials ([`creds`]).
@@ -186,6 +188,20 @@ struct DirHandleState {
     _pin: Option<inode::Pin>,
 }
 
+impl DirHandleState {
+    /// A handle served from `listing` (offsets are indexes into it).
+    fn of_listing(inode: Arc<Inode>, listing: Arc<Vec<meta::Dirent>>, gen: Option<u64>) -> Self {
+        DirHandleState {
+            stream: Arc::new(Mutex::new(None)),
+            listing: Some(listing),
+            gen,
+            collect: Mutex::new(None),
+            inode,
+            _pin: None,
+        }
+    }
+}
+
 /// A listing being read whole from the start, for the metadata cache.
 struct Collect {
     gen: u64,
@@ -272,6 +288,9 @@ pub struct PassthroughFs {
     /// Exclusive mode's `no_open`: files the kernel opened without an OPEN request are
     /// served through these handles (see [`implicit`]). None: every open asks the daemon.
     implicit: Option<Mutex<implicit::ImplicitHandles>>,
+    /// With `no_open`, also `no_opendir`: directories read without OPENDIR, served with
+    /// handle 0 through these (see [`implicit`]).
+    implicit_dirs: Option<Mutex<implicit::ImplicitDirs<Arc<DirHandleState>>>>,
 }
 
 /// The attribute and entry TTLs the kernel is told, read on every reply, so a change made
@@ -348,6 +367,10 @@ impl PassthroughFs {
             implicit: Self::no_open(options).then(|| {
                 let cap = implicit::ImplicitHandles::cap_for_limit(sys::nofile_limit().0);
                 Mutex::new(implicit::ImplicitHandles::new(cap))
+            }),
+            implicit_dirs: Self::no_open(options).then(|| {
+                let cap = implicit::ImplicitHandles::cap_for_limit(sys::nofile_limit().0);
+                Mutex::new(implicit::ImplicitDirs::new(cap))
             }),
         })
     }
@@ -735,6 +758,113 @@ impl PassthroughFs {
                 sys::IMPLICIT_HANDLES.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        if let Some(dirs) = &self.implicit_dirs {
+            let gone = dirs.lock().forget(id);
+            drop(gone); // its stream closes here, outside the lock
+        }
+    }
+
+    /// The directory handle a request names; handle 0 under `no_opendir` is the daemon's
+    /// own handle of directory `ino` (see [`PassthroughFs::implicit_dir`]).
+    fn dir_of(&self, ino: INodeNo, fh: FileHandle, offset: u64) -> io::Result<Arc<DirHandleState>> {
+        match &self.implicit_dirs {
+            Some(table) if fh.0 == 0 => self.implicit_dir(table, ino, offset),
+            _ => self.dir(fh),
+        }
+    }
+
+    /// The handle serving a READDIR(PLUS) of `ino` at `offset` sent without OPENDIR. The
+    /// offsets the kernel keeps (in its readdir cache, in a directory stream's position)
+    /// live as long as its inode, so each directory keeps one offset space from its first
+    /// read until FORGET ([`implicit::DirSpace`]): indexes into a metadata-cache listing if
+    /// one was known then, else the backing's own cookies. At offset 0 (an opendir or a
+    /// rewinddir), or when its handle was let go, the handle is renewed: a new snapshot of
+    /// the listing (read whole from the backing if the metadata cache let it go), or a
+    /// stream under the directory's current gen, so a listing read to its end is stored in
+    /// the metadata cache.
+    fn implicit_dir(
+        &self,
+        table: &Mutex<implicit::ImplicitDirs<Arc<DirHandleState>>>,
+        ino: INodeNo,
+        offset: u64,
+    ) -> io::Result<Arc<DirHandleState>> {
+        use implicit::DirSpace;
+        let (space, kept) = table.lock().get(ino.0);
+        if let (Some(h), true) = (&kept, offset != 0) {
+            return Ok(h.clone());
+        }
+        let inode = self.inode(ino)?;
+        let (space, h) = if let Some(o) = self.offline_now() {
+            // offline: the last listing read, however old (opendir_offline's answer)
+            let listing = self.meta.as_ref().and_then(|m| m.listing_cached(inode.id));
+            match (space, listing) {
+                (Some(DirSpace::Listing) | None, Some(listing)) => (
+                    DirSpace::Listing,
+                    DirHandleState::of_listing(inode, listing, None),
+                ),
+                _ => return Err(o.refuse(inode.id, "this directory's listing")),
+            }
+        } else {
+            let (gen, listing) = match &self.meta {
+                Some(meta) => (Some(self.dir_gen(meta, &inode)?), meta.listing(inode.id)),
+                None => (None, None),
+            };
+            match (space, listing) {
+                (Some(DirSpace::Listing) | None, Some(listing)) => (
+                    DirSpace::Listing,
+                    DirHandleState::of_listing(inode, listing, gen),
+                ),
+                (Some(DirSpace::Listing), None) => {
+                    // the index space stays: a snapshot of the whole directory now
+                    let reading = self.implicit_stream_handle(&inode, gen)?;
+                    let mut entries = Vec::new();
+                    self.read_dir(&reading, 0, |e| {
+                        entries.push(meta::Dirent {
+                            name: e.name.clone().into_boxed_slice(),
+                            backing_ino: e.backing_ino,
+                            d_type: e.d_type,
+                        });
+                        true
+                    })?;
+                    let listing = Arc::new(entries);
+                    (
+                        DirSpace::Listing,
+                        DirHandleState::of_listing(inode, listing, gen),
+                    )
+                }
+                (Some(DirSpace::Cookies), _) | (None, None) => {
+                    (DirSpace::Cookies, self.implicit_stream_handle(&inode, gen)?)
+                }
+            }
+        };
+        let h = Arc::new(h);
+        let (kept_space, gone) = table.lock().put(ino.0, space, h.clone());
+        drop(gone); // streams let go close here, outside the lock
+        if kept_space != space {
+            // another request decided this directory's space meanwhile: ask again
+            return self.implicit_dir(table, ino, offset);
+        }
+        Ok(h)
+    }
+
+    /// A handle of `inode` reading the backing directory (opened as the daemon: the kernel
+    /// checked the caller, see `no_open`).
+    fn implicit_stream_handle(
+        &self,
+        inode: &Arc<Inode>,
+        gen: Option<u64>,
+    ) -> io::Result<DirHandleState> {
+        let ifd = self.inodes.fd(inode)?;
+        let stream =
+            Self::open_dir_stream(ifd.as_raw_fd()).map_err(|e| self.inodes.limit_error(e))?;
+        Ok(DirHandleState {
+            stream: Arc::new(Mutex::new(Some(stream))),
+            listing: None,
+            gen,
+            collect: Mutex::new(None),
+            _pin: Some(self.inodes.pin(inode)),
+            inode: inode.clone(),
+        })
     }
 
     fn dir(&self, fh: FileHandle) -> io::Result<Arc<DirHandleState>> {
@@ -2450,6 +2580,13 @@ impl Filesystem for PassthroughFs {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        sys::OPEN_REQUESTS.fetch_add(1, Ordering::Relaxed);
+        if self.implicit_dirs.is_some() {
+            // no_opendir: as for open, the kernel takes ENOSYS as success, opens every
+            // directory itself from now on (keeping its readdir cache: it assumes
+            // FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE) and reads them with handle 0
+            return reply.error(Errno::ENOSYS);
+        }
         let result = self.inode(ino).and_then(|inode| {
             self.or_offline(
                 || self.opendir_online(req, inode.clone()),
@@ -2465,12 +2602,12 @@ impl Filesystem for PassthroughFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let result = self.dir(fh).and_then(|h| {
+        let result = self.dir_of(ino, fh, offset).and_then(|h| {
             self.read_dir(&h, offset, |e| {
                 let id = self.dirent_id(&h, e);
                 let name = OsStr::from_bytes(&e.name);
@@ -2488,14 +2625,14 @@ impl Filesystem for PassthroughFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let mut added = 0usize;
         let mut failed: Option<io::Error> = None;
-        let result = self.dir(fh).and_then(|h| {
+        let result = self.dir_of(ino, fh, offset).and_then(|h| {
             self.read_dir(&h, offset, |e| {
                 let name = OsStr::from_bytes(&e.name);
                 let dot = e.name == b"." || e.name == b"..";
@@ -2562,12 +2699,12 @@ impl Filesystem for PassthroughFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.dir(fh).and_then(|h| {
+        let result = self.dir_of(ino, fh, 1).and_then(|h| {
             if let Some(stream) = h.stream.lock().as_ref() {
                 return sys::sync(stream.fd(), datasync);
             }

@@ -48,8 +48,9 @@ pub static BACKING_META_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic:
 /// (FOPEN_NOFLUSH).
 pub static FLUSH_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// OPEN requests that reached the daemon (`stats`: `open_requests`); in exclusive mode
-/// the first is answered ENOSYS and the kernel sends no more (`no_open`).
+/// OPEN and OPENDIR requests that reached the daemon (`stats`: `open_requests`); in
+/// exclusive mode the first of each is answered ENOSYS and the kernel sends no more
+/// (`no_open`, `no_opendir`).
 pub static OPEN_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Backing descriptors held for files the kernel opened without an OPEN (`stats`:
