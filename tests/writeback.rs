@@ -686,6 +686,56 @@ fn dirty_buckets_survive_a_cache_churned_by_reads() {
 
 /// An outside change to a file with dirty data (issue 13, item 5): the mount's version wins in
 /// place, the outside version is kept beside it as `NAME.conflict-TIME`, counted.
+/// An outside write to the part of a file with dirty data that the cache holds clean,
+/// first noticed by the writeback itself (no stat or open in between): the dirty ranges win
+/// in place, and the rest must then be the backing's new bytes, not the old ones the cache
+/// held clean (the validator the writeback records would otherwise vouch for them). Found
+/// by tests/torture.rs after a SIGKILL, where the replayed writeback takes the first
+/// difference as its own.
+#[test]
+fn an_outside_write_to_the_clean_part_of_a_dirty_file_is_served_after_writeback() {
+    require_fuse!();
+    let (dir, backing, cache) = common::backing_and_cache("bcl-wb-clean");
+    let old = pattern(256 << 10, 80);
+    fs::write(backing.join("c"), &old).unwrap();
+    let m = Mount::over(
+        dir,
+        backing,
+        &options(&cache, ",attr_timeout=60,entry_timeout=60,metadata_ttl=60"),
+        &[],
+    );
+    assert!(fs::read(m.m("c")).unwrap() == old);
+    common::settle_fills(&m.mnt);
+    let ours = pattern(4096, 81);
+    let f = fs::OpenOptions::new().write(true).open(m.m("c")).unwrap();
+    f.write_all_at(&ours, 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(20));
+    let theirs = pattern(64 << 10, 82);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.b("c"))
+        .unwrap()
+        .write_all_at(&theirs, 128 << 10)
+        .unwrap();
+    flush_cli(&m.mnt);
+    let mut want = old.clone();
+    want[..4096].copy_from_slice(&ours);
+    want[128 << 10..192 << 10].copy_from_slice(&theirs);
+    assert!(
+        fs::read(m.b("c")).unwrap() == want,
+        "the backing after the flush"
+    );
+    drop_caches();
+    let got = fs::read(m.m("c")).unwrap();
+    let at = got.iter().zip(&want).position(|(a, b)| a != b);
+    assert_eq!(
+        at, None,
+        "the mount differs from the backing after the writeback"
+    );
+}
+
 #[test]
 fn an_outside_change_to_a_file_with_dirty_data_keeps_both_versions() {
     require_fuse!();

@@ -906,7 +906,8 @@ impl CacheSet {
         let id = file.id;
         let st0 = {
             // with the seq lock: a write's attributes and its validator are seen together
-            let _seq = file.seq.lock();
+            let _changes = self.changes.read();
+            let mut seq = file.seq.lock();
             let st0 = crate::sys::fstat_fd(fd)?;
             let v0 = validator_of(&st0);
             if self.index.validator(id).is_some_and(|v| {
@@ -914,6 +915,16 @@ impl CacheSet {
                 v.ctime_ns <= v0.ctime_ns && (v.size != v0.size || v.mtime_ns != v0.mtime_ns)
             }) {
                 self.conflict(file);
+                // The backing's bytes outside the dirty ranges may be another version now
+                // (an outside write, or after a crash possibly one): the clean extents
+                // cached from the old one must go, or the validator this writeback records
+                // would vouch for them (found by tests/torture.rs: after a SIGKILL and the
+                // flush, the mount served old bytes in the middle of a file written outside).
+                // What a fill in flight read is refused (the seq moves), and the kernel's
+                // pages are dropped at the next open.
+                seq.bump();
+                self.drop_all_locked(file);
+                file.pages_stale.store(true, Ordering::Release);
             }
             st0
         };
