@@ -1081,7 +1081,8 @@ def fmt_ratio(a, b):
 
 
 COLORS = {"backing": "#8c8c8c", "ssd": "#2ca02c", "passthrough": "#9467bd",
-          "rclone": "#ff7f0e", "bcachefs-lite": "#1f77b4"}
+          "rclone": "#ff7f0e", "bcachefs-lite": "#1f77b4",
+          "bcachefs-lite-excl": "#17becf", "bcachefs-lite-wb": "#d62728"}
 
 
 def plot(rows, out, meta):
@@ -1130,7 +1131,7 @@ def plot(rows, out, meta):
     for i, s in enumerate(systems):
         vals = [speed(t[w].get(s), t[w].get("ssd"), better[w]) or 0 for w in ws]
         ax.bar([x + i * width for x in range(len(ws))], vals, width, label=s,
-               color=COLORS[s])
+               color=COLORS.get(s, "#1f77b4"))
     ax.axhline(1.0, color="#2ca02c", lw=1, ls="--", label="ssd = 1")
     ax.set_yscale("log")
     ax.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(ws))])
