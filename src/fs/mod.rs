@@ -3193,6 +3193,12 @@ impl PassthroughFs {
 /// The longest a sweep waits after one check (a backing that took seconds to answer).
 const SWEEP_YIELD_MAX: Duration = Duration::from_millis(100);
 
+/// A sweep's check waits until requests made no backing call for this long...
+const SWEEP_QUIET: Duration = Duration::from_millis(20);
+
+/// ...but at most this long, so a busy mount is still swept.
+const SWEEP_QUIET_MAX: Duration = Duration::from_secs(1);
+
 impl MetaSweeper {
     /// One pass; returns how many directories changed underneath.
     pub fn sweep_once(&self) -> usize {
@@ -3206,6 +3212,15 @@ impl MetaSweeper {
             // backing (after a remount, hundreds of stats of evicted directory inodes would
             // otherwise queue every request's backing call behind them) and next to nothing
             // of a fast one
+            // and it waits for a quiet moment first: right after a remount the first
+            // requests (a git status: a chdir, the index, the untracked scan) found each of
+            // their backing calls queued behind the sweep's on a throttled backing
+            let quiet_wait = Instant::now();
+            while sys::since_last_request_call().is_some_and(|d| d < SWEEP_QUIET)
+                && quiet_wait.elapsed() < SWEEP_QUIET_MAX
+            {
+                std::thread::sleep(SWEEP_QUIET);
+            }
             let started = Instant::now();
             let st = match self
                 .inodes

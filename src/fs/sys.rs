@@ -70,12 +70,32 @@ pub fn uncounted<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// When a request last made a counted backing metadata call, in nanoseconds since
+/// [`call_epoch`] (0: never): exclusive mode's sweep waits for a quiet moment by it.
+static LAST_REQUEST_CALL_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn call_epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
 /// Counts one backing metadata syscall (see [`BACKING_META_CALLS`]).
 pub fn count_meta_call() {
     if UNCOUNTED.with(|u| u.get()) {
         return;
     }
     BACKING_META_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = call_epoch().elapsed().as_nanos() as u64;
+    LAST_REQUEST_CALL_NS.store(now.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How long since a request last made a backing metadata call (None: none has).
+pub fn since_last_request_call() -> Option<std::time::Duration> {
+    let at = LAST_REQUEST_CALL_NS.load(std::sync::atomic::Ordering::Relaxed);
+    (at != 0).then(|| {
+        let now = call_epoch().elapsed().as_nanos() as u64;
+        std::time::Duration::from_nanos(now.saturating_sub(at))
+    })
 }
 
 /// `syncfs(fd)`: everything of the filesystem `fd` is on reaches its storage.
