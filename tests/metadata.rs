@@ -714,6 +714,45 @@ fn an_xattr_changed_outside_shows_within_the_ttl() {
     }
 }
 
+/// An exclusive mount whose daemon may open 256 descriptors: room for 16 of its own handles
+/// of files the kernel opened without asking, and 16 of directories.
+fn mount_exclusive_with_256_descriptors(
+    dir: tempfile::TempDir,
+    backing: std::path::PathBuf,
+    cache: &Path,
+) -> Mount {
+    let daemon = common::Daemon {
+        nofile: Some((256, 256)),
+        ..Default::default()
+    };
+    let opts = format!(
+        "cache={},cache_size=64M,coherence=exclusive",
+        cache.display()
+    );
+    Mount::spawn(dir, backing, &opts, &[], &daemon)
+}
+
+/// One getdents64 of directory `fd` into `buf`: how many bytes it returned (0 at the end)
+/// and the names in them, `.` and `..` left out.
+fn getdents_names(fd: libc::c_int, buf: &mut [u8]) -> (usize, Vec<String>) {
+    // SAFETY: `buf` is writable for its length; `fd` is an open directory.
+    let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+    assert!(n >= 0, "getdents: {}", std::io::Error::last_os_error());
+    let mut names = Vec::new();
+    let mut at = 0usize;
+    while at < n as usize {
+        let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+        let name = &buf[at + 19..at + reclen];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap()];
+        let name = String::from_utf8(name.to_vec()).unwrap();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+        at += reclen;
+    }
+    (n as usize, names)
+}
+
 /// Exclusive mode opens files without OPEN requests (`no_open`): the first open is
 /// answered ENOSYS, and the kernel opens every later file itself and sends its reads and
 /// writes with handle 0. The daemon serves those through descriptors of its own, at most
@@ -733,15 +772,7 @@ fn exclusive_mode_opens_files_without_asking_and_serves_them_right() {
         )
         .unwrap();
     }
-    let daemon = common::Daemon {
-        nofile: Some((256, 256)),
-        ..Default::default()
-    };
-    let opts = format!(
-        "cache={},cache_size=64M,coherence=exclusive",
-        cache.display()
-    );
-    let m = Mount::spawn(dir, backing, &opts, &[], &daemon);
+    let m = mount_exclusive_with_256_descriptors(dir, backing, &cache);
     let opens = || stat_u64(&m.mnt, "open_requests");
     let held = || stat_u64(&m.mnt, "implicit_handles");
 
@@ -870,15 +901,7 @@ fn exclusive_mode_lists_directories_without_opendir_in_a_stable_offset_space() {
             names.into_iter().collect::<std::collections::BTreeSet<_>>(),
         );
     }
-    let daemon = common::Daemon {
-        nofile: Some((256, 256)),
-        ..Default::default()
-    };
-    let opts = format!(
-        "cache={},cache_size=64M,coherence=exclusive",
-        cache.display()
-    );
-    let m = Mount::spawn(dir, backing, &opts, &[], &daemon);
+    let m = mount_exclusive_with_256_descriptors(dir, backing, &cache);
     // getdents of 8 KiB at a time (about 60 names: a READDIR is one page), round robin
     let list_interleaved = |m: &Mount| {
         let mut fds: Vec<(usize, libc::c_int)> = (0..40)
@@ -894,21 +917,8 @@ fn exclusive_mode_lists_directories_without_opendir_in_a_stable_offset_space() {
         let mut buf = vec![0u8; 8192];
         while !fds.is_empty() {
             fds.retain(|&(d, fd)| {
-                // SAFETY: `buf` is writable for its length; `fd` is an open directory.
-                let n =
-                    unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
-                assert!(n >= 0, "getdents d{d}: {}", std::io::Error::last_os_error());
-                let mut at = 0usize;
-                while at < n as usize {
-                    let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
-                    let name = &buf[at + 19..at + reclen];
-                    let name = &name[..name.iter().position(|&b| b == 0).unwrap()];
-                    let name = String::from_utf8(name.to_vec()).unwrap();
-                    if name != "." && name != ".." {
-                        got.entry(d).or_default().push(name);
-                    }
-                    at += reclen;
-                }
+                let (n, names) = getdents_names(fd, &mut buf);
+                got.entry(d).or_default().extend(names);
                 if n == 0 {
                     // SAFETY: closing the descriptor opened above, once.
                     unsafe { libc::close(fd) };
@@ -937,20 +947,8 @@ fn exclusive_mode_lists_directories_without_opendir_in_a_stable_offset_space() {
         let mut names = Vec::new();
         let mut buf = vec![0u8; 8192];
         loop {
-            // SAFETY: `buf` is writable for its length; `fd` is an open directory.
-            let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
-            assert!(n >= 0, "getdents: {}", std::io::Error::last_os_error());
-            let mut at = 0usize;
-            while at < n as usize {
-                let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
-                let name = &buf[at + 19..at + reclen];
-                let name = &name[..name.iter().position(|&b| b == 0).unwrap()];
-                let name = String::from_utf8(name.to_vec()).unwrap();
-                if name != "." && name != ".." {
-                    names.push(name);
-                }
-                at += reclen;
-            }
+            let (n, got) = getdents_names(fd, &mut buf);
+            names.extend(got);
             if n == 0 || once {
                 return names;
             }
