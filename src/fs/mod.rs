@@ -19,7 +19,8 @@
 //!
 //! Threads and locks: fuser runs N worker threads, each handler takes `&self`.
 //! Lock order: inode table (its own order: maps -> descriptor LRU -> inode slot) ->
-//! handle maps (DashMap shards) -> one directory stream's mutex. No lock is held across a syscall on a regular file's data.
+//! handle maps (DashMap shards) -> one directory stream's mutex; the tables of the daemon's
+//! own handles (`implicit`) are each taken alone, never across a syscall. No lock is held across a syscall on a regular file's data.
 //! What may block: every handler blocks on the backing filesystem; nothing blocks
 //! on another request.
 
