@@ -30,6 +30,7 @@
 //! Locks: one `Mutex` around each table, taken alone, never across a syscall.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 
 /// What an implicit handle's descriptor was opened for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,6 +38,35 @@ pub enum Access {
     Read,
     /// Read and write (or write alone, where reading is refused): also serves reads.
     Write,
+}
+
+/// Removes the oldest entries of `live` (by `order`, oldest first, which may name keys
+/// removed since: skipped) until at most `cap` are left, never `newest`; returns their
+/// values, oldest first. Keys of removed entries pile up in `order` only until it is twice
+/// the table, then it is compacted. Both tables evict through this.
+fn evict_oldest<K: Copy + Eq + Hash, V>(
+    live: &mut HashMap<K, V>,
+    order: &mut VecDeque<K>,
+    cap: usize,
+    newest: K,
+) -> Vec<V> {
+    let mut evicted = Vec::new();
+    while live.len() > cap {
+        let Some(key) = order.pop_front() else {
+            break;
+        };
+        if key == newest {
+            order.push_back(key);
+            continue;
+        }
+        if let Some(old) = live.remove(&key) {
+            evicted.push(old);
+        }
+    }
+    if order.len() > 2 * live.len() + 16 {
+        order.retain(|k| live.contains_key(k));
+    }
+    evicted
 }
 
 /// The table: (inode id, access) -> the handle number in the open-files map.
@@ -86,25 +116,12 @@ impl ImplicitHandles {
         }
         self.by_inode.insert((id, access), fh);
         self.order.push_back((id, access));
-        let mut evicted = Vec::new();
-        while self.by_inode.len() > self.cap {
-            let Some(key) = self.order.pop_front() else {
-                break;
-            };
-            if key == (id, access) {
-                self.order.push_back(key); // never the one just added
-                continue;
-            }
-            if let Some(old) = self.by_inode.remove(&key) {
-                evicted.push(old);
-            }
-        }
-        // keys of removed entries pile up only until the queue is twice the table
-        if self.order.len() > 2 * self.by_inode.len() + 16 {
-            let live = &self.by_inode;
-            self.order.retain(|k| live.contains_key(k));
-        }
-        Ok(evicted)
+        Ok(evict_oldest(
+            &mut self.by_inode,
+            &mut self.order,
+            self.cap,
+            (id, access),
+        ))
     }
 
     /// Puts an evicted handle back (its file has no name left), as the newest entry; it
@@ -260,23 +277,7 @@ impl<H: Clone> ImplicitDirs<H> {
         if self.handles.insert(id, h).is_none() {
             self.order.push_back(id);
         }
-        let mut gone = Vec::new();
-        while self.handles.len() > self.cap {
-            let Some(old) = self.order.pop_front() else {
-                break;
-            };
-            if old == id {
-                self.order.push_back(old);
-                continue;
-            }
-            if let Some(h) = self.handles.remove(&old) {
-                gone.push(h);
-            }
-        }
-        if self.order.len() > 2 * self.handles.len() + 16 {
-            let live = &self.handles;
-            self.order.retain(|k| live.contains_key(k));
-        }
+        let gone = evict_oldest(&mut self.handles, &mut self.order, self.cap, id);
         (decided, gone)
     }
 

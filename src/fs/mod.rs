@@ -353,6 +353,9 @@ impl PassthroughFs {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
         creds::init();
+        // no_open and no_opendir: decided once, with one capacity for both tables
+        let no_open = Self::no_open(options)
+            .then(|| implicit::ImplicitHandles::cap_for_limit(sys::nofile_limit().0));
         Ok(PassthroughFs {
             cache: None,
             invalidate: Mutex::new(None),
@@ -365,14 +368,8 @@ impl PassthroughFs {
             next_handle: AtomicU64::new(1),
             ttls: Arc::new(Ttls::new(options.attr_timeout, options.entry_timeout)),
             wb_mount: None,
-            implicit: Self::no_open(options).then(|| {
-                let cap = implicit::ImplicitHandles::cap_for_limit(sys::nofile_limit().0);
-                Mutex::new(implicit::ImplicitHandles::new(cap))
-            }),
-            implicit_dirs: Self::no_open(options).then(|| {
-                let cap = implicit::ImplicitHandles::cap_for_limit(sys::nofile_limit().0);
-                Mutex::new(implicit::ImplicitDirs::new(cap))
-            }),
+            implicit: no_open.map(|cap| Mutex::new(implicit::ImplicitHandles::new(cap))),
+            implicit_dirs: no_open.map(|cap| Mutex::new(implicit::ImplicitDirs::new(cap))),
         })
     }
 
