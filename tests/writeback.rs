@@ -5,7 +5,8 @@
 //! so after the writeback; truncate, O_TRUNC, unlink, rename, hard links, O_APPEND, mmap +
 //! msync of files with dirty data; a clean unmount, `bcachefs-lite flush` and leaving
 //! writeback write everything back; `noflush_on_unmount` keeps it for the next mount; a
-//! SIGKILL of the daemon loses nothing an fsync acknowledged (`BCL_WB_CRASH_ROUNDS`).
+//! SIGKILL of the daemon loses nothing an fsync acknowledged (`BCL_WB_CRASH_ROUNDS`); the
+//! dirty data of a removed file is dropped once nothing holds it open, never written back.
 
 mod common;
 
@@ -786,4 +787,73 @@ fn an_outside_change_to_a_file_with_dirty_data_keeps_both_versions() {
         1,
         "a conflict counted twice"
     );
+}
+
+/// Polls `dirty_data` until it is `want` (5 s at most); returns what it was last.
+fn wait_dirty(mnt: &Path, want: u64) -> u64 {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = stat(mnt, "dirty_data");
+        if now == want || Instant::now() > until {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn dirty_data_of_a_removed_file_is_dropped_not_written_back() {
+    require_fuse!();
+    let (dir, backing, cache) = common::backing_and_cache("bcl-wb-rm");
+    let m = Mount::over(dir, backing, &options(&cache, ""), &[]);
+    let kept = pattern(1 << 20, 90);
+    fs::write(m.m("kept"), &kept).unwrap();
+    let gone = pattern(2 << 20, 91);
+    let f = fs::File::create(m.m("gone")).unwrap();
+    (&f).write_all(&gone).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // a file removed while open: its data stays readable through the descriptor
+    let open_data = pattern(1 << 20, 92);
+    let mut open = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.m("open"))
+        .unwrap();
+    open.write_all(&open_data).unwrap();
+    open.sync_all().unwrap();
+    let all = stat(&m.mnt, "dirty_data");
+    assert_eq!(all, 4 << 20, "dirty data before the removals");
+    fs::remove_file(m.m("open")).unwrap();
+    fs::remove_file(m.m("gone")).unwrap();
+    assert_eq!(
+        wait_dirty(&m.mnt, 2 << 20),
+        2 << 20,
+        "the removed file's dirty data is still there (it would be written back)"
+    );
+    let mut back = vec![0u8; open_data.len()];
+    open.read_exact_at(&mut back, 0).unwrap();
+    assert!(
+        back == open_data,
+        "a removed file still open lost its dirty data"
+    );
+    drop(open);
+    assert_eq!(
+        wait_dirty(&m.mnt, 1 << 20),
+        1 << 20,
+        "the data of the removed file closed last is still dirty"
+    );
+    assert_eq!(
+        stat(&m.mnt, "writeback_bytes"),
+        0,
+        "something was written back"
+    );
+    flush_cli(&m.mnt);
+    assert!(
+        fs::read(m.b("kept")).unwrap() == kept,
+        "the kept file after the flush"
+    );
+    assert!(!m.b("gone").exists() && !m.b("open").exists());
 }

@@ -25,7 +25,8 @@
 //! writethrough change can never be followed, after a crash, by the replay of an older
 //! dirty key); the metadata cache is told the new stat (`on_written`) before the
 //! `DirtyAttr` moves to `just_written` (stats older than the writeback still get it).
-//! `ESTALE` (the file is gone) drops its dirty keys; any other error keeps them
+//! `ESTALE` (the file is gone), or a file the kernel forgot with no name left, drops its
+//! dirty keys; any other error keeps them
 //! and is retried with backoff, counted in `writeback_errors`.
 //!
 //! Rate: bcache's PD controller on `writeback_percent` ([`pd_rate`]): at or below the
@@ -39,7 +40,8 @@
 //!
 //! * A dirty key is dropped only by a later write over the same range (which supersedes
 //!   it), by writeback after the backing fsync, or when its file no longer exists
-//!   (`ESTALE`). Every other path that drops a file's keys keeps the dirty ones
+//!   (`ESTALE`) or has no name left once the kernel forgot it ([`CacheSet::forgotten`]).
+//!   Every other path that drops a file's keys keeps the dirty ones
 //!   (`CacheSet::drop_all_locked`); a dirty extent that fails its gen or crc check is EIO,
 //!   never a read of the older backing.
 //! * Every file with dirty keys has a `FileHandle` in `JournalWriter::handles`; every
@@ -55,8 +57,8 @@
 //! covers it); a change (truncate...) holds both and writes the file back first. A write's
 //! keys and `DirtyAttr` change under the file's seq lock, and writeback's cleaning and the
 //! `DirtyAttr`'s removal happen under it too, so a file never looks clean with dirty keys.
-//! `JournalWriter::attrs`, `Writeback::just_written` and `Writeback::state` are leaves
-//! (taken alone or last); the `on_written` hook (the metadata cache's locks) runs with only
+//! `JournalWriter::attrs`, `Writeback::just_written`, `Writeback::forgotten` and
+//! `Writeback::state` are leaves (taken alone or last); the `on_written` hook (the metadata cache's locks) runs with only
 //! the file's writeback lock (and a change's write lock) held.
 //!
 //! # What may block
@@ -190,6 +192,10 @@ pub struct Writeback {
     pub flush_on_close: AtomicBool,
     /// Files with dirty data replay found, not yet checked against the backing since.
     pub(super) recovered: Mutex<std::collections::HashSet<FileId>>,
+    /// Files with dirty data the kernel forgot (no name, no descriptor through the mount can
+    /// reach them any more, if the backing says they have no name): checked and dropped by
+    /// the next pass, and the writeback of one under way stops at its next run.
+    forgotten: Mutex<std::collections::HashSet<FileId>>,
     /// Attributes of files written back a moment ago: (what the mount reported, the backing's
     /// ctime after the writeback, when). A stat taken before the writeback (the metadata
     /// cache's, a racing getattr's) is older than that ctime and still gets them; one taken
@@ -231,6 +237,7 @@ impl Default for Writeback {
             conflicts: AtomicU64::new(0),
             flush_on_close: AtomicBool::new(true),
             recovered: Mutex::new(std::collections::HashSet::new()),
+            forgotten: Mutex::new(std::collections::HashSet::new()),
             just_written: Mutex::new(HashMap::new()),
             on_written: Mutex::new(None),
         }
@@ -707,6 +714,7 @@ impl CacheSet {
             .just_written
             .lock()
             .retain(|_, (_, _, told)| told.is_none_or(|at| at.elapsed() < WRITTEN_KEEP));
+        self.drop_dirty_of_forgotten();
         let files = self.index.dirty_files();
         let total: u64 = files.iter().map(|(_, d)| d).sum();
         self.wb.dirty.store(total, Ordering::Relaxed);
@@ -870,7 +878,15 @@ impl CacheSet {
         file.writing_back.store(true, Ordering::Release);
         let r = self.write_back_extents(file, fd, &extents);
         file.writing_back.store(false, Ordering::Release);
-        let bytes = r?;
+        let bytes = match r {
+            Err(e) if e.raw_os_error() == Some(libc::ESTALE) => {
+                // gone, or forgotten with no name left (`forgotten_and_nameless`)
+                self.wb.forgotten.lock().remove(&id);
+                self.drop_dirty_of_deleted(file);
+                return Ok(0);
+            }
+            r => r?,
+        };
         self.journal
             .flush()
             .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
@@ -941,6 +957,9 @@ impl CacheSet {
         let mut i = 0;
         let mut bytes = 0u64;
         while i < extents.len() {
+            if self.forgotten_and_nameless(id, fd) {
+                return Err(io::Error::from_raw_os_error(libc::ESTALE));
+            }
             let start = extents[i].offset;
             let mut j = i;
             let mut run_end = extents[i].end();
@@ -1085,6 +1104,57 @@ impl CacheSet {
         dst.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         dst.sync_all()?;
         Ok(copy)
+    }
+
+    /// The kernel forgot `file`'s last inode while it had dirty data (`forget` of the FUSE
+    /// layer): if the backing file has no name left, nothing can ever read or write that data
+    /// again, and writing it back would write to a file about to be freed (a 256 MiB file
+    /// written with fsync and removed kept the backing busy for 6 s, and above
+    /// `writeback_percent` its dead bytes made the controller write everything else back at
+    /// once). The next pass checks and drops it; a writeback of it under way stops at its
+    /// next run.
+    pub fn forgotten(&self, file: &FileState) {
+        if self.has_dirty(file) {
+            self.wb.forgotten.lock().insert(file.id);
+            self.wb.cond.notify_all();
+        }
+    }
+
+    /// The start of a pass: the files [`CacheSet::forgotten`] named whose backing file has no
+    /// name lose their dirty keys (journaled, logged); the others keep them.
+    fn drop_dirty_of_forgotten(&self) {
+        let ids: Vec<FileId> = self.wb.forgotten.lock().drain().collect();
+        for id in ids {
+            if self.index.dirty_bytes(id) == 0 {
+                continue;
+            }
+            let file = self.state_of(id);
+            let _wb = file.wb_lock.lock();
+            if self.dirty_owner_nameless(&file) {
+                self.drop_dirty_of_deleted(&file);
+            }
+        }
+    }
+
+    /// True when the backing file `file`'s dirty data belongs to is deleted or has no name
+    /// left (its link count is 0: only descriptors already open still reach it).
+    fn dirty_owner_nameless(&self, file: &FileState) -> bool {
+        let handle = self.journal.handles.lock().get(&file.id).cloned();
+        let reopen = self.wb.reopen.lock().clone();
+        let (Some((t, h)), Some(reopen)) = (handle, reopen) else {
+            return false;
+        };
+        match reopen(t, &h, libc::O_RDONLY) {
+            Err(e) => e.raw_os_error() == Some(libc::ESTALE),
+            Ok(fd) => crate::sys::fstat_fd(fd.as_raw_fd()).is_ok_and(|st| st.st_nlink == 0),
+        }
+    }
+
+    /// Between the runs of a writeback: the kernel forgot the file and it has no name left,
+    /// so the rest would be written to a file about to be freed.
+    fn forgotten_and_nameless(&self, id: FileId, fd: RawFd) -> bool {
+        self.wb.forgotten.lock().contains(&id)
+            && crate::sys::fstat_fd(fd).is_ok_and(|st| st.st_nlink == 0)
     }
 
     /// Writeback found `file` gone from the backing (`ESTALE`): its dirty keys have nowhere to

@@ -834,29 +834,28 @@ impl InodeTable {
 
     /// Drops `n` kernel lookups of `id`; the entry (and its descriptor, unless an
     /// open handle still shares it) goes when none are left.
-    pub fn forget(&self, id: u64, n: u64) {
+    /// Returns the inode when this was its last lookup (the kernel holds it no more); the
+    /// caller drops it, which may close its descriptor, outside the lock.
+    pub fn forget(&self, id: u64, n: u64) -> Option<Arc<Inode>> {
         if id == ROOT_ID {
-            return;
+            return None;
         }
         let mut maps = self.maps.write();
-        let Some(entry) = maps.by_id.get_mut(&id) else {
-            return;
-        };
+        let entry = maps.by_id.get_mut(&id)?;
         entry.lookups = entry.lookups.saturating_sub(n);
-        if entry.lookups == 0 {
-            if let Some(entry) = maps.by_id.remove(&id) {
-                let key = (entry.inode.dev, entry.inode.backing_ino);
-                if maps.by_key.get(&key) == Some(&id) {
-                    maps.by_key.remove(&key);
-                }
-                self.fds.known.fetch_sub(1, Ordering::Relaxed);
-                if !entry.inode.has_handle() {
-                    self.fds.kept.fetch_sub(1, Ordering::Relaxed);
-                }
-                drop(maps);
-                drop(entry); // may close the descriptor: outside the lock
-            }
+        if entry.lookups > 0 {
+            return None;
         }
+        let entry = maps.by_id.remove(&id)?;
+        let key = (entry.inode.dev, entry.inode.backing_ino);
+        if maps.by_key.get(&key) == Some(&id) {
+            maps.by_key.remove(&key);
+        }
+        self.fds.known.fetch_sub(1, Ordering::Relaxed);
+        if !entry.inode.has_handle() {
+            self.fds.kept.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(entry.inode)
     }
 
     /// Number of inodes the kernel currently holds (root included).

@@ -2120,7 +2120,13 @@ impl Filesystem for PassthroughFs {
     // `forget`, which is exact; it cannot be overridden (the `ForgetOne` type in its
     // signature lives in a private module and cannot be named).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.inodes.forget(ino.0, nlookup);
+        if let Some(inode) = self.inodes.forget(ino.0, nlookup) {
+            // writeback: dirty data of a file with no name left that nothing through the
+            // mount can reach any more is dropped, not written back
+            if let Some((cache, file)) = self.cache_for(&inode) {
+                cache.forgotten(file);
+            }
+        }
         self.forget_implicit(ino.0);
     }
 
