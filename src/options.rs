@@ -86,6 +86,9 @@ pub struct MountOptions {
     /// `open_requests`: keep the kernel's OPEN and RELEASE requests in exclusive mode
     /// (by default it opens files without asking the daemon there: see `no_open`).
     pub open_requests: bool,
+    /// `kernel_write_cache`: negotiate FUSE_WRITEBACK_CACHE (the kernel's page cache holds
+    /// writes and sends them in pages later; it then trusts its own size and mtime).
+    pub kernel_write_cache: bool,
 }
 
 impl Default for MountOptions {
@@ -126,6 +129,7 @@ impl Default for MountOptions {
             backing_timeout: None,
             offline_probe_interval: crate::offline::DEFAULT_PROBE_INTERVAL,
             open_requests: false,
+            kernel_write_cache: false,
         }
     }
 }
@@ -221,6 +225,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "backing_timeout",
     "offline_probe_interval",
     "open_requests",
+    "kernel_write_cache",
     "rw",
     "defaults",
     "auto",
@@ -313,6 +318,7 @@ impl MountOptions {
             "noflush_on_unmount" => self.noflush_on_unmount = flag(value)?,
             "drop_dirty" => self.drop_dirty = flag(value)?,
             "open_requests" => self.open_requests = flag(value)?,
+            "kernel_write_cache" => self.kernel_write_cache = flag(value)?,
             "writeback_delay" => self.writeback_delay = parse_seconds(name, value)?,
             "writeback_percent" => {
                 let v = value.ok_or_else(|| OptionError::MissingValue(name.to_string()))?;

@@ -41,7 +41,9 @@
 //! - `BCL_FSX_SEED` base seed (default fixed; each configuration derives its own from it),
 //! - `BCL_FSX_CONFIG` run only this configuration (nocache, lru, fifo, random, tiny, seq0,
 //!   writearound, none, meta_shared, meta_exclusive: the metadata cache in each coherence mode; exclusive
-//!   makes no outside changes; writeback, writeback_held, writeback_exclusive),
+//!   makes no outside changes; writeback, writeback_held, writeback_exclusive,
+//!   kernel_write_cache, writeback_kernel_write_cache: FUSE_WRITEBACK_CACHE, no outside
+//!   changes),
 //! - `BCL_FSX_EXTERNAL=0` no outside changes, `BCL_FSX_MMAP=0` no mmap,
 //! - `BCL_FSX_SKIP=op,op` leave out operations by name (see [`OPS`], the outside change
 //!   kinds `ext_same`, `ext_grow`, `ext_shrink`, `ext_rename`, `ext_touch`, and the
@@ -181,6 +183,19 @@ const CONFIGS: &[Config] = &[
     Config {
         name: "writeback_exclusive",
         options: "cache=CACHE,cache_size=8M,cache_mode=writeback,writeback_delay=0.05,sequential_cutoff=0,coherence=exclusive",
+        external: false,
+    },
+    // the kernel's write cache (FUSE_WRITEBACK_CACHE): writes reach the daemon as page
+    // writeback, the kernel keeps its own size and mtime (so no outside changes: it would
+    // not take a size the backing changed to from elsewhere)
+    Config {
+        name: "kernel_write_cache",
+        options: "cache=CACHE,cache_size=8M,sequential_cutoff=0,kernel_write_cache",
+        external: false,
+    },
+    Config {
+        name: "writeback_kernel_write_cache",
+        options: "cache=CACHE,cache_size=8M,cache_mode=writeback,writeback_delay=0.05,sequential_cutoff=0,coherence=exclusive,kernel_write_cache",
         external: false,
     },
     // a cache file named but not opened: plain passthrough
@@ -1492,7 +1507,12 @@ impl Fsx {
                     let read_since = fname == "atime"
                         && matches!((b_before, b_after), (Some(b), Some(a)) if a > b)
                         && times.iter().all(|o| b_after != Some((o.tv_sec, o.tv_nsec)));
-                    let written_back = fname == "mtime" && b_after.is_some() && b_after == m_before;
+                    // the mount's writes reached the backing since (in writeback: its
+                    // mtime; under the kernel's write cache the page writeback's own, later)
+                    let written_back = fname == "mtime"
+                        && b_after.is_some()
+                        && (b_after == m_before
+                            || (self.config.contains("kernel_write_cache") && b_after > b_before));
                     if b_before != b_after && !read_since && !written_back {
                         return Err(format!(
                             "utimens {line}: omitted {fname} changed in the backing: {b_before:?} -> {b_after:?}"
@@ -1991,4 +2011,16 @@ fn fsx_cache_mode_writeback_held_dirty() {
 fn fsx_cache_mode_writeback_exclusive() {
     require_fuse!();
     run_config("writeback_exclusive");
+}
+
+#[test]
+fn fsx_kernel_write_cache() {
+    require_fuse!();
+    run_config("kernel_write_cache");
+}
+
+#[test]
+fn fsx_writeback_kernel_write_cache() {
+    require_fuse!();
+    run_config("writeback_kernel_write_cache");
 }

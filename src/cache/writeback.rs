@@ -537,6 +537,27 @@ impl CacheSet {
         Ok((data.len(), outside))
     }
 
+    /// The kernel's write cache tells the mtime it gave the file's writes (a SETATTR of
+    /// mtime and ctime at close, fsync or its inode writeback): with dirty data it becomes
+    /// the `DirtyAttr`'s (journaled; the backing gets it at writeback), and true. False: no
+    /// dirty data, the backing's mtime is the one to set.
+    pub fn set_dirty_mtime(&self, file: &FileState, mtime_ns: i64) -> bool {
+        let _changes = self.changes.read();
+        let _seq = file.seq.lock();
+        if !self.has_dirty(file) {
+            return false;
+        }
+        let mut attrs = self.journal.attrs.lock();
+        let Some(attr) = attrs.get_mut(&file.id) else {
+            return false;
+        };
+        attr.mtime_ns = mtime_ns;
+        let record = attr.record(file.id);
+        drop(attrs);
+        self.journal.queue(record);
+        true
+    }
+
     /// The size and mtime the mount reports for `file` while it has dirty data (module
     /// header), None when the backing's are the truth.
     pub fn dirty_attr(&self, file: FileId) -> Option<DirtyAttr> {

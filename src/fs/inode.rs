@@ -108,6 +108,11 @@ pub struct Inode {
     handle: Option<(i32, sys::BackingHandle)>,
     slot: Mutex<Slot>,
     me: Weak<Inode>,
+    /// The last mtime the kernel's write cache sent for this file (ns; `i64::MIN`: none
+    /// yet). A page write reaching the daemon after it (the kernel sends its pages and its
+    /// mtime without waiting for one another, and sends no mtime when its writes fell in
+    /// the same clock tick) keeps it, not the time of the daemon's write.
+    pub kernel_mtime_ns: std::sync::atomic::AtomicI64,
 }
 
 impl Inode {
@@ -486,6 +491,7 @@ impl InodeTable {
                 ..Slot::default()
             }),
             me: me.clone(),
+            kernel_mtime_ns: std::sync::atomic::AtomicI64::new(i64::MIN),
         });
         let mut by_id = HashMap::new();
         by_id.insert(
@@ -682,6 +688,7 @@ impl InodeTable {
                 ..Slot::default()
             }),
             me: me.clone(),
+            kernel_mtime_ns: std::sync::atomic::AtomicI64::new(i64::MIN),
         });
         maps.by_key.insert(key, id);
         let old = maps.by_id.insert(
@@ -776,6 +783,7 @@ impl InodeTable {
             )),
             slot: Mutex::new(Slot::default()),
             me: me.clone(),
+            kernel_mtime_ns: std::sync::atomic::AtomicI64::new(i64::MIN),
         });
         maps.by_key.insert(key, id);
         maps.by_id.insert(

@@ -14,13 +14,17 @@
 //!   unlinked anywhere (descriptors, not paths).
 //! - The backing is opened without `O_APPEND`: the kernel computes every write's
 //!   offset, so mmap writeback and appends land where the kernel says.
+//! - With the kernel's write cache (`kernel_write_cache`, docs/DESIGN.md "The kernel's
+//!   write cache") the mtime a file has is the one the kernel gave its writes: its SETATTR
+//!   of mtime and ctime is set as the daemon, and a page write keeps the last one it sent.
 //! - Errors from the backing reach the caller unchanged; nothing here panics on
 //!   any input (a panic would take the user's home directory down).
 //!
 //! Threads and locks: fuser runs N worker threads, each handler takes `&self`.
 //! Lock order: inode table (its own order: maps -> descriptor LRU -> inode slot) ->
 //! handle maps (DashMap shards) -> one directory stream's mutex; the tables of the daemon's
-//! own handles (`implicit`) are each taken alone, never across a syscall. No lock is held across a syscall on a regular file's data.
+//! own handles (`implicit`) are each taken alone, never across a syscall. No lock is held
+//! across a syscall on a regular file's data.
 //! What may block: every handler blocks on the backing filesystem; nothing blocks
 //! on another request.
 
@@ -292,6 +296,11 @@ pub struct PassthroughFs {
     /// With `no_open`, also `no_opendir`: directories read without OPENDIR, served with
     /// handle 0 through these (see [`implicit`]).
     implicit_dirs: Option<Mutex<implicit::ImplicitDirs<Arc<DirHandleState>>>>,
+    /// `kernel_write_cache`: FUSE_WRITEBACK_CACHE is asked for at init. The kernel then
+    /// may read a page through any handle of the file to fill the rest of a partial write,
+    /// so a write-only open opens the backing read-write where it may
+    /// ([`PassthroughFs::widened_for_write_cache`]).
+    kernel_write_cache: bool,
 }
 
 /// The attribute and entry TTLs the kernel is told, read on every reply, so a change made
@@ -370,6 +379,7 @@ impl PassthroughFs {
             wb_mount: None,
             implicit: no_open.map(|cap| Mutex::new(implicit::ImplicitHandles::new(cap))),
             implicit_dirs: no_open.map(|cap| Mutex::new(implicit::ImplicitDirs::new(cap))),
+            kernel_write_cache: options.kernel_write_cache,
         })
     }
 
@@ -1306,8 +1316,37 @@ impl PassthroughFs {
         (flags & !strip) | libc::O_CLOEXEC
     }
 
-    fn fopen_flags(flags: i32) -> FopenFlags {
-        let mut fopen = if flags & libc::O_DIRECT != 0 {
+    /// With the kernel's write cache, the backing flags `backing` of a write-only open made
+    /// read-write: the kernel reads the rest of a page a write covers in part through the
+    /// handle it writes by. None: nothing to widen (the open stays as asked).
+    fn widened_for_write_cache(&self, backing: i32) -> Option<i32> {
+        (self.kernel_write_cache && backing & libc::O_ACCMODE == libc::O_WRONLY)
+            .then_some((backing & !libc::O_ACCMODE) | libc::O_RDWR)
+    }
+
+    /// `open(backing flags)`, read-write instead of write-only under the kernel's write cache
+    /// where the caller may read the file (else as asked: the kernel's fill of a partial
+    /// page then fails, as a read through a write-only descriptor would).
+    fn open_for_write_cache(
+        &self,
+        backing: i32,
+        open: impl Fn(i32) -> io::Result<OwnedFd>,
+    ) -> io::Result<OwnedFd> {
+        match self.widened_for_write_cache(backing) {
+            Some(wide) => match open(wide) {
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => open(backing),
+                r => r,
+            },
+            None => open(backing),
+        }
+    }
+
+    fn fopen_flags(&self, flags: i32) -> FopenFlags {
+        // O_DIRECT: served as FOPEN_DIRECT_IO; not under the kernel's write cache, whose
+        // dirty pages of another descriptor such a read would not see (the kernel writes
+        // them back before its own O_DIRECT I/O: found by the differential tester, a read
+        // of bytes written through a buffered descriptor gave 0)
+        let mut fopen = if flags & libc::O_DIRECT != 0 && !self.kernel_write_cache {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
@@ -1357,7 +1396,7 @@ impl PassthroughFs {
     /// Open (or create) of a regular file: checks the validator, and answers whether
     /// the kernel may keep the pages it has (FOPEN_KEEP_CACHE).
     fn open_validate(&self, inode: &Inode, st: Option<&libc::stat>, flags: i32) -> FopenFlags {
-        let mut fopen = Self::fopen_flags(flags);
+        let mut fopen = self.fopen_flags(flags);
         let Some((cache, file)) = self.cache_for(inode) else {
             return fopen;
         };
@@ -1402,6 +1441,51 @@ impl PassthroughFs {
             });
         }
         Ok(self.attr(inode, &st))
+    }
+
+    /// Whether `caller` may set `inode`'s times explicitly (the owner or root), by the
+    /// metadata cache's stat or one fstat.
+    fn may_set_times(&self, inode: &Inode, caller: u32) -> bool {
+        if caller == 0 {
+            return true;
+        }
+        let cached = self.meta.as_ref().and_then(|m| m.attr_cached(inode.id));
+        let st = cached.or_else(|| {
+            let fd = self.inodes.fd(inode).ok()?;
+            sys::fstat_path(fd.as_raw_fd()).ok()
+        });
+        st.is_some_and(|st| st.st_uid == caller)
+    }
+
+    /// The mtime the kernel's write cache gave its writes of `inode` (see `setattr`), set
+    /// as the daemon: the kernel let the caller write the file, which is what moves an
+    /// mtime, and a writer who is not the owner could not set it explicitly (its close
+    /// would fail with EPERM). With dirty data in writeback it is what the mount reports and
+    /// the backing gets at writeback (no backing call, the data stays dirty); else it is
+    /// set on the backing.
+    fn kernel_mtime(&self, inode: &Inode, mtime: std::time::SystemTime) -> io::Result<FileAttr> {
+        let ts = sys::timespec(Some(TimeOrNow::SpecificTime(mtime)));
+        let ns = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
+        inode.kernel_mtime_ns.store(ns, Ordering::Relaxed);
+        if let Some((cache, file)) = self.cache_for(inode) {
+            if cache.set_dirty_mtime(file, ns) {
+                let cached = self.meta.as_ref().and_then(|m| m.attr_cached(inode.id));
+                let st = match cached {
+                    Some(st) => st,
+                    None => sys::fstat_path(self.inodes.fd(inode)?.as_raw_fd())?,
+                };
+                return Ok(self.attr(inode, &st));
+            }
+        }
+        let change = AttrChange {
+            mode: None,
+            uid: None,
+            gid: None,
+            size: None,
+            atime: None,
+            mtime: Some(TimeOrNow::SpecificTime(mtime)),
+        };
+        self.do_setattr(inode, change, None)
     }
 
     fn apply_setattr(
@@ -1918,7 +2002,7 @@ impl PassthroughFs {
         let handle = self.offline_handle(o, inode)?;
         let fh = self.new_handle();
         self.files.insert(fh, Arc::new(handle));
-        Ok((fh, Self::fopen_flags(flags)))
+        Ok((fh, self.fopen_flags(flags)))
     }
 
     /// A read-only handle of a regular file while offline, if it is wholly cached and
@@ -2105,6 +2189,22 @@ impl Filesystem for PassthroughFs {
             // write instead; see `write`. Truncate (also O_TRUNC) and chown run with
             // the caller's credentials, so the backing clears the bits for those itself.
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        // `kernel_write_cache` (docs/DESIGN.md "The kernel's write cache"): writes stay in
+        // the page cache and reach the daemon as page writeback (FUSE_WRITE_CACHE), the
+        // kernel keeps its own size and mtime of a cached file
+        let wanted = if self.kernel_write_cache {
+            wanted | InitFlags::FUSE_WRITEBACK_CACHE
+        } else {
+            wanted
+        };
+        if self.kernel_write_cache
+            && !config
+                .capabilities()
+                .contains(InitFlags::FUSE_WRITEBACK_CACHE)
+        {
+            tracing::warn!("kernel_write_cache: the kernel offers no FUSE_WRITEBACK_CACHE");
+            self.kernel_write_cache = false;
+        }
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -2153,7 +2253,7 @@ impl Filesystem for PassthroughFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<std::time::SystemTime>,
+        ctime: Option<std::time::SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
@@ -2161,6 +2261,32 @@ impl Filesystem for PassthroughFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // The kernel's write cache keeps its own mtime of the writes it holds and sends it
+        // with a ctime at close, fsync or its inode writeback: with the handle of a
+        // writable open, as the closing process, or with none, from its flusher (as root).
+        // A utimensat(2) of the mtime alone looks the same, but names no handle (only a
+        // truncate does, with a size): it is taken the same way when the caller may set the
+        // mtime anyway (the owner, root), and else goes the usual way, as the caller.
+        let kernel_mtime = match (self.kernel_write_cache, mtime, ctime, mode, uid, gid) {
+            (true, Some(TimeOrNow::SpecificTime(m)), Some(_), None, None, None)
+                if size.is_none() && atime.is_none() =>
+            {
+                self.inode(ino)
+                    .ok()
+                    .filter(|i| fh.is_some() || self.may_set_times(i, req.uid()))
+                    .map(|i| (i, m))
+            }
+            _ => None,
+        };
+        if let Some((inode, m)) = kernel_mtime {
+            let result = self
+                .refuse_if_offline()
+                .and_then(|()| self.kernel_mtime(&inode, m));
+            return match result {
+                Ok(attr) => reply.attr(&self.fresh_ttls(None).attr, &attr),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
         let result = self
             .refuse_if_offline()
             .and_then(|()| self.inode(ino))
@@ -2339,8 +2465,12 @@ impl Filesystem for PassthroughFs {
                 let path = sys::proc_path(ifd.as_raw_fd());
                 // No O_TRUNC arrives here: without FUSE_ATOMIC_O_TRUNC the kernel truncates
                 // with a SETATTR of size 0, which goes through the change protocol.
-                let file = as_caller(req, || sys::open(&path, Self::backing_open_flags(flags.0)))
-                    .map_err(|e| self.inodes.limit_error(e))?;
+                let file = as_caller(req, || {
+                    self.open_for_write_cache(Self::backing_open_flags(flags.0), |f| {
+                        sys::open(&path, f)
+                    })
+                })
+                .map_err(|e| self.inodes.limit_error(e))?;
                 let st = sys::fstat(&file).ok();
                 let fopen = self.open_validate(&inode, st.as_ref(), flags.0);
                 Ok((
@@ -2410,6 +2540,26 @@ impl Filesystem for PassthroughFs {
             Err(e) => return reply.error(errno(e)),
         };
         let fd = handle.file.as_raw_fd();
+        // a page write of the kernel's write cache keeps the mtime the kernel has: the last
+        // it sent (see `Inode::kernel_mtime_ns`), or else the file's before this write (the
+        // kernel's writes fell in the tick of the mtime it was told, or it will send its
+        // own); not the time of the daemon's write
+        let kernel_mtime = match write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
+            true => Some(handle.inode.kernel_mtime_ns.load(Ordering::Relaxed))
+                .filter(|&t| t != i64::MIN)
+                .or_else(|| {
+                    let dirty = self
+                        .cache_for(&handle.inode)
+                        .and_then(|(c, f)| c.dirty_attr(f.id));
+                    match dirty {
+                        Some(a) => Some(a.mtime_ns),
+                        None => sys::fstat(&handle.file)
+                            .ok()
+                            .map(|st| st.st_mtime * 1_000_000_000 + st.st_mtime_nsec),
+                    }
+                }),
+            false => None,
+        };
         // An O_APPEND write(2) (not page-cache writeback, which carries FUSE_WRITE_CACHE):
         // the kernel computed `offset` from the size it has cached, which misses a growth
         // made outside the mount since (it refreshes the size before an append only with
@@ -2462,6 +2612,9 @@ impl Filesystem for PassthroughFs {
                 // the backing's attributes did not move: the metadata cache keeps them, and
                 // getattr lays the dirty size and mtime over them
                 let r = r.and_then(|(n, outside)| {
+                    if let Some(t) = kernel_mtime {
+                        cache.set_dirty_mtime(file, t);
+                    }
                     if dirty_sync {
                         cache.fsync_dirty(file, fd, datasync)?;
                     }
@@ -2486,6 +2639,9 @@ impl Filesystem for PassthroughFs {
             } else {
                 sys::pwrite_full(fd, data, offset)
             }?;
+            if let Some(t) = kernel_mtime {
+                crate::sys::set_mtime_fd(fd, Some(t))?;
+            }
             if sync_asked {
                 sys::sync(fd, datasync)?;
             }
@@ -2883,8 +3039,10 @@ impl Filesystem for PassthroughFs {
                     let open_flags =
                         Self::backing_open_flags(flags) | libc::O_CREAT | (flags & libc::O_EXCL);
                     let (file, (attr, ttls)) = self.namespace_make(&p, name, |pfd, c| {
-                        sys::open_at(pfd, c, open_flags | libc::O_NOFOLLOW, mode)
-                            .map_err(|e| self.inodes.limit_error(e))
+                        self.open_for_write_cache(open_flags | libc::O_NOFOLLOW, |f| {
+                            sys::open_at(pfd, c, f, mode)
+                        })
+                        .map_err(|e| self.inodes.limit_error(e))
                     })?;
                     let inode = self.inode(attr.ino)?;
                     let st = sys::fstat(&file).ok();
@@ -2950,6 +3108,13 @@ impl Filesystem for PassthroughFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        if self.kernel_write_cache {
+            // The kernel holds writes the backing has not seen, and asks SEEK_DATA/SEEK_HOLE
+            // without writing them first: ENOSYS makes it answer every lseek itself from
+            // then on (the whole file data, a hole only at its end; found by the
+            // differential tester, which read a written byte at an offset said to be a hole)
+            return reply.error(Errno::ENOSYS);
+        }
         let result = self.file_of(ino, fh, implicit::Access::Read).and_then(|h| {
             if h.offline {
                 return Self::lseek_offline(&h, offset, whence);
