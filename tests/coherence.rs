@@ -499,3 +499,38 @@ fn an_append_after_an_outside_growth_lands_at_the_real_end() {
         "an O_APPEND write through the mount overwrote the outside append"
     );
 }
+
+#[test]
+fn a_rename_or_link_through_the_mount_keeps_the_cached_data() {
+    require_fuse!();
+    let (dir, backing, cache) = setup();
+    let data = common::pattern(256 << 10, 60);
+    fs::write(backing.join("index"), &data).unwrap();
+    let m = mount_cached(dir, &backing, &cache);
+    assert!(fs::read(m.m("index")).unwrap() == data);
+    common::settle_fills(&m.mnt);
+    let before = common::stat_u64(&m.mnt, "invalidations");
+    // git's way: the new version written beside, renamed over; here the cached file itself
+    // is renamed and linked, which moves its ctime and nothing else
+    fs::rename(m.m("index"), m.m("index.renamed")).unwrap();
+    fs::hard_link(m.m("index.renamed"), m.m("index.link")).unwrap();
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    assert!(fs::read(m.m("index.link")).unwrap() == data);
+    assert_eq!(
+        common::stat_u64(&m.mnt, "invalidations") - before,
+        0,
+        "our own rename or link was taken for an outside change (the cached data dropped)"
+    );
+    // an outside change of the same file is still one
+    one_attr_timeout();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(backing.join("index.renamed"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"outside").unwrap();
+    drop(f);
+    one_attr_timeout();
+    let got = fs::read(m.m("index.link")).unwrap();
+    assert_eq!(&got[..7], b"outside", "the outside write after the rename");
+    assert!(got[7..] == data[7..]);
+}

@@ -934,6 +934,27 @@ impl CacheSet {
         }
     }
 
+    /// True when `file` has a validator (its data is or was cached).
+    pub fn has_validator(&self, file: &FileState) -> bool {
+        self.index.validator(file.id).is_some()
+    }
+
+    /// A rename or link through the mount moved `file`'s ctime and nothing else (`st`, its
+    /// stat after it): the validator takes the new ctime, so the next check does not take our
+    /// own rename for an outside change and drop the file's cached data (git renames every
+    /// index and ref it writes over the old one: after a remount `.git/index` was read from
+    /// the backing each time). Size or mtime moved too: left to the next check.
+    pub fn ctime_moved_by_us(&self, file: &FileState, st: &libc::stat) {
+        let now = validator_of(st);
+        let _changes = self.changes.read();
+        let _seq = file.seq.lock();
+        if let Some(v) = self.index.validator(file.id) {
+            if v.size == now.size && v.mtime_ns == now.mtime_ns && v.ctime_ns < now.ctime_ns {
+                self.set_validator_locked(file.id, now);
+            }
+        }
+    }
+
     fn set_validator_locked(&self, id: FileId, v: Validator) {
         self.index.set_validator(id, v);
         self.journal.queue(Record::SetValidator {

@@ -1170,6 +1170,25 @@ impl PassthroughFs {
         Ok(())
     }
 
+    /// After a rename or link through the mount: the cached regular file `child` (a node id)
+    /// now named `name` in `dir` had its ctime moved by us (`CacheSet::ctime_moved_by_us`);
+    /// one fstatat, only for a file whose data is cached.
+    fn renamed_file_ctime(&self, child: Option<u64>, dir: RawFd, name: &std::ffi::CStr) {
+        let Some(inode) = child.and_then(|id| self.inodes.get(id)) else {
+            return;
+        };
+        let Some((cache, file)) = self.cache_for(&inode) else {
+            return;
+        };
+        if cache.has_validator(file) {
+            if let Ok(st) = sys::fstatat(dir, name) {
+                if st.st_ino == inode.backing_ino && st.st_dev == inode.dev {
+                    cache.ctime_moved_by_us(file, &st);
+                }
+            }
+        }
+    }
+
     /// renameat2(from, name, to, newname, flags).
     fn namespace_rename(
         &self,
@@ -1194,6 +1213,10 @@ impl PassthroughFs {
         if let Err(e) = sys::renameat2(pfd.as_raw_fd(), &old, npfd.as_raw_fd(), &new, flags) {
             self.namespace_failed(&e, &names);
             return Err(e);
+        }
+        self.renamed_file_ctime(child, npfd.as_raw_fd(), &new);
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            self.renamed_file_ctime(target, pfd.as_raw_fd(), &old);
         }
         drop((pfd, npfd));
         self.dirs_changed(&[from, to]);
@@ -2437,14 +2460,18 @@ impl Filesystem for PassthroughFs {
                     let link = |npfd: RawFd, new: &std::ffi::CString| {
                         let direct =
                             sys::linkat(ifd.as_raw_fd(), c"", npfd, new, libc::AT_EMPTY_PATH);
-                        if direct.is_err() && !inode.is_symlink() {
+                        let linked = if direct.is_err() && !inode.is_symlink() {
                             // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH, which an unprivileged
                             // caller's credentials lack; the magic link needs none.
                             let path = sys::proc_path(ifd.as_raw_fd());
                             sys::linkat(libc::AT_FDCWD, &path, npfd, new, libc::AT_SYMLINK_FOLLOW)
                         } else {
                             direct
+                        };
+                        if linked.is_ok() {
+                            self.renamed_file_ctime(Some(inode.id), npfd, new);
                         }
+                        linked
                     };
                     self.namespace_make(&np, newname, link).map(|(_, e)| e)
                 })
