@@ -372,16 +372,7 @@ fn writeback_errors_are_retried_and_never_drop_dirty_data() {
             "{op}: served wrong while failing"
         );
         f.disarm();
-        let out = Command::new(common::BIN)
-            .arg("flush")
-            .arg(f.mnt())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::flush(f.mnt());
         assert!(
             fs::read(f.m.b(&name)).unwrap() == data,
             "{op}: the backing lacks the data after the fault went"

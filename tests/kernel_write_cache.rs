@@ -19,6 +19,15 @@ fn mtime_ns(m: &fs::Metadata) -> i128 {
     i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
 }
 
+/// Creates `path` and writes `data` into it 4 KiB at a time; the file stays open.
+fn write_in_pages(path: &std::path::Path, data: &[u8]) -> fs::File {
+    let mut f = fs::File::create(path).unwrap();
+    for chunk in data.chunks(4096) {
+        f.write_all(chunk).unwrap();
+    }
+    f
+}
+
 #[test]
 fn small_writes_wait_in_the_page_cache_until_the_close() {
     require_fuse!();
@@ -29,10 +38,7 @@ fn small_writes_wait_in_the_page_cache_until_the_close() {
     );
     let m = Mount::over(dir, backing, &opts, &[]);
     let data = pattern(1 << 20, 7);
-    let mut f = fs::File::create(m.m("f")).unwrap();
-    for chunk in data.chunks(4096) {
-        f.write_all(chunk).unwrap();
-    }
+    let f = write_in_pages(&m.m("f"), &data);
     assert_eq!(
         fs::metadata(m.m("f")).unwrap().len(),
         1 << 20,
@@ -102,10 +108,7 @@ fn writeback_keeps_the_kernels_mtime_with_the_dirty_data() {
     );
     let m = Mount::over(dir, backing, &opts, &[]);
     let data = pattern(256 << 10, 8);
-    let mut f = fs::File::create(m.m("w")).unwrap();
-    for chunk in data.chunks(4096) {
-        f.write_all(chunk).unwrap();
-    }
+    let f = write_in_pages(&m.m("w"), &data);
     let reported = mtime_ns(&fs::metadata(m.m("w")).unwrap());
     f.sync_all().unwrap();
     drop(f);
@@ -124,16 +127,7 @@ fn writeback_keeps_the_kernels_mtime_with_the_dirty_data() {
         fs::read(m.m("w")).unwrap() == data,
         "read back through the mount"
     );
-    let out = Command::new(common::BIN)
-        .arg("flush")
-        .arg(&m.mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::flush(&m.mnt);
     assert!(
         fs::read(m.b("w")).unwrap() == data,
         "the backing after the flush"

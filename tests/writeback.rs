@@ -73,17 +73,8 @@ fn same_attrs(m: &Mount, rel: &str) {
 
 fn flush_cli(mnt: &Path) {
     let _ = common::stats(mnt); // waits for the control socket, opened just after the mount
-    let out = Command::new(BIN).arg("flush").arg(mnt).output().unwrap();
-    assert!(
-        out.status.success(),
-        "flush: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("nothing dirty"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = common::flush(mnt);
+    assert!(out.contains("nothing dirty"), "{out}");
 }
 
 #[test]

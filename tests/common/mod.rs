@@ -294,6 +294,17 @@ pub fn stats(mnt: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("stats --json prints JSON")
 }
 
+/// `bcachefs-lite flush MNT` (writes every dirty byte back), which must succeed; its stdout.
+pub fn flush(mnt: &Path) -> String {
+    let out = Command::new(BIN).arg("flush").arg(mnt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "flush: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// One numeric figure of [`stats`].
 /// Waits until every fill handed out with a reply so far is written (`fills_pending` 0):
 /// what a test reads next meets the cache as the replies left it, however slow the machine.
