@@ -58,8 +58,8 @@
 //! keys and `DirtyAttr` change under the file's seq lock, and writeback's cleaning and the
 //! `DirtyAttr`'s removal happen under it too, so a file never looks clean with dirty keys.
 //! `JournalWriter::attrs`, `Writeback::just_written`, `Writeback::forgotten` and
-//! `Writeback::state` are leaves (taken alone or last); the `on_written` hook (the metadata cache's locks) runs with only
-//! the file's writeback lock (and a change's write lock) held.
+//! `Writeback::state` are leaves (taken alone or last); the `on_written` hook (the metadata
+//! cache's locks) runs with only the file's writeback lock (and a change's write lock) held.
 //!
 //! # What may block
 //!
