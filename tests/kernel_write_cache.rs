@@ -19,6 +19,18 @@ fn mtime_ns(m: &fs::Metadata) -> i128 {
     i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
 }
 
+/// A mount with `kernel_write_cache` and the `extra` options; `prepare` gets the backing
+/// directory before the mount (files to start with).
+fn mount(prefix: &str, extra: &str, prepare: impl FnOnce(&std::path::Path)) -> Mount {
+    let (dir, backing, cache) = common::backing_and_cache(prefix);
+    prepare(&backing);
+    let opts = format!(
+        "cache={},cache_size=64M,kernel_write_cache{extra}",
+        cache.display()
+    );
+    Mount::over(dir, backing, &opts, &[])
+}
+
 /// Creates `path` and writes `data` into it 4 KiB at a time; the file stays open.
 fn write_in_pages(path: &std::path::Path, data: &[u8]) -> fs::File {
     let mut f = fs::File::create(path).unwrap();
@@ -31,12 +43,7 @@ fn write_in_pages(path: &std::path::Path, data: &[u8]) -> fs::File {
 #[test]
 fn small_writes_wait_in_the_page_cache_until_the_close() {
     require_fuse!();
-    let (dir, backing, cache) = common::backing_and_cache("bcl-kwc");
-    let opts = format!(
-        "cache={},cache_size=64M,kernel_write_cache",
-        cache.display()
-    );
-    let m = Mount::over(dir, backing, &opts, &[]);
+    let m = mount("bcl-kwc", "", |_| {});
     let data = pattern(1 << 20, 7);
     let f = write_in_pages(&m.m("f"), &data);
     assert_eq!(
@@ -67,15 +74,17 @@ fn small_writes_wait_in_the_page_cache_until_the_close() {
 #[test]
 fn a_writer_who_does_not_own_the_file_can_close_it() {
     require_fuse!();
-    let (dir, backing, cache) = common::backing_and_cache("bcl-kwc-other");
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    fs::write(backing.join("shared"), b"").unwrap();
-    fs::set_permissions(backing.join("shared"), fs::Permissions::from_mode(0o666)).unwrap();
-    let opts = format!(
-        "cache={},cache_size=64M,kernel_write_cache,allow_other,default_permissions",
-        cache.display()
+    let m = mount(
+        "bcl-kwc-other",
+        ",allow_other,default_permissions",
+        |backing| {
+            // nobody (uid 65534) must reach the mount point, and may write root's file
+            let top = backing.parent().unwrap();
+            fs::set_permissions(top, fs::Permissions::from_mode(0o755)).unwrap();
+            fs::write(backing.join("shared"), b"").unwrap();
+            fs::set_permissions(backing.join("shared"), fs::Permissions::from_mode(0o666)).unwrap();
+        },
     );
-    let m = Mount::over(dir, backing, &opts, &[]);
     // nobody writes root's file; dd fails when its close does
     let out = Command::new("dd")
         .args([
@@ -101,12 +110,11 @@ fn a_writer_who_does_not_own_the_file_can_close_it() {
 #[test]
 fn writeback_keeps_the_kernels_mtime_with_the_dirty_data() {
     require_fuse!();
-    let (dir, backing, cache) = common::backing_and_cache("bcl-kwc-wb");
-    let opts = format!(
-        "cache={},cache_size=64M,cache_mode=writeback,writeback_delay=3600,kernel_write_cache",
-        cache.display()
+    let m = mount(
+        "bcl-kwc-wb",
+        ",cache_mode=writeback,writeback_delay=3600",
+        |_| {},
     );
-    let m = Mount::over(dir, backing, &opts, &[]);
     let data = pattern(256 << 10, 8);
     let f = write_in_pages(&m.m("w"), &data);
     let reported = mtime_ns(&fs::metadata(m.m("w")).unwrap());

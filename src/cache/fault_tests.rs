@@ -525,6 +525,7 @@ fn writeback_until_cut(
                 append,
                 &data,
                 9,
+                None,
             )
             .is_err()
         {

@@ -390,7 +390,9 @@ impl CacheSet {
     /// reopened later by `handle`) goes into the cache as dirty keys; `append`: at the end of
     /// the file as the mount sees it instead (O_APPEND), whatever `offset` says. The backing is
     /// not touched but for one fstat (an outside change is noticed first). Returns the bytes
-    /// written and whether an outside change was seen (drop the kernel's pages).
+    /// written and whether an outside change was seen (drop the kernel's pages). `mtime_ns`:
+    /// the mtime the write gives the file (the kernel's, for a page write of its write
+    /// cache); None: now.
     #[allow(clippy::too_many_arguments)]
     pub fn write_dirty(
         &self,
@@ -401,6 +403,7 @@ impl CacheSet {
         append: bool,
         data: &[u8],
         pid: u32,
+        mtime_ns: Option<i64>,
     ) -> io::Result<(usize, bool)> {
         if data.is_empty() {
             return Ok((0, false));
@@ -523,7 +526,7 @@ impl CacheSet {
             }
             let attr = DirtyAttr {
                 size: size.max(end),
-                mtime_ns: now_ns(),
+                mtime_ns: mtime_ns.unwrap_or_else(now_ns),
             };
             self.journal.attrs.lock().insert(file.id, attr);
             records.push(attr.record(file.id));

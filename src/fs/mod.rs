@@ -1492,12 +1492,8 @@ impl PassthroughFs {
         inode.kernel_mtime_ns.store(ns, Ordering::Relaxed);
         if let Some((cache, file)) = self.cache_for(inode) {
             if cache.set_dirty_mtime(file, ns) {
-                let cached = self.meta.as_ref().and_then(|m| m.attr_cached(inode.id));
-                let st = match cached {
-                    Some(st) => st,
-                    None => sys::fstat_path(self.inodes.fd(inode)?.as_raw_fd())?,
-                };
-                return Ok(self.attr(inode, &st));
+                // the backing did not move: getattr's answer, the dirty mtime laid over it
+                return self.getattr_online(inode, None).map(|(attr, _)| attr);
             }
         }
         let change = AttrChange {
@@ -2635,13 +2631,11 @@ impl Filesystem for PassthroughFs {
                     appending,
                     data,
                     req.pid(),
+                    kernel_mtime,
                 );
                 // the backing's attributes did not move: the metadata cache keeps them, and
                 // getattr lays the dirty size and mtime over them
                 let r = r.and_then(|(n, outside)| {
-                    if let Some(t) = kernel_mtime {
-                        cache.set_dirty_mtime(file, t);
-                    }
                     if dirty_sync {
                         cache.fsync_dirty(file, fd, datasync)?;
                     }
