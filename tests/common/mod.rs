@@ -179,6 +179,18 @@ impl Mount {
             assert!(Instant::now() < deadline, "mount did not appear");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The mount appears before the daemon has answered the kernel's INIT; a umount in
+        // that window ends its handshake with ENODEV ("cannot mount"). A statfs waits for
+        // INIT, so a test starts (and may unmount) only once the daemon serves. (Not a stat:
+        // that would cache the root's attributes before a test fills the backing. Its
+        // result is not looked at: a mount that starts offline refuses it.)
+        let c = CString::new(self.mnt.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs, both outliving
+        // the call.
+        unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            libc::statfs(c.as_ptr(), &mut st);
+        }
     }
 
     pub fn pid(&self) -> u32 {
