@@ -769,6 +769,9 @@ impl MetaCache {
                 s.put_inode(child, st, handle);
                 let d_type = d_type_of(st.st_mode);
                 s.set_name(dir, name, Name::Child(child), Some((st.st_ino, d_type)));
+                if d_type == libc::DT_DIR && self.exclusive() {
+                    s.put_made_dir(dir, child, st);
+                }
             }
             Change::Removed { dir, name, child } => {
                 s.set_name(dir, name, Name::Absent, None);
@@ -1317,6 +1320,43 @@ impl State {
         self.bytes = self.bytes + bytes - old;
     }
 
+    /// `child`, a directory just made in `dir` through the mount (exclusive mode: nothing
+    /// else writes into it), is known to be empty: its listing is `.` and `..` alone, under
+    /// the validator of `st`, the stat taken after the mkdir. Without it, every directory a
+    /// `git commit` makes (`.git/objects/xx`) was read from the backing at its first
+    /// listing, also after a remount. Needs the parent's backing inode number (for `..`).
+    fn put_made_dir(&mut self, dir: u64, child: u64, st: &libc::stat) {
+        let Some(parent_ino) = self.inodes.get(&dir).map(|e| e.st.st_ino) else {
+            return;
+        };
+        self.version += 1;
+        let gen = self.next_gen();
+        let tick = self.tick();
+        let dot = |name: &[u8], backing_ino| Dirent {
+            name: name.into(),
+            backing_ino,
+            d_type: libc::DT_DIR,
+        };
+        let mut e = DirEntry {
+            validator: validator(st),
+            settled: settled(st),
+            checked: Instant::now(),
+            unchecked: false,
+            gen,
+            names: HashMap::new(),
+            listing: Some(Arc::new(vec![dot(b".", st.st_ino), dot(b"..", parent_ino)])),
+            tick,
+            bytes: 0,
+        };
+        e.bytes = dir_bytes(&e);
+        self.bytes += e.bytes;
+        if let Some(old) = self.dirs.insert(child, e) {
+            self.lru.remove(&old.tick);
+            self.bytes -= old.bytes;
+        }
+        self.lru.insert(tick, Key::Dir(child));
+    }
+
     /// Forgets what `name` in `dir` is, and the listing (it may be wrong about it).
     fn forget_name(&mut self, dir: u64, name: &[u8]) {
         self.version += 1;
@@ -1385,6 +1425,45 @@ mod tests {
             None,
             "same times inside the tick vouch for nothing"
         );
+    }
+
+    #[test]
+    fn a_directory_made_through_the_mount_is_listed_empty_in_exclusive_mode_only() {
+        for coherence in [Coherence::Exclusive, Coherence::Shared] {
+            let m = MetaCache::new(coherence, Duration::from_secs(60), 1 << 20);
+            m.check_dir(1, &st(1, libc::S_IFDIR, 1000), None);
+            let made = st(9, libc::S_IFDIR, 1000);
+            m.apply(Change::Created {
+                dir: 1,
+                name: b"d",
+                child: 9,
+                st: &made,
+                handle: None,
+            });
+            if coherence == Coherence::Shared {
+                // another client may write into it before its validator was taken
+                assert!(m.listing(9).is_none());
+                continue;
+            }
+            let names = |m: &MetaCache| -> Vec<(Vec<u8>, u64)> {
+                m.listing(9)
+                    .expect("a made directory's listing is known")
+                    .iter()
+                    .map(|e| (e.name.to_vec(), e.backing_ino))
+                    .collect()
+            };
+            assert_eq!(names(&m), vec![(b".".to_vec(), 9), (b"..".to_vec(), 1)]);
+            assert_eq!(m.name(9, b"f"), Some(Name::Absent));
+            m.apply(Change::Created {
+                dir: 9,
+                name: b"f",
+                child: 10,
+                st: &st(10, libc::S_IFREG, 1000),
+                handle: None,
+            });
+            assert_eq!(names(&m).len(), 3);
+            assert_eq!(m.name(9, b"f"), Some(Name::Child(10)));
+        }
     }
 
     #[test]
