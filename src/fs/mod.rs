@@ -1909,7 +1909,7 @@ impl PassthroughFs {
         };
         self.revalidate(inode, &st);
         if let Some(meta) = &self.meta {
-            meta.put_attr(inode.id, &st, None);
+            meta.put_attr(inode.id, &st, inode.handle_ref());
         }
         Ok((self.attr(inode, &st), self.fresh_ttls(None)))
     }
