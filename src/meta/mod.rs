@@ -1387,6 +1387,17 @@ mod tests {
         st
     }
 
+    /// `name` made in `dir` through the mount: `child`, of stat `st`, without a handle.
+    fn created<'a>(dir: u64, name: &'a [u8], child: u64, st: &'a libc::stat) -> Change<'a> {
+        Change::Created {
+            dir,
+            name,
+            child,
+            st,
+            handle: None,
+        }
+    }
+
     #[test]
     fn a_changed_directory_loses_its_names_and_a_stale_gen_stores_nothing() {
         let m = MetaCache::new(Coherence::Shared, Duration::from_secs(60), 1 << 20);
@@ -1433,13 +1444,7 @@ mod tests {
             let m = MetaCache::new(coherence, Duration::from_secs(60), 1 << 20);
             m.check_dir(1, &st(1, libc::S_IFDIR, 1000), None);
             let made = st(9, libc::S_IFDIR, 1000);
-            m.apply(Change::Created {
-                dir: 1,
-                name: b"d",
-                child: 9,
-                st: &made,
-                handle: None,
-            });
+            m.apply(created(1, b"d", 9, &made));
             if coherence == Coherence::Shared {
                 // another client may write into it before its validator was taken
                 assert!(m.listing(9).is_none());
@@ -1454,13 +1459,7 @@ mod tests {
             };
             assert_eq!(names(&m), vec![(b".".to_vec(), 9), (b"..".to_vec(), 1)]);
             assert_eq!(m.name(9, b"f"), Some(Name::Absent));
-            m.apply(Change::Created {
-                dir: 9,
-                name: b"f",
-                child: 10,
-                st: &st(10, libc::S_IFREG, 1000),
-                handle: None,
-            });
+            m.apply(created(9, b"f", 10, &st(10, libc::S_IFREG, 1000)));
             assert_eq!(names(&m).len(), 3);
             assert_eq!(m.name(9, b"f"), Some(Name::Child(10)));
         }
@@ -1479,13 +1478,7 @@ mod tests {
         assert_eq!(m.name(1, b"nope"), Some(Name::Absent));
         assert_eq!(m.name(1, b"x"), None, "listed, not looked up");
         let child = st(8, libc::S_IFREG, 1000);
-        m.apply(Change::Created {
-            dir: 1,
-            name: b"y",
-            child: 8,
-            st: &child,
-            handle: None,
-        });
+        m.apply(created(1, b"y", 8, &child));
         assert_eq!(m.name(1, b"y"), Some(Name::Child(8)));
         assert_eq!(m.listing(1).unwrap().len(), 4);
         m.apply(Change::Renamed {
