@@ -26,6 +26,14 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The mount options of a 64 MiB cache at `cache` in exclusive mode.
+fn exclusive_options(cache: &Path) -> String {
+    format!(
+        "cache={},cache_size=64M,coherence=exclusive",
+        cache.display()
+    )
+}
+
 fn mount(prefix: &str, options: &str) -> Mount {
     let (dir, backing, cache) = backing_and_cache(prefix);
     let opts = format!("cache={},cache_size=64M,{options}", cache.display());
@@ -413,10 +421,7 @@ fn a_crash_during_namespace_changes_leaves_a_mount_that_agrees_with_the_backing(
     require_fuse!();
     let _alone = one_at_a_time();
     let (dir, backing, cache) = backing_and_cache("bcl-meta-crash");
-    let opts = format!(
-        "cache={},cache_size=64M,coherence=exclusive",
-        cache.display()
-    );
+    let opts = exclusive_options(&cache);
     make_tree(&backing, 3, 5);
     // a clean unmount first leaves a metadata checkpoint, which the crash makes out of date
     let m = Mount::over(dir, backing.clone(), &opts, &[]);
@@ -482,10 +487,7 @@ fn a_reused_inode_number_is_never_served_as_the_old_inode() {
         ),
         Path::new("/"),
     );
-    let opts = format!(
-        "cache={},cache_size=64M,coherence=exclusive",
-        cache.display()
-    );
+    let opts = exclusive_options(&cache);
     let m = Mount::over(dir, backing, &opts, &[]);
     let repo = m.m("repo");
     for cmd in [
@@ -521,10 +523,7 @@ fn exclusive_mode_after_a_remount_serves_the_tree_with_no_backing_calls() {
     require_fuse!();
     let _alone = one_at_a_time();
     let (dir, backing, cache) = backing_and_cache("bcl-meta-remount");
-    let opts = format!(
-        "cache={},cache_size=64M,coherence=exclusive",
-        cache.display()
-    );
+    let opts = exclusive_options(&cache);
     make_tree(&backing, 20, 20);
     let m = Mount::over(dir, backing.clone(), &opts, &[]);
     sh_ok(WALK, &m.mnt);
@@ -551,10 +550,7 @@ fn exclusive_mode_lists_directories_made_through_the_mount_with_no_backing_calls
     require_fuse!();
     let _alone = one_at_a_time();
     let (dir, backing, cache) = backing_and_cache("bcl-meta-made");
-    let opts = format!(
-        "cache={},cache_size=64M,coherence=exclusive",
-        cache.display()
-    );
+    let opts = exclusive_options(&cache);
     let m = Mount::over(dir, backing.clone(), &opts, &[]);
     sh_ok(
         "ls >/dev/null && mkdir -p a/b/c && for i in 1 2 3; do echo $i > a/f$i; echo $i > a/b/c/g$i; done \
@@ -594,10 +590,7 @@ fn a_remount_after_many_lookups_by_name_starts_warm() {
     require_fuse!();
     let _alone = one_at_a_time();
     let (dir, backing, cache) = backing_and_cache("bcl-meta-remount-flat");
-    let opts = format!(
-        "cache={},cache_size=64M,coherence=exclusive",
-        cache.display()
-    );
+    let opts = exclusive_options(&cache);
     for f in 0..400 {
         std::fs::write(backing.join(format!("f{f}")), b"x").unwrap();
     }
@@ -830,10 +823,7 @@ fn mount_exclusive_with_256_descriptors(
         nofile: Some((256, 256)),
         ..Default::default()
     };
-    let opts = format!(
-        "cache={},cache_size=64M,coherence=exclusive",
-        cache.display()
-    );
+    let opts = exclusive_options(cache);
     Mount::spawn(dir, backing, &opts, &[], &daemon)
 }
 
