@@ -29,7 +29,10 @@
 //!
 //! - A name or listing is stored only under a validator taken *before* it was read: the
 //!   reader captures the directory's `gen` after the check, and a store with another gen is
-//!   refused. Anything that drops names or changes the directory bumps `gen`.
+//!   refused. Anything that drops names or changes the directory bumps `gen`. One
+//!   exception, exclusive mode only: a directory made through the mount gets the listing
+//!   `.` and `..` under the stat taken after its mkdir (`State::put_made_dir`; nothing else
+//!   writes into it).
 //! - Every namespace change through the mount reaches the cache through one call,
 //!   [`MetaCache::apply`], in the request that made it, before the reply.
 //! - Memory: `bytes` (an estimate incl. map overhead) stays at or below `budget` after
